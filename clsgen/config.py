@@ -1,0 +1,396 @@
+"""Typed configuration: dataclasses with CPU-friendly defaults, loaded from YAML, overridden by flags.
+
+`load_config(path, overrides)` reads a YAML file (optional), applies `section.key=value` overrides and
+checks everything at once: unknown keys, wrong types and values that cannot work are reported
+together, each naming its key, as a `ConfigError`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+
+from .errors import ConfigError, Problem
+
+
+@dataclass
+class ModelConfig:
+    """Which base causal LM to start from."""
+
+    name: str = "smollm2-135m"
+    """'smollm2-135m' (embedded default), a local HF model directory, a hub id, or 'tiny' (random, tests)."""
+    dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
+    """Weight dtype; 'auto' is bfloat16 (measured ~3x faster matmuls than float32 on CPU and on GPUs)."""
+    revision: str | None = None
+    """Hub revision (branch, tag or commit) for hub ids."""
+    trust_remote_code: bool = False
+    """Allow a hub model's own Python code to run. Off unless you trust the repository."""
+
+
+@dataclass
+class LoraConfig:
+    """LoRA adapter settings (PEFT)."""
+
+    r: int = 16
+    """Rank of the low-rank update."""
+    alpha: int = 32
+    """Scaling numerator (update is scaled by alpha / r)."""
+    dropout: float = 0.05
+    """Dropout on the LoRA input."""
+    target_modules: list[str] | str = "all-linear"
+    """Module names to adapt, or 'all-linear' for every linear layer except the LM head."""
+
+
+@dataclass
+class TaskConfig:
+    """Overrides of the dataset's task; fields left None keep the dataset's default."""
+
+    system: str | None = None
+    """System instruction."""
+    template: str | None = None
+    """User message template over example fields, e.g. 'Claim: {claim}\\nAbstract: {abstract}'."""
+    verbalizers: list[str] | None = None
+    """Words for label 0 and label 1 used in the verdict line 'Answer: <word>'."""
+    max_prompt_tokens: int = 768
+    """Longest rendered prompt; long text fields are truncated inside, never the instruction."""
+    truncation: Literal["head", "tail", "head+tail"] = "head+tail"
+    """Which part of a long text field is kept: its head, its tail, or both ends."""
+
+
+@dataclass
+class DataConfig:
+    """Where the examples come from."""
+
+    dataset: str = "clinifact"
+    """A built-in dataset ('clinifact', 'pubmedqa', 'lcd') or a path to a JSONL/CSV/Parquet file."""
+    data_dir: str | None = None
+    """Directory holding built-in datasets (also CLSGEN_DATA_DIR); else a user cache, else download."""
+    binarization: str | None = None
+    """Built-in label mapping, e.g. clinifact 'evidence-vs-rest' (default) or 'evidence-vs-inconclusive'."""
+    split: Literal["official", "trial-disjoint"] = "official"
+    """'official' splits, or (clinifact) a re-split with no trial (nctId) shared between splits."""
+    text_fields: list[str] | None = None
+    """For a file: the text fields the task template uses (default: the template's fields)."""
+    id_field: str | None = "id"
+    """For a file: the unique id column (None: row numbers)."""
+    label_field: str = "label"
+    """For a file: the label column."""
+    label_map: dict[str, int] | None = None
+    """For a file: raw label value (as text) -> 0/1; default accepts 0/1, true/false, yes/no."""
+    max_train: int | None = None
+    """Use at most this many training examples (stratified sample; None = all)."""
+    max_eval: int | None = None
+    """Use at most this many validation/test examples each (stratified sample; None = all)."""
+    seed: int = 0
+    """Seed for subsampling and re-splitting."""
+
+
+@dataclass
+class TrainConfig:
+    """Joint training of the classification head and the LM head."""
+
+    w_cls: float = 1.0
+    """Weight of the classification (BCE) loss; 0 gives the generation-only baseline."""
+    w_lm: float = 1.0
+    """Weight of the explanation LM loss; 0 gives the classification-only baseline."""
+    pos_weight: float | Literal["auto"] | None = "auto"
+    """BCE weight of positives; 'auto' = negatives/positives in the training data; None = 1."""
+    lr: float = 2e-4
+    """Peak learning rate of the LoRA parameters."""
+    head_lr: float = 1e-3
+    """Peak learning rate of the classification head."""
+    weight_decay: float = 0.0
+    """AdamW weight decay."""
+    epochs: float = 1.0
+    """Passes over the training data (fractions allowed)."""
+    max_steps: int | None = None
+    """Stop after this many optimizer steps (overrides epochs)."""
+    batch_size: int = 4
+    """Examples per micro-batch per process."""
+    grad_accum: int = 1
+    """Micro-batches per optimizer step."""
+    warmup_ratio: float = 0.05
+    """Share of steps with linear warm-up."""
+    schedule: Literal["cosine", "linear", "constant"] = "cosine"
+    """Learning-rate decay after warm-up."""
+    max_grad_norm: float = 1.0
+    """Gradient clipping norm (0 disables)."""
+    max_length: int = 1024
+    """Longest prompt + explanation in tokens; explanations are cut to fit."""
+    group_by_length: bool = True
+    """Batch examples of similar length to limit padding."""
+    mixed_precision: Literal["no", "bf16", "fp16"] = "no"
+    """accelerate mixed precision for the trainable parameters."""
+    seed: int = 0
+    """Seed for initialisation, shuffling and dropout."""
+    eval_every: int | None = None
+    """Evaluate on the dev split every N steps (None: each epoch end)."""
+    save_every: int = 50
+    """Write a resumable checkpoint every N optimizer steps."""
+    early_stopping: int | None = None
+    """Stop after this many evaluations without dev AUROC improvement (None: never)."""
+    log_with: list[str] = field(default_factory=list)
+    """accelerate trackers: 'tensorboard', 'wandb', 'mlflow' (when installed)."""
+
+
+@dataclass
+class TeacherConfig:
+    """The model that writes label-conditioned explanations (clsgen synth)."""
+
+    kind: Literal["local", "openai", "reference"] = "local"
+    """'local' HF model, 'openai' (any OpenAI-compatible server) or 'reference' (a rationale field)."""
+    model: str = "smollm2-135m"
+    """Local model spec, or the served model's name for 'openai'."""
+    base_url: str | None = None
+    """OpenAI-compatible base URL, e.g. http://127.0.0.1:8000/v1."""
+    api_key_env: str | None = None
+    """Environment variable holding the API key (the key itself never goes in a config)."""
+    reference_field: str | None = None
+    """For 'reference': the example field holding the rationale (pubmedqa: 'long_answer')."""
+    prompt: str | None = None
+    """Instruction for the teacher; None uses the built-in label-conditioned prompt."""
+    temperature: float = 0.7
+    """Sampling temperature for retries (the first attempt is greedy for local teachers)."""
+    max_new_tokens: int = 256
+    """Longest explanation the teacher may write."""
+    max_attempts: int = 3
+    """Tries per example before it is kept with explanation null."""
+    batch_size: int = 8
+    """Local teacher: prompts generated together."""
+    concurrency: int = 4
+    """OpenAI-compatible teacher: requests in flight."""
+    timeout: float = 60.0
+    """Seconds per request."""
+    max_retries: int = 5
+    """Retries of one request on 429/5xx/connection errors, with exponential backoff."""
+
+
+@dataclass
+class EvalConfig:
+    """Evaluation, threshold and calibration."""
+
+    threshold: Literal["max_f1", "youden", "fixed"] = "max_f1"
+    """How the decision threshold is chosen on the dev split."""
+    fixed_threshold: float = 0.5
+    """Threshold used when threshold == 'fixed'."""
+    calibrate: bool = True
+    """Fit temperature scaling on the dev split."""
+    explain: int | None = None
+    """Generate explanations for at most this many test rows (None: all)."""
+    max_new_tokens: int = 256
+    """Longest generated explanation."""
+    batch_size: int = 8
+    """Examples per forward pass."""
+    n_bootstrap: int = 1000
+    """Bootstrap resamples for 95% intervals."""
+
+
+@dataclass
+class Config:
+    """Everything a run needs; each section has CPU-friendly defaults."""
+
+    model: ModelConfig = field(default_factory=ModelConfig)
+    lora: LoraConfig = field(default_factory=LoraConfig)
+    task: TaskConfig = field(default_factory=TaskConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    teacher: TeacherConfig = field(default_factory=TeacherConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    def validate(self) -> list[Problem]:
+        """Values that cannot work, found before any expensive step."""
+        p: list[Problem] = []
+        t = self.train
+        if t.w_cls == 0 and t.w_lm == 0:
+            p.append(Problem("both loss weights are 0: nothing would be trained; set train.w_cls or "
+                             "train.w_lm above 0", field="train.w_cls"))
+        for name in ("w_cls", "w_lm", "lr", "head_lr", "weight_decay"):
+            if getattr(t, name) < 0:
+                p.append(Problem(f"must be >= 0, got {getattr(t, name)}", field=f"train.{name}"))
+        for name in ("batch_size", "grad_accum", "max_length", "save_every"):
+            if getattr(t, name) < 1:
+                p.append(Problem(f"must be >= 1, got {getattr(t, name)}", field=f"train.{name}"))
+        if not 0 <= t.warmup_ratio < 1:
+            p.append(Problem(f"must be in [0, 1), got {t.warmup_ratio}", field="train.warmup_ratio"))
+        if isinstance(t.pos_weight, float) and t.pos_weight <= 0:
+            p.append(Problem(f"must be > 0, got {t.pos_weight}", field="train.pos_weight"))
+        if self.lora.r < 1:
+            p.append(Problem(f"must be >= 1, got {self.lora.r}", field="lora.r"))
+        if not 0 <= self.lora.dropout < 1:
+            p.append(Problem(f"must be in [0, 1), got {self.lora.dropout}", field="lora.dropout"))
+        if self.task.max_prompt_tokens < 16:
+            p.append(Problem(f"must be >= 16, got {self.task.max_prompt_tokens}",
+                             field="task.max_prompt_tokens"))
+        if self.task.verbalizers is not None and (
+            len(self.task.verbalizers) != 2 or len({v.strip().lower() for v in self.task.verbalizers}) != 2
+            or not all(v.strip() for v in self.task.verbalizers)
+        ):
+            p.append(Problem(f"need two different non-empty words (label 0, label 1), got "
+                             f"{self.task.verbalizers!r}", field="task.verbalizers"))
+        if self.teacher.max_attempts < 1:
+            p.append(Problem("must be >= 1", field="teacher.max_attempts"))
+        if not 0 <= self.eval.fixed_threshold <= 1:
+            p.append(Problem("must be in [0, 1]", field="eval.fixed_threshold"))
+        return p
+
+
+# ----------------------------------------------------------------------------- loading
+
+
+def _type_name(tp: Any) -> str:
+    origin = typing.get_origin(tp)
+    if origin is Literal:
+        return " | ".join(repr(a) for a in typing.get_args(tp))
+    if origin in (typing.Union, types.UnionType):
+        return " | ".join(_type_name(a) for a in typing.get_args(tp))
+    if origin is not None:
+        args = ", ".join(_type_name(a) for a in typing.get_args(tp))
+        return f"{getattr(origin, '__name__', str(origin))}[{args}]"
+    return "null" if tp is type(None) else getattr(tp, "__name__", str(tp))
+
+
+def _coerce(value: Any, tp: Any, key: str, problems: list[Problem]) -> Any:
+    """Check `value` against the annotation `tp`; return it (ints widened to floats) or record a problem."""
+    origin = typing.get_origin(tp)
+    bad = Problem(f"expected {_type_name(tp)}, got {value!r} ({type(value).__name__})", field=key)
+    if dataclasses.is_dataclass(tp):
+        if not isinstance(value, dict):
+            problems.append(bad)
+            return tp()
+        return _from_dict(tp, value, key, problems)
+    if origin is Literal:
+        if value in typing.get_args(tp):
+            return value
+        problems.append(bad)
+        return None
+    if origin in (typing.Union, types.UnionType):
+        for arg in typing.get_args(tp):
+            trial: list[Problem] = []
+            out = _coerce(value, arg, key, trial)
+            if not trial:
+                return out
+        problems.append(bad)
+        return None
+    if tp is type(None):
+        if value is None:
+            return None
+        problems.append(bad)
+        return None
+    if origin is list:
+        (item_tp,) = typing.get_args(tp)
+        if not isinstance(value, list):
+            problems.append(bad)
+            return []
+        return [_coerce(v, item_tp, f"{key}[{i}]", problems) for i, v in enumerate(value)]
+    if origin is dict:
+        k_tp, v_tp = typing.get_args(tp)
+        if not isinstance(value, dict):
+            problems.append(bad)
+            return {}
+        return {str(k): _coerce(v, v_tp, f"{key}.{k}", problems) for k, v in value.items()}
+    if tp is float:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+        if isinstance(value, str):  # YAML reads '1e-4' (no dot) as a string
+            try:
+                return float(value)
+            except ValueError:
+                pass
+        problems.append(bad)
+        return None
+    if tp is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+        problems.append(bad)
+        return None
+    if tp is str or tp is bool:
+        if isinstance(value, tp):
+            return value
+        problems.append(bad)
+        return None
+    raise TypeError(f"unsupported config annotation {tp!r} for {key}")  # a bug in this module
+
+
+def _from_dict(cls: type, data: dict[str, Any], prefix: str, problems: list[Problem]) -> Any:
+    hints = typing.get_type_hints(cls)
+    names = {f.name for f in dataclasses.fields(cls)}
+    kwargs = {}
+    for key, value in data.items():
+        full = f"{prefix}.{key}" if prefix else str(key)
+        if key not in names:
+            known = ", ".join(sorted(names))
+            problems.append(Problem(f"unknown key; known keys here: {known}", field=full))
+            continue
+        kwargs[key] = _coerce(value, hints[key], full, problems)
+    return cls(**{k: v for k, v in kwargs.items() if v is not None or _allows_none(hints[k])})
+
+
+def _allows_none(tp: Any) -> bool:
+    return type(None) in typing.get_args(tp)
+
+
+def parse_override(text: str) -> tuple[list[str], Any]:
+    """'train.lr=1e-4' -> (['train', 'lr'], 0.0001); the value is read as YAML."""
+    if "=" not in text:
+        raise ConfigError([Problem(f"override {text!r} is not of the form section.key=value",
+                                   field="--set")])
+    key, raw = text.split("=", 1)
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else ""
+    except yaml.YAMLError:
+        value = raw
+    return key.strip().split("."), value
+
+
+def config_from_dict(data: dict[str, Any], source: str = "config") -> Config:
+    """Build a `Config` from nested dicts, reporting every problem at once."""
+    problems: list[Problem] = []
+    if not isinstance(data, dict):
+        raise ConfigError([Problem(f"expected a mapping of sections, got {type(data).__name__}",
+                                   file=source)])
+    cfg = _from_dict(Config, data, "", problems)
+    if not problems:
+        problems.extend(cfg.validate())
+    if problems:
+        raise ConfigError([dataclasses.replace(p, file=p.file or source) for p in problems])
+    return cfg
+
+
+def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str, ...] = ()) -> Config:
+    """Read YAML (optional), apply `section.key=value` overrides, validate; raise `ConfigError`."""
+    data: dict[str, Any] = {}
+    source = "defaults"
+    if path is not None:
+        source = str(path)
+        try:
+            text = Path(path).read_text(encoding="utf-8")
+        except OSError as e:
+            raise ConfigError([Problem(f"cannot read: {e.strerror}", file=source)]) from None
+        try:
+            data = yaml.safe_load(text) or {}
+        except yaml.YAMLError as e:
+            raise ConfigError([Problem(f"not valid YAML: {e}", file=source)]) from None
+    for text in overrides:
+        keys, value = parse_override(text)
+        node = data
+        for k in keys[:-1]:
+            node = node.setdefault(k, {})
+            if not isinstance(node, dict):
+                raise ConfigError([Problem(f"{k} is not a section", field=".".join(keys))])
+        node[keys[-1]] = value
+        if path is not None:
+            source = f"{path} (with overrides)"
+    return config_from_dict(data, source)
+
+
+def save_config(cfg: Config, path: str | Path) -> None:
+    Path(path).write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False), encoding="utf-8")

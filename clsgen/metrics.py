@@ -1,0 +1,647 @@
+"""Evaluation metrics for clsgen, in pure numpy (no torch, no model).
+
+Notation (see DESIGN.md, "Metrics (our definitions)"): ``p`` is the head's probability of class 1,
+``y`` the gold label in {0, 1}, ``tau`` the decision threshold, ``y_hat = 1[p >= tau]`` and ``e``
+the label stated by the explanation's verdict line (None when missing or ambiguous).
+
+The metric functions raise `UndefinedMetricError` (a `ValueError`) when a metric does not exist for
+the data (only one class, no rows); `compute_metrics` turns that into ``value=None`` with a note, so
+a report never shows NaN. Malformed input (labels outside {0, 1}, probabilities outside [0, 1],
+arrays of different lengths) raises a plain `ValueError`.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from collections import Counter
+from dataclasses import dataclass
+from typing import Any, Callable, Sequence
+
+import numpy as np
+
+from .verdict import split_verdict
+
+ECE_BINS = 15
+"""Equal-width bins on [0, 1] for the expected calibration error."""
+
+# Readability rules (see `explanation_quality`).
+NGRAM_SIZE = 4
+"""Length of the word n-grams checked for repetition loops."""
+NGRAM_MIN_COUNT = 3
+"""An n-gram occurring at least this many times is a repeated n-gram."""
+NGRAM_MAX_COVERAGE = 0.5
+"""Degenerate when repeated n-grams cover at least this share of the words."""
+REPEAT_MIN_WORDS = 8
+"""The n-gram and single-word rules apply only to bodies of at least this many words."""
+SINGLE_WORD_MAX_SHARE = 0.5
+"""Degenerate when one word makes up more than this share of the words."""
+WORD_RUN_MAX = 4
+"""Degenerate when the same word occurs this many times in a row ("very very very very")."""
+SENTENCE_REPEAT_MAX = 3
+"""Degenerate when the same sentence or line occurs this many times."""
+SENTENCE_MIN_WORDS = 3
+"""Sentences shorter than this are not checked for repetition (e.g. list items like "None.")."""
+CHAR_LOOP_MAX_UNIT = 8
+"""Longest character unit checked for looping without spaces ("hahaha...", "abcabc...")."""
+CHAR_LOOP_MIN_REPEATS = 12
+"""Degenerate when such a unit (starting with a letter or digit) repeats this many times in a row."""
+PROSE_MIN_WORDS = 3
+"""Not prose when the body has fewer words than this."""
+PROSE_MIN_ALPHA_SHARE = 0.5
+"""Not prose when less than this share of the non-space characters are letters."""
+
+_WORD = re.compile(r"\w+")
+_ALPHA_WORD = re.compile(r"[^\W\d_]+(?:['\u2019][^\W\d_]+)*")
+_SENTENCE_SPLIT = re.compile(r"(?<=[.!?])\s+|\n+")
+_FLESCH_SENTENCE_SPLIT = re.compile(r"[.!?]+(?=\s|$)|\n")
+_CHAR_LOOP = re.compile(rf"([^\W_].{{0,{CHAR_LOOP_MAX_UNIT - 1}}}?)\1{{{CHAR_LOOP_MIN_REPEATS - 1},}}", re.DOTALL)
+_VOWEL_GROUP = re.compile(r"[aeiouy]+")
+
+THRESHOLD_METHODS = ("max_f1", "youden", "fixed")
+
+
+class UndefinedMetricError(ValueError):
+    """The metric does not exist for these data (e.g. only one class present)."""
+
+
+# ---------------------------------------------------------------------------------------- inputs
+
+
+def _labels(y: Any, name: str = "y") -> np.ndarray:
+    arr = np.asarray(y)
+    if arr.ndim != 1:
+        raise ValueError(f"{name} must be a 1-D sequence of 0/1 labels, got shape {arr.shape}")
+    if arr.size and not np.all(np.isin(arr, (0, 1))):
+        bad = sorted({repr(v) for v in arr[~np.isin(arr, (0, 1))].tolist()})[:5]
+        raise ValueError(f"{name} must hold only 0 and 1, got {', '.join(bad)}")
+    return arr.astype(np.int64)
+
+
+def _probabilities(p: Any, name: str = "p") -> np.ndarray:
+    arr = np.asarray(p, dtype=np.float64)
+    if arr.ndim != 1:
+        raise ValueError(f"{name} must be a 1-D sequence of probabilities, got shape {arr.shape}")
+    if arr.size and not (np.all(np.isfinite(arr)) and arr.min() >= 0.0 and arr.max() <= 1.0):
+        raise ValueError(f"{name} must hold probabilities in [0, 1], got values in [{arr.min()}, {arr.max()}]")
+    return arr
+
+
+def _same_length(**arrays: Any) -> int:
+    lengths = {name: len(a) for name, a in arrays.items()}
+    if len(set(lengths.values())) > 1:
+        given = ", ".join(f"{k}={v}" for k, v in lengths.items())
+        raise ValueError(f"inputs must have the same number of rows, got {given}")
+    return next(iter(lengths.values()))
+
+
+def _nonempty(n: int) -> None:
+    if n == 0:
+        raise UndefinedMetricError("undefined: no rows")
+
+
+def _both_classes(y: np.ndarray) -> None:
+    _nonempty(len(y))
+    if y.min() == y.max():
+        raise UndefinedMetricError("undefined: only one class present")
+
+
+def _is_missing(v: Any) -> bool:
+    return v is None or (isinstance(v, (float, np.floating)) and math.isnan(v))
+
+
+def _present_verdicts(e: Sequence[Any]) -> tuple[np.ndarray, np.ndarray]:
+    """(mask of rows whose verdict is present, those verdicts as 0/1 ints)."""
+    mask = np.array([not _is_missing(v) for v in e], dtype=bool)
+    present = _labels([int(v) for v, m in zip(e, mask) if m], name="e")
+    return mask, present
+
+
+# ----------------------------------------------------------------------- probability and labels
+
+
+def _average_ranks(x: np.ndarray) -> np.ndarray:
+    """1-based ranks of `x`, ties sharing their average rank."""
+    order = np.argsort(x, kind="mergesort")
+    sorted_x = x[order]
+    starts = np.flatnonzero(np.r_[True, sorted_x[1:] != sorted_x[:-1]])
+    ends = np.r_[starts[1:], len(x)]
+    group_ranks = (starts + ends + 1) / 2.0
+    ranks = np.empty(len(x), dtype=np.float64)
+    ranks[order] = np.repeat(group_ranks, ends - starts)
+    return ranks
+
+
+def auroc(y: Any, p: Any) -> float:
+    """Area under the ROC curve of scores `p` against labels `y` (ties count one half)."""
+    y, p = _labels(y), np.asarray(p, dtype=np.float64)
+    _same_length(y=y, p=p)
+    _both_classes(y)
+    n_pos = int(y.sum())
+    n_neg = len(y) - n_pos
+    rank_sum = _average_ranks(p)[y == 1].sum()
+    return float((rank_sum - n_pos * (n_pos + 1) / 2.0) / (n_pos * n_neg))
+
+
+def _counts_by_threshold(y: np.ndarray, p: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(distinct thresholds descending, true positives, false positives) of `p >= threshold`."""
+    order = np.argsort(-p, kind="mergesort")
+    p_sorted, y_sorted = p[order], y[order]
+    last_of_group = np.flatnonzero(np.r_[p_sorted[1:] != p_sorted[:-1], True])
+    tps = np.cumsum(y_sorted)[last_of_group].astype(np.float64)
+    fps = (last_of_group + 1) - tps
+    return p_sorted[last_of_group], tps, fps
+
+
+def auprc(y: Any, p: Any) -> float:
+    """Average precision: sum over thresholds of (recall step) x precision, as in scikit-learn."""
+    y, p = _labels(y), np.asarray(p, dtype=np.float64)
+    _same_length(y=y, p=p)
+    _nonempty(len(y))
+    if y.sum() == 0:
+        raise UndefinedMetricError("undefined: no positive labels")
+    _, tps, fps = _counts_by_threshold(y, p)
+    precision = tps / (tps + fps)
+    recall = tps / tps[-1]
+    return float(np.sum(np.diff(np.r_[0.0, recall]) * precision))
+
+
+def f1(y: Any, y_hat: Any) -> float:
+    """F1 of the positive class: 2 TP / (2 TP + FP + FN)."""
+    y, y_hat = _labels(y), _labels(y_hat, "y_hat")
+    _same_length(y=y, y_hat=y_hat)
+    _nonempty(len(y))
+    tp = int(np.sum((y == 1) & (y_hat == 1)))
+    wrong = int(np.sum(y != y_hat))
+    if 2 * tp + wrong == 0:
+        raise UndefinedMetricError("undefined: no positive labels or predictions")
+    return 2.0 * tp / (2.0 * tp + wrong)
+
+
+def accuracy(y: Any, y_hat: Any) -> float:
+    """Share of rows where `y_hat` equals `y`."""
+    y, y_hat = _labels(y), _labels(y_hat, "y_hat")
+    _same_length(y=y, y_hat=y_hat)
+    _nonempty(len(y))
+    return float(np.mean(y == y_hat))
+
+
+def brier(y: Any, p: Any) -> float:
+    """Mean squared error of the probability `p` against the label `y`."""
+    y, p = _labels(y), _probabilities(p)
+    _same_length(y=y, p=p)
+    _nonempty(len(y))
+    return float(np.mean((p - y) ** 2))
+
+
+def ece(y: Any, p: Any, n_bins: int = ECE_BINS) -> float:
+    """Expected calibration error over `n_bins` equal-width bins on [0, 1].
+
+    Bins are [k/n, (k+1)/n), the last one closed on 1.0; each non-empty bin contributes
+    (rows in bin / all rows) * |mean(y) - mean(p)| over its rows.
+    """
+    if n_bins < 1:
+        raise ValueError(f"n_bins must be a positive integer, got {n_bins}")
+    y, p = _labels(y), _probabilities(p)
+    _same_length(y=y, p=p)
+    _nonempty(len(y))
+    edges = np.linspace(0.0, 1.0, n_bins + 1)
+    bins = np.digitize(p, edges[1:-1], right=False)
+    count = np.bincount(bins, minlength=n_bins)
+    sum_y = np.bincount(bins, weights=y, minlength=n_bins)
+    sum_p = np.bincount(bins, weights=p, minlength=n_bins)
+    used = count > 0
+    gaps = np.abs(sum_y[used] - sum_p[used]) / count[used]
+    return float(np.sum(count[used] * gaps) / len(y))
+
+
+def cohen_kappa(a: Any, b: Any) -> float:
+    """Cohen's kappa between two raters' labels: (p_observed - p_chance) / (1 - p_chance)."""
+    a, b = np.asarray(a), np.asarray(b)
+    _same_length(a=a, b=b)
+    _nonempty(len(a))
+    labels = np.unique(np.concatenate([a, b]))
+    p_a = np.array([np.mean(a == k) for k in labels])
+    p_b = np.array([np.mean(b == k) for k in labels])
+    chance = float(np.sum(p_a * p_b))
+    if chance >= 1.0:
+        raise UndefinedMetricError("undefined: both raters give one and the same label")
+    observed = float(np.mean(a == b))
+    return (observed - chance) / (1.0 - chance)
+
+
+# ------------------------------------------------------------------- probability vs explanation
+
+
+def alignment_auroc(p: Any, e: Sequence[Any]) -> float:
+    """AUROC of the probability `p` against the verdict `e`, on rows where `e` is present."""
+    p = np.asarray(p, dtype=np.float64)
+    _same_length(p=p, e=e)
+    mask, present = _present_verdicts(e)
+    return auroc(present, p[mask])
+
+
+def alignment_kappa(y_hat: Any, e: Sequence[Any]) -> float:
+    """Cohen's kappa between `y_hat` and the verdict `e`, on rows where `e` is present."""
+    y_hat = _labels(y_hat, "y_hat")
+    _same_length(y_hat=y_hat, e=e)
+    mask, present = _present_verdicts(e)
+    return cohen_kappa(y_hat[mask], present)
+
+
+def inconsistency_rate(y_hat: Any, e: Sequence[Any]) -> float:
+    """Share of all rows whose verdict `e` is missing or differs from `y_hat`."""
+    y_hat = _labels(y_hat, "y_hat")
+    n = _same_length(y_hat=y_hat, e=e)
+    _nonempty(n)
+    mask, present = _present_verdicts(e)
+    disagree = int(np.sum(present != y_hat[mask]))
+    return (int(np.sum(~mask)) + disagree) / n
+
+
+# ------------------------------------------------------------------------------- readability
+
+
+def _is_degenerate(body: str) -> bool:
+    """Repetition loops; see `explanation_quality` for the rules."""
+    words = _WORD.findall(body.casefold())
+    if _CHAR_LOOP.search(body):
+        return True
+    runs = [1]
+    for prev, cur in zip(words, words[1:]):
+        runs.append(runs[-1] + 1 if cur == prev else 1)
+    if max(runs) >= WORD_RUN_MAX:
+        return True
+    sentences = [" ".join(_WORD.findall(s.casefold())) for s in _SENTENCE_SPLIT.split(body)]
+    sentences = [s for s in sentences if len(s.split()) >= SENTENCE_MIN_WORDS]
+    if sentences and max(Counter(sentences).values()) >= SENTENCE_REPEAT_MAX:
+        return True
+    if len(words) < max(REPEAT_MIN_WORDS, NGRAM_SIZE):
+        return False
+    if max(Counter(words).values()) / len(words) > SINGLE_WORD_MAX_SHARE:
+        return True
+    grams = [tuple(words[i : i + NGRAM_SIZE]) for i in range(len(words) - NGRAM_SIZE + 1)]
+    counts = Counter(grams)
+    covered = np.zeros(len(words), dtype=bool)
+    for i, gram in enumerate(grams):
+        if counts[gram] >= NGRAM_MIN_COUNT:
+            covered[i : i + NGRAM_SIZE] = True
+    return bool(covered.mean() >= NGRAM_MAX_COVERAGE)
+
+
+def _is_not_prose(body: str) -> bool:
+    words = _ALPHA_WORD.findall(body)
+    if len(words) < PROSE_MIN_WORDS:
+        return True
+    chars = [c for c in body if not c.isspace()]
+    return sum(c.isalpha() for c in chars) / len(chars) < PROSE_MIN_ALPHA_SHARE
+
+
+def explanation_quality(text: str | None, verdict: Any) -> dict[str, bool]:
+    """Readability flags of one generated explanation.
+
+    `text` is the whole generated text; its body is the text before the verdict line
+    (`clsgen.verdict.split_verdict`). `verdict` is the parsed verdict (label index, or the raw
+    verdict line); None means missing. The flags:
+
+    * ``empty``: the body has no visible characters.
+    * ``missing_verdict``: `verdict` is None.
+    * ``degenerate`` (non-empty bodies only): a repetition loop, i.e. any of
+      a unit of up to `CHAR_LOOP_MAX_UNIT` characters starting with a letter or digit repeated
+      `CHAR_LOOP_MIN_REPEATS` times in a row ("hahaha..."); the same word `WORD_RUN_MAX` times in a
+      row; the same sentence or line (of `SENTENCE_MIN_WORDS`+ words) `SENTENCE_REPEAT_MAX`+ times;
+      and, for bodies of `REPEAT_MIN_WORDS`+ words, one word making up more than
+      `SINGLE_WORD_MAX_SHARE` of the words, or word `NGRAM_SIZE`-grams occurring
+      `NGRAM_MIN_COUNT`+ times covering at least `NGRAM_MAX_COVERAGE` of the words.
+    * ``not_prose`` (non-empty bodies only): fewer than `PROSE_MIN_WORDS` words, or fewer than
+      `PROSE_MIN_ALPHA_SHARE` of the non-space characters are letters.
+    * ``readable``: none of the above.
+    """
+    body, _ = split_verdict(text or "")
+    empty = not body.strip()
+    flags = {
+        "empty": empty,
+        "missing_verdict": verdict is None,
+        "degenerate": (not empty) and _is_degenerate(body),
+        "not_prose": (not empty) and _is_not_prose(body),
+    }
+    flags["readable"] = not any(flags.values())
+    return flags
+
+
+def readability(texts: Sequence[str | None], verdicts: Sequence[Any]) -> float:
+    """Share of explanations that are readable (see `explanation_quality`)."""
+    n = _same_length(texts=texts, verdicts=verdicts)
+    _nonempty(n)
+    return sum(explanation_quality(t, v)["readable"] for t, v in zip(texts, verdicts)) / n
+
+
+def _syllables(word: str) -> int:
+    """Vowel groups (a e i o u y), less a silent final 'e' (not '-le'/'-ee'/'-ye'), at least 1."""
+    w = word.casefold()
+    n = len(_VOWEL_GROUP.findall(w))
+    if n > 1 and w.endswith("e") and not w.endswith(("le", "ee", "ye")):
+        n -= 1
+    return max(1, n)
+
+
+def flesch_reading_ease(text: str) -> float:
+    """206.835 - 1.015 * words / sentences - 84.6 * syllables / words.
+
+    Words are runs of letters (with inner apostrophes); sentences are the pieces between '.', '!'
+    or '?' followed by a space or the end, or between lines, that contain a word.
+    """
+    words = _ALPHA_WORD.findall(text or "")
+    if not words:
+        raise UndefinedMetricError("undefined: no words")
+    sentences = sum(1 for s in _FLESCH_SENTENCE_SPLIT.split(text) if _ALPHA_WORD.search(s))
+    syllables = sum(_syllables(w) for w in words)
+    return 206.835 - 1.015 * len(words) / sentences - 84.6 * syllables / len(words)
+
+
+def flesch(texts: Sequence[str | None]) -> float:
+    """Mean Flesch reading ease of the explanations' bodies (verdict line removed), skipping
+    texts that are None or have no words."""
+    scores = [_body_flesch(t) for t in texts]
+    scores = [s for s in scores if s is not None]
+    if not scores:
+        raise UndefinedMetricError("undefined: no explanation with words")
+    return float(np.mean(scores))
+
+
+def _body_flesch(text: str | None) -> float | None:
+    body, _ = split_verdict(text or "")
+    try:
+        return flesch_reading_ease(body)
+    except UndefinedMetricError:
+        return None
+
+
+# -------------------------------------------------------------------- thresholds, temperature
+
+
+def choose_threshold(y: Any, p: Any, method: str = "max_f1", fixed: float = 0.5) -> float:
+    """A decision threshold tau for `y_hat = 1[p >= tau]`, chosen on (dev) data.
+
+    * ``max_f1``: the distinct value of `p` that maximizes F1;
+    * ``youden``: the distinct value of `p` that maximizes TPR - FPR (Youden's J);
+    * ``fixed``: `fixed`.
+
+    Ties go to the larger threshold (fewer positive predictions).
+    """
+    if method == "fixed":
+        return float(fixed)
+    if method not in THRESHOLD_METHODS:
+        raise ValueError(f"threshold method must be one of {', '.join(THRESHOLD_METHODS)}, got {method!r}")
+    y, p = _labels(y), _probabilities(p)
+    _same_length(y=y, p=p)
+    if method == "max_f1":
+        _nonempty(len(y))
+        if y.sum() == 0:
+            raise UndefinedMetricError("undefined: no positive labels to choose a max-F1 threshold")
+        thresholds, tps, fps = _counts_by_threshold(y, p)
+        scores = 2 * tps / (tps + fps + y.sum())
+    else:
+        _both_classes(y)
+        thresholds, tps, fps = _counts_by_threshold(y, p)
+        scores = tps / y.sum() - fps / (len(y) - y.sum())
+    return float(thresholds[int(np.argmax(scores))])  # thresholds descend: first max is the largest
+
+
+def sigmoid(x: Any) -> np.ndarray:
+    """Numerically stable logistic function."""
+    return np.exp(-np.logaddexp(0.0, -np.asarray(x, dtype=np.float64)))
+
+
+def logit(p: Any, eps: float = 1e-12) -> np.ndarray:
+    """Inverse of `sigmoid`, with `p` clipped to [eps, 1 - eps]."""
+    p = np.clip(np.asarray(p, dtype=np.float64), eps, 1.0 - eps)
+    return np.log(p) - np.log1p(-p)
+
+
+def _nll(y: np.ndarray, z: np.ndarray, temperature: float) -> float:
+    """Mean binary cross-entropy of sigmoid(z / T): softplus(s) - y * s."""
+    s = z / temperature
+    return float(np.mean(np.logaddexp(0.0, s) - y * s))
+
+
+def fit_temperature(y: Any, logits: Any, t_min: float = 1e-2, t_max: float = 1e2, tol: float = 1e-6) -> float:
+    """The temperature T > 0 minimizing the NLL of sigmoid(logits / T) against `y`.
+
+    Golden-section search on log T over [t_min, t_max]; the NLL is convex in 1/T, hence unimodal in
+    log T. Perfectly separated data push T to `t_min`; anti-correlated logits push it to `t_max`.
+    """
+    y, z = _labels(y), np.asarray(logits, dtype=np.float64)
+    _same_length(y=y, logits=z)
+    _nonempty(len(y))
+    if not np.all(np.isfinite(z)):
+        raise ValueError("logits must be finite")
+    if not 0 < t_min < t_max:
+        raise ValueError(f"need 0 < t_min < t_max, got t_min={t_min}, t_max={t_max}")
+    loss = lambda u: _nll(y, z, math.exp(u))  # noqa: E731
+    inv_phi = (math.sqrt(5.0) - 1.0) / 2.0
+    a, b = math.log(t_min), math.log(t_max)
+    c, d = b - inv_phi * (b - a), a + inv_phi * (b - a)
+    fc, fd = loss(c), loss(d)
+    while b - a > tol:
+        if fc <= fd:
+            b, d, fd = d, c, fc
+            c = b - inv_phi * (b - a)
+            fc = loss(c)
+        else:
+            a, c, fc = c, d, fd
+            d = a + inv_phi * (b - a)
+            fd = loss(d)
+    return math.exp((a + b) / 2.0)
+
+
+def apply_temperature(logits: Any, temperature: float) -> np.ndarray:
+    """Calibrated probabilities sigmoid(logits / T). Use `logit(p)` to get logits from probabilities."""
+    if not temperature > 0:
+        raise ValueError(f"temperature must be > 0, got {temperature}")
+    return sigmoid(np.asarray(logits, dtype=np.float64) / temperature)
+
+
+# -------------------------------------------------------------------------------- bootstrap
+
+
+def _indexable(a: Any) -> np.ndarray:
+    if isinstance(a, np.ndarray):
+        return a
+    arr = np.empty(len(a), dtype=object)
+    arr[:] = list(a)
+    return arr if any(_is_missing(v) or isinstance(v, str) for v in arr) else np.asarray(list(a))
+
+
+def bootstrap_ci(
+    metric_fn: Callable[..., float],
+    *arrays: Any,
+    n: int = 1000,
+    alpha: float = 0.05,
+    seed: int = 0,
+) -> tuple[float | None, float | None]:
+    """Percentile bootstrap interval (1 - alpha) of `metric_fn(*arrays)`, resampling rows jointly.
+
+    Resamples where the metric is undefined (raises `UndefinedMetricError`, returns None or a
+    non-finite value) are skipped; (None, None) when every resample is undefined or there are no rows.
+    """
+    if n < 1:
+        raise ValueError(f"n (bootstrap resamples) must be >= 1, got {n}")
+    if not 0 < alpha < 1:
+        raise ValueError(f"alpha must be in (0, 1), got {alpha}")
+    if not arrays:
+        raise ValueError("bootstrap_ci needs at least one array")
+    arrs = [_indexable(a) for a in arrays]
+    rows = _same_length(**{f"array{i}": a for i, a in enumerate(arrs)})
+    if rows == 0:
+        return None, None
+    rng = np.random.default_rng(seed)
+    values = []
+    for _ in range(n):
+        idx = rng.integers(0, rows, size=rows)
+        try:
+            v = metric_fn(*(a[idx] for a in arrs))
+        except UndefinedMetricError:
+            continue
+        if v is not None and math.isfinite(v):
+            values.append(float(v))
+    if not values:
+        return None, None
+    low, high = np.quantile(values, [alpha / 2.0, 1.0 - alpha / 2.0])
+    return float(low), float(high)
+
+
+# ---------------------------------------------------------------------------------- all of it
+
+
+@dataclass(frozen=True)
+class MetricResult:
+    """One metric: its value, bootstrap interval, the rows it used, and why it is missing."""
+
+    value: float | None
+    """The point estimate; None when the metric is undefined for the data."""
+    low: float | None = None
+    """Lower end of the bootstrap interval (None without one)."""
+    high: float | None = None
+    """Upper end of the bootstrap interval (None without one)."""
+    n: int = 0
+    """Rows used to compute the metric."""
+    note: str | None = None
+    """Why the value (or the interval) is missing, e.g. 'undefined: only one class present'."""
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain JSON-friendly dict (floats, ints, strings, None; never NaN)."""
+        as_float = lambda v: None if v is None else float(v)  # noqa: E731
+        return {
+            "value": as_float(self.value),
+            "low": as_float(self.low),
+            "high": as_float(self.high),
+            "n": int(self.n),
+            "note": self.note,
+        }
+
+
+def _result(fn: Callable[..., float], arrays: list[Any], n_boot: int, seed: int, alpha: float) -> MetricResult:
+    rows = len(arrays[0])
+    try:
+        value = float(fn(*arrays))
+    except UndefinedMetricError as err:
+        return MetricResult(None, n=rows, note=str(err))
+    if n_boot <= 0:
+        return MetricResult(value, n=rows)
+    low, high = bootstrap_ci(fn, *arrays, n=n_boot, alpha=alpha, seed=seed)
+    note = None if low is not None else "interval undefined: every resample was undefined"
+    return MetricResult(value, low, high, n=rows, note=note)
+
+
+def _mean(values: np.ndarray) -> float:
+    _nonempty(len(values))
+    return float(np.mean(values))
+
+
+def compute_metrics(
+    y: Any,
+    p: Any,
+    threshold: float,
+    verdicts: Sequence[Any] | None = None,
+    explanations: Sequence[str | None] | None = None,
+    n_boot: int = 1000,
+    seed: int = 0,
+    alpha: float = 0.05,
+) -> dict[str, MetricResult]:
+    """Every metric of DESIGN.md with a bootstrap (1 - alpha) interval (none when `n_boot` is 0).
+
+    Always returns the same keys: auroc, auprc, f1, accuracy, ece, brier, alignment_auroc,
+    alignment_kappa, inconsistency_rate, readability, flesch. A metric that cannot be computed has
+    value None and a note.
+
+    `verdicts` and `explanations` are aligned with `y`. A row has an explanation when its entry in
+    `explanations` is not None (when only `verdicts` is given, every row counts as explained);
+    rows without one are left out of the explanation metrics, and each result's `n` says how many
+    rows it used. A None verdict on an explained row means the verdict is missing (inconsistent,
+    unreadable). Without `verdicts`, readability counts a verdict as present when the text has an
+    answer line.
+    """
+    y, p = _labels(y), _probabilities(p)
+    rows = _same_length(y=y, p=p)
+    if not math.isfinite(threshold):
+        raise ValueError(f"threshold must be a finite number, got {threshold}")
+    y_hat = (p >= threshold).astype(np.int64)
+    boot = dict(n_boot=n_boot, seed=seed, alpha=alpha)
+    results = {
+        "auroc": _result(auroc, [y, p], **boot),
+        "auprc": _result(auprc, [y, p], **boot),
+        "f1": _result(f1, [y, y_hat], **boot),
+        "accuracy": _result(accuracy, [y, y_hat], **boot),
+        "ece": _result(ece, [y, p], **boot),
+        "brier": _result(brier, [y, p], **boot),
+    }
+    results.update(_explanation_metrics(p, y_hat, rows, verdicts, explanations, boot))
+    return results
+
+
+def _explanation_metrics(
+    p: np.ndarray,
+    y_hat: np.ndarray,
+    rows: int,
+    verdicts: Sequence[Any] | None,
+    explanations: Sequence[str | None] | None,
+    boot: dict[str, Any],
+) -> dict[str, MetricResult]:
+    if verdicts is not None:
+        _same_length(y=y_hat, verdicts=verdicts)
+    if explanations is not None:
+        _same_length(y=y_hat, explanations=explanations)
+        explained = np.array([t is not None for t in explanations], dtype=bool)
+    else:
+        explained = np.ones(rows, dtype=bool)
+    idx = np.flatnonzero(explained)
+    out: dict[str, MetricResult] = {}
+
+    if verdicts is None:
+        note = "undefined: no verdicts given"
+        out.update({k: MetricResult(None, note=note) for k in ("alignment_auroc", "alignment_kappa", "inconsistency_rate")})
+    else:
+        e = [verdicts[i] for i in idx]
+        present, e_present = _present_verdicts(e)
+        out["alignment_auroc"] = _result(lambda pp, ee: auroc(ee, pp), [p[idx][present], e_present], **boot)
+        out["alignment_kappa"] = _result(cohen_kappa, [y_hat[idx][present], e_present], **boot)
+        out["inconsistency_rate"] = _result(inconsistency_rate, [y_hat[idx], _indexable(e)], **boot)
+
+    if explanations is None:
+        note = "undefined: no explanations given"
+        out.update({k: MetricResult(None, note=note) for k in ("readability", "flesch")})
+    else:
+        texts = [explanations[i] for i in idx]
+        if verdicts is not None:
+            stated = [verdicts[i] for i in idx]
+            stated = [None if _is_missing(v) else v for v in stated]
+        else:
+            stated = [split_verdict(t)[1] for t in texts]
+        readable = np.array([explanation_quality(t, v)["readable"] for t, v in zip(texts, stated)], dtype=np.float64)
+        scores = np.array([s for s in (_body_flesch(t) for t in texts) if s is not None], dtype=np.float64)
+        out["readability"] = _result(_mean, [readable], **boot)
+        out["flesch"] = _result(_mean, [scores], **boot)
+        if scores.size == 0:
+            out["flesch"] = MetricResult(None, n=0, note="undefined: no explanation with words")
+    return out

@@ -1,0 +1,171 @@
+"""A classification task: instruction, user template, verbalizers, and rendering to token ids.
+
+The prompt is rendered with the tokenizer's chat template (system + user + assistant generation
+prompt). Long inputs are truncated *inside* the text fields, so the instruction and the template
+always survive. The classification head reads the hidden state at the prompt's last token.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import string
+from dataclasses import dataclass
+from typing import Any, Mapping, Sequence
+
+from .errors import ClsgenError
+from .verdict import verdict_line
+
+ELLIPSIS = " [...] "
+_MAX_REFITS = 6
+
+
+@dataclass(frozen=True)
+class PromptIds:
+    """Token ids of a rendered prompt and where the classification head reads."""
+
+    input_ids: list[int]
+    truncated: bool = False
+
+    @property
+    def last_index(self) -> int:
+        """Index of the last prompt token (end of the assistant generation prompt)."""
+        return len(self.input_ids) - 1
+
+
+@dataclass(frozen=True)
+class Task:
+    """What to decide and how to ask it."""
+
+    name: str
+    system: str
+    template: str
+    verbalizers: tuple[str, str]
+    max_prompt_tokens: int = 768
+    truncation: str = "head+tail"
+
+    def __post_init__(self) -> None:
+        if self.truncation not in ("head", "tail", "head+tail"):
+            raise ClsgenError(f"task.truncation must be 'head', 'tail' or 'head+tail', "
+                              f"got {self.truncation!r}")
+        if len(self.verbalizers) != 2:
+            raise ClsgenError(f"task.verbalizers needs two words (label 0, label 1), got "
+                              f"{self.verbalizers!r}")
+        try:
+            self.fields
+        except ValueError as e:
+            raise ClsgenError(f"task.template {self.template!r} is not a valid template: {e}; "
+                              "use {field} for fields and {{ }} for literal braces") from None
+
+    # ------------------------------------------------------------------ text
+    @property
+    def fields(self) -> list[str]:
+        """Field names the template uses, in order of first use."""
+        names: list[str] = []
+        for _, name, _, _ in string.Formatter().parse(self.template):
+            if name is not None:
+                if not name.isidentifier():
+                    raise ValueError(f"field name {name!r} must be an identifier")
+                if name not in names:
+                    names.append(name)
+        return names
+
+    def with_overrides(self, **overrides: Any) -> Task:
+        """A copy with the non-None overrides applied (e.g. from `TaskConfig`)."""
+        changes = {k: v for k, v in overrides.items() if v is not None}
+        if "verbalizers" in changes:
+            changes["verbalizers"] = tuple(changes["verbalizers"])
+        return dataclasses.replace(self, **changes)
+
+    def user_message(self, fields: Mapping[str, Any]) -> str:
+        missing = [f for f in self.fields if f not in fields]
+        if missing:
+            raise ClsgenError(f"the example has no field {missing[0]!r}, which task.template uses; "
+                              f"it has {sorted(fields)}; map a column to it or change task.template")
+        return self.template.format_map({f: str(fields[f]) for f in self.fields})
+
+    def messages(self, fields: Mapping[str, Any]) -> list[dict[str, str]]:
+        msgs = [{"role": "system", "content": self.system}] if self.system else []
+        return msgs + [{"role": "user", "content": self.user_message(fields)}]
+
+    def target_text(self, explanation: str | None, label: int) -> str:
+        """The assistant turn: the explanation, then the verdict line."""
+        line = verdict_line(self.verbalizers[label])
+        return f"{explanation.strip()}\n\n{line}" if explanation and explanation.strip() else line
+
+    # ------------------------------------------------------------------ tokens
+    def render_prompt(self, tokenizer: Any, fields: Mapping[str, Any]) -> str:
+        """The prompt text after the chat template, ending with the assistant generation prompt."""
+        return tokenizer.apply_chat_template(self.messages(fields), add_generation_prompt=True,
+                                             tokenize=False)
+
+    def encode_prompt(self, tokenizer: Any, fields: Mapping[str, Any]) -> PromptIds:
+        """Prompt token ids within `max_prompt_tokens`, long fields truncated inside."""
+        ids = _encode(tokenizer, self.render_prompt(tokenizer, fields))
+        if len(ids) <= self.max_prompt_tokens:
+            return PromptIds(ids)
+        empty = {f: "" for f in self.fields}
+        fixed = len(_encode(tokenizer, self.render_prompt(tokenizer, {**fields, **empty})))
+        spare = self.max_prompt_tokens - fixed - len(self.fields) * _encoded_len(tokenizer, ELLIPSIS)
+        if spare < 1:
+            raise ClsgenError(f"task.max_prompt_tokens={self.max_prompt_tokens} is below the prompt's "
+                              f"fixed part ({fixed} tokens for the instruction and template); raise it")
+        field_ids = {f: _encode(tokenizer, str(fields[f])) for f in self.fields}
+        budget = spare
+        for _ in range(_MAX_REFITS):
+            quotas = _water_fill({f: len(v) for f, v in field_ids.items()}, budget)
+            cut = {f: self._cut(tokenizer, field_ids[f], quotas[f]) for f in self.fields}
+            ids = _encode(tokenizer, self.render_prompt(tokenizer, {**fields, **cut}))
+            if len(ids) <= self.max_prompt_tokens:
+                return PromptIds(ids, truncated=True)
+            budget -= len(ids) - self.max_prompt_tokens  # merges across the cut changed the count
+        raise ClsgenError(f"could not fit the prompt in task.max_prompt_tokens={self.max_prompt_tokens}")
+
+    def encode_target(self, tokenizer: Any, fields: Mapping[str, Any], text: str) -> list[int]:
+        """Token ids of the assistant turn `text` including the end-of-turn token."""
+        messages = self.messages(fields)
+        prompt = tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
+        full = tokenizer.apply_chat_template(messages + [{"role": "assistant", "content": text}],
+                                             tokenize=False)
+        eos = tokenizer.eos_token or ""
+        if full.startswith(prompt) and text in full[len(prompt):]:
+            suffix = full[len(prompt):]
+            if eos and eos in suffix:
+                suffix = suffix[: suffix.index(eos) + len(eos)]
+        else:  # templates that rewrite earlier turns: fall back to text + end of turn
+            suffix = text + eos
+        return _encode(tokenizer, suffix)
+
+    def _cut(self, tokenizer: Any, ids: list[int], keep: int) -> str:
+        if len(ids) <= keep:
+            return tokenizer.decode(ids)
+        if self.truncation == "head":
+            return tokenizer.decode(ids[:keep]) + ELLIPSIS.rstrip()
+        if self.truncation == "tail":
+            return ELLIPSIS.lstrip() + tokenizer.decode(ids[len(ids) - keep:])
+        head = (keep + 1) // 2
+        return tokenizer.decode(ids[:head]) + ELLIPSIS + tokenizer.decode(ids[len(ids) - (keep - head):])
+
+
+def _encode(tokenizer: Any, text: str) -> list[int]:
+    return list(tokenizer(text, add_special_tokens=False)["input_ids"])
+
+
+def _encoded_len(tokenizer: Any, text: str) -> int:
+    return len(_encode(tokenizer, text))
+
+
+def _water_fill(lengths: Mapping[str, int], budget: int) -> dict[str, int]:
+    """Share `budget` tokens among fields: short fields keep everything, long ones split the rest."""
+    quotas: dict[str, int] = {}
+    left, remaining = budget, sorted(lengths, key=lambda f: lengths[f])
+    while remaining:
+        share = max(left // len(remaining), 0)
+        f = remaining.pop(0)
+        quotas[f] = min(lengths[f], share)
+        left -= quotas[f]
+    return quotas
+
+
+def prompt_lengths(task: Task, tokenizer: Any, examples: Sequence[Any]) -> list[int]:
+    """Rendered prompt lengths in tokens (after truncation) for examples with `.fields`."""
+    return [len(task.encode_prompt(tokenizer, ex.fields).input_ids) for ex in examples]
