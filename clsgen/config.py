@@ -8,6 +8,7 @@ together, each naming its key, as a `ConfigError`.
 from __future__ import annotations
 
 import dataclasses
+import re
 import types
 import typing
 from dataclasses import dataclass, field
@@ -246,6 +247,22 @@ class Config:
 # ----------------------------------------------------------------------------- loading
 
 
+class _Loader(yaml.SafeLoader):
+    """YAML with 1.2 booleans: only true/false are booleans, so verbalizers like [NO, YES] stay words."""
+
+
+_Loader.yaml_implicit_resolvers = {
+    k: [r for r in v if r[0] != "tag:yaml.org,2002:bool"]
+    for k, v in yaml.SafeLoader.yaml_implicit_resolvers.items()
+}
+_Loader.add_implicit_resolver("tag:yaml.org,2002:bool", re.compile(r"^(?:true|True|TRUE|false|False|FALSE)$"),
+                              list("tTfF"))
+
+
+def _load_yaml(text: str) -> Any:
+    return yaml.load(text, Loader=_Loader)  # noqa: S506 (a SafeLoader subclass)
+
+
 def _type_name(tp: Any) -> str:
     origin = typing.get_origin(tp)
     if origin is Literal:
@@ -344,11 +361,24 @@ def parse_override(text: str) -> tuple[list[str], Any]:
         raise ConfigError([Problem(f"override {text!r} is not of the form section.key=value",
                                    field="--set")])
     key, raw = text.split("=", 1)
+    keys = key.strip().split(".")
     try:
-        value = yaml.safe_load(raw) if raw.strip() else ""
+        value = _load_yaml(raw) if raw.strip() else ""
     except yaml.YAMLError:
         value = raw
-    return key.strip().split("."), value
+    if value is not None and not isinstance(value, str) and _is_text_key(keys):
+        value = raw.strip()  # 'task.template=Note: {text}' is text, not a YAML mapping
+    return keys, value
+
+
+def _is_text_key(keys: list[str]) -> bool:
+    """Whether the setting at `keys` is a plain string (str or str | None)."""
+    tp: Any = Config
+    for k in keys:
+        if not dataclasses.is_dataclass(tp):
+            return False
+        tp = typing.get_type_hints(tp).get(k)
+    return tp is not None and set(typing.get_args(tp) or (tp,)) <= {str, type(None)}
 
 
 def config_from_dict(data: dict[str, Any], source: str = "config") -> Config:
@@ -376,7 +406,7 @@ def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str
         except OSError as e:
             raise ConfigError([Problem(f"cannot read: {e.strerror}", file=source)]) from None
         try:
-            data = yaml.safe_load(text) or {}
+            data = _load_yaml(text) or {}
         except yaml.YAMLError as e:
             raise ConfigError([Problem(f"not valid YAML: {e}", file=source)]) from None
     for text in overrides:

@@ -620,7 +620,8 @@ def _explanation_metrics(
 
     if verdicts is None:
         note = "undefined: no verdicts given"
-        out.update({k: MetricResult(None, note=note) for k in ("alignment_auroc", "alignment_kappa", "inconsistency_rate")})
+        for key in ("alignment_auroc", "alignment_kappa", "inconsistency_rate"):
+            out[key] = MetricResult(None, note=note)
     else:
         e = [verdicts[i] for i in idx]
         present, e_present = _present_verdicts(e)
@@ -630,7 +631,8 @@ def _explanation_metrics(
 
     if explanations is None:
         note = "undefined: no explanations given"
-        out.update({k: MetricResult(None, note=note) for k in ("readability", "flesch")})
+        for key in ("readability", "flesch"):
+            out[key] = MetricResult(None, note=note)
     else:
         texts = [explanations[i] for i in idx]
         if verdicts is not None:

@@ -170,7 +170,7 @@ def test_fit_temperature_recovers_known_temperature(true_t):
     rng = np.random.default_rng(7)
     z = rng.normal(0.0, 3.0, size=20_000)
     y = rng.binomial(1, sigmoid(z / true_t))
-    assert fit_temperature(y, z) == pytest.approx(true_t, abs=0.3 * true_t / 2 if true_t < 2 else 0.3)
+    assert fit_temperature(y, z) == pytest.approx(true_t, rel=0.15)  # T=2 within 0.3
 
 
 def test_apply_temperature_and_logit():
@@ -304,7 +304,7 @@ def test_compute_metrics_with_explanations_excludes_rows_without_one():
     assert out["inconsistency_rate"].n == 5
     assert out["inconsistency_rate"].value == pytest.approx(2 / 5)
     assert out["readability"].n == 5
-    assert out["readability"].value == pytest.approx(2 / 5)
+    assert out["readability"].value == pytest.approx(3 / 5)  # rows 0-2; 3 loops, 5 lacks a verdict
     assert out["alignment_kappa"].n == 4
     assert out["alignment_kappa"].value == pytest.approx(skm.cohen_kappa_score([1, 0, 1, 1], [1, 0, 0, 1]))
     assert out["flesch"].n == 5

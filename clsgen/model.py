@@ -1,0 +1,288 @@
+"""The dual-head model: a causal LM with LoRA (PEFT) and a classification head beside its LM head.
+
+The head reads the final hidden state at the last prompt token, so the probability depends on the
+input alone and exists before any explanation token is generated. One forward pass over
+prompt + explanation gives both losses; positions come from the attention mask, so left padding,
+right padding and pad == eos all pool and attend exactly as an unpadded single example would.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from . import __version__
+from .backbones import Backbone, load_model, prepare_tokenizer
+from .config import LoraConfig
+from .errors import ClsgenError
+from .files import atomic_dir
+from .task import Task
+
+FORMAT_VERSION = 1
+HEAD_FILE = "head.safetensors"
+META_FILE = "clsgen.json"
+IGNORE_INDEX = -100
+
+
+@dataclass
+class DualHeadOutput:
+    """What one forward pass returns."""
+
+    cls_logits: torch.Tensor
+    """(batch,) classification logits (float32)."""
+    loss: torch.Tensor | None = None
+    """w_cls * cls_loss + w_lm * lm_loss, when labels were given."""
+    cls_loss: torch.Tensor | None = None
+    lm_loss: torch.Tensor | None = None
+    lm_logits: torch.Tensor | None = None
+    """LM logits at the requested positions (see `lm_positions`)."""
+    past_key_values: Any = None
+    lm_tokens: int = 0
+    """Number of explanation tokens that carried LM loss."""
+
+
+class ClassificationHead(nn.Module):
+    """Linear(hidden_size, 1) on the last prompt token's hidden state, kept in float32."""
+
+    def __init__(self, hidden_size: int, dropout: float = 0.0):
+        super().__init__()
+        self.dropout = nn.Dropout(dropout)
+        self.linear = nn.Linear(hidden_size, 1)
+        nn.init.normal_(self.linear.weight, std=hidden_size ** -0.5 * 0.1)
+        nn.init.zeros_(self.linear.bias)
+
+    def forward(self, hidden: torch.Tensor) -> torch.Tensor:
+        return self.linear(self.dropout(hidden.float())).squeeze(-1)
+
+
+def positions_from_mask(attention_mask: torch.Tensor) -> torch.Tensor:
+    """Position ids that ignore padding on either side (0 for the first real token)."""
+    return (attention_mask.long().cumsum(-1) - 1).clamp(min=0)
+
+
+class DualHeadModel(nn.Module):
+    """A PEFT-wrapped causal LM plus a classification head; composition, not inheritance."""
+
+    def __init__(self, lm: nn.Module, head: ClassificationHead, tokenizer: Any, task: Task,
+                 meta: dict[str, Any] | None = None):
+        super().__init__()
+        self.lm = lm
+        self.head = head
+        self.tokenizer = prepare_tokenizer(tokenizer)
+        self.task = task
+        self.meta: dict[str, Any] = {"threshold": 0.5, "temperature": 1.0, **(meta or {})}
+
+    # ------------------------------------------------------------------ construction
+    @classmethod
+    def from_backbone(cls, backbone: Backbone, task: Task, lora: LoraConfig | None = None,
+                      seed: int = 0) -> DualHeadModel:
+        """Wrap a base LM with fresh LoRA adapters and a fresh head (seeded)."""
+        from peft import LoraConfig as PeftLoraConfig
+        from peft import get_peft_model
+
+        lora = lora or LoraConfig()
+        torch.manual_seed(seed)
+        targets = lora.target_modules
+        if isinstance(targets, list):
+            names = {n.split(".")[-1] for n, m in backbone.model.named_modules() if isinstance(m, nn.Linear)}
+            unknown = [t for t in targets if t not in names]
+            if unknown:
+                raise ClsgenError(f"lora.target_modules {unknown} do not exist in {backbone.spec}; "
+                                  f"its linear layers are: {', '.join(sorted(names))} (or use 'all-linear')")
+        peft_cfg = PeftLoraConfig(r=lora.r, lora_alpha=lora.alpha, lora_dropout=lora.dropout,
+                                  target_modules=targets, task_type="CAUSAL_LM")
+        try:
+            lm = get_peft_model(backbone.model, peft_cfg)
+        except ValueError as e:
+            raise ClsgenError(f"lora.target_modules={targets!r} cannot be applied: {e}") from None
+        head = ClassificationHead(backbone.model.config.hidden_size)
+        meta = {"base_model": backbone.spec, "lora": dataclasses.asdict(lora),
+                "dtype": str(next(backbone.model.parameters()).dtype).removeprefix("torch.")}
+        return cls(lm, head, backbone.tokenizer, task, meta)
+
+    # ------------------------------------------------------------------ parts
+    @property
+    def causal_lm(self) -> nn.Module:
+        """The underlying *ForCausalLM (with LoRA layers injected when wrapped by PEFT)."""
+        return self.lm.get_base_model() if hasattr(self.lm, "get_base_model") else self.lm
+
+    @property
+    def decoder(self) -> nn.Module:
+        return self.causal_lm.get_decoder()
+
+    @property
+    def lm_head(self) -> nn.Module:
+        return self.causal_lm.get_output_embeddings()
+
+    @property
+    def device(self) -> torch.device:
+        return self.head.linear.weight.device
+
+    def trainable_parameters(self) -> list[tuple[str, nn.Parameter]]:
+        return [(n, p) for n, p in self.named_parameters() if p.requires_grad]
+
+    # ------------------------------------------------------------------ forward
+    def forward(
+        self,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor,
+        cls_index: torch.Tensor | None = None,
+        labels: torch.Tensor | None = None,
+        cls_labels: torch.Tensor | None = None,
+        *,
+        w_cls: float = 1.0,
+        w_lm: float = 1.0,
+        pos_weight: float | None = None,
+        lm_positions: Literal["labels", "last", "all", "none"] = "labels",
+        past_key_values: Any = None,
+        use_cache: bool = False,
+    ) -> DualHeadOutput:
+        """One pass over prompt (+ explanation).
+
+        cls_index: (batch,) index of the last prompt token per row (default: the last position).
+        labels: (batch, seq) next-token targets aligned with input_ids (IGNORE_INDEX on prompt,
+            padding and examples without an explanation); the shift happens here.
+        cls_labels: (batch,) 0/1 float targets for the head.
+        lm_positions: where LM logits are computed: only where labels need them (training), at the
+            last position (generation), everywhere, or nowhere (scoring).
+        """
+        if cls_index is None:
+            cls_index = torch.full((input_ids.shape[0],), input_ids.shape[1] - 1, device=input_ids.device)
+        past_len = past_key_values.get_seq_length() if past_key_values is not None else 0
+        position_ids = positions_from_mask(attention_mask)[:, past_len:]
+        cache_kw = _cache_argument(self.decoder)
+        out = self.decoder(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
+                           use_cache=use_cache, **{cache_kw: past_key_values})
+        hidden = out.last_hidden_state
+        rows = torch.arange(hidden.shape[0], device=hidden.device)
+        cls_logits = self.head(hidden[rows, cls_index])
+        cache = out.get(cache_kw) if use_cache else None
+        result = DualHeadOutput(cls_logits=cls_logits, past_key_values=cache)
+
+        if lm_positions == "all":
+            result.lm_logits = self.lm_head(hidden).float()
+        elif lm_positions == "last":
+            result.lm_logits = self.lm_head(hidden[:, -1:]).float()
+
+        losses = []
+        if cls_labels is not None and w_cls > 0:
+            pw = None if pos_weight is None else torch.tensor(pos_weight, device=cls_logits.device)
+            result.cls_loss = F.binary_cross_entropy_with_logits(cls_logits, cls_labels.float(), pos_weight=pw)
+            losses.append(w_cls * result.cls_loss)
+        if labels is not None and w_lm > 0:
+            targets = labels[:, 1:]
+            where = targets != IGNORE_INDEX
+            result.lm_tokens = int(where.sum())
+            if result.lm_tokens:  # logits only where a target exists: the LM head is costly
+                logits = self.lm_head(hidden[:, :-1][where]).float()
+                result.lm_loss = F.cross_entropy(logits, targets[where])
+            else:
+                result.lm_loss = hidden.sum() * 0.0  # keeps the graph for every process
+            losses.append(w_lm * result.lm_loss)
+        if losses:
+            result.loss = torch.stack(losses).sum()
+        return result
+
+    @torch.no_grad()
+    def probabilities(self, logits: torch.Tensor, calibrated: bool = True) -> torch.Tensor:
+        """sigmoid(logit / T) with the stored temperature (T = 1 when not calibrated)."""
+        t = float(self.meta.get("temperature", 1.0)) if calibrated else 1.0
+        return torch.sigmoid(logits.float() / t)
+
+    # ------------------------------------------------------------------ save / load
+    def save_pretrained(self, path: str | Path) -> Path:
+        """Write adapter (PEFT format), head (safetensors), tokenizer and clsgen.json, atomically."""
+        from safetensors.torch import save_file
+
+        path = Path(path)
+        with atomic_dir(path) as tmp:
+            if hasattr(self.lm, "peft_config"):
+                self.lm.save_pretrained(str(tmp))
+            else:  # merged: the full model
+                _save_full(self.lm, tmp)
+            save_file({k: v.detach().cpu().contiguous() for k, v in self.head.state_dict().items()},
+                      str(tmp / HEAD_FILE))
+            self.tokenizer.save_pretrained(str(tmp))
+            meta = {**self.meta, "format": FORMAT_VERSION, "clsgen_version": __version__,
+                    "task": dataclasses.asdict(self.task), "hidden_size": self.head.linear.in_features}
+            (tmp / META_FILE).write_text(json.dumps(meta, indent=2))
+        return path
+
+    def export_merged(self, path: str | Path) -> Path:
+        """Write a merged full model (LoRA folded into the weights) plus head: loads without PEFT."""
+        merged = self.lm.merge_and_unload() if hasattr(self.lm, "merge_and_unload") else self.lm
+        out = DualHeadModel(merged, self.head, self.tokenizer, self.task, {**self.meta, "merged": True})
+        out.meta["base_model"] = "."
+        out.save_pretrained(path)
+        if merged is not self.lm:  # merge_and_unload changed our LM in place: wrap it back
+            self.lm = merged
+        return Path(path)
+
+
+def _cache_argument(decoder: nn.Module) -> str:
+    """The decoder's name for the KV cache argument ('cache' in newer transformers)."""
+    import inspect
+
+    return "cache" if "cache" in inspect.signature(decoder.forward).parameters else "past_key_values"
+
+
+def _save_full(model: nn.Module, path: Path) -> None:
+    from safetensors.torch import save_model
+
+    config = model.config.to_dict()
+    config.pop("quantization_config", None)
+    (path / "config.json").write_text(json.dumps(config, indent=2))
+    save_model(model, str(path / "model.safetensors"))
+
+
+def read_meta(path: str | Path) -> dict[str, Any]:
+    path = Path(path)
+    meta_file = path / META_FILE
+    if not meta_file.is_file():
+        raise ClsgenError(f"{path} is not a clsgen model directory (no {META_FILE}); train one with "
+                          "`clsgen train` or pass the right --model")
+    try:
+        meta = json.loads(meta_file.read_text())
+    except json.JSONDecodeError as e:
+        raise ClsgenError(f"{meta_file} is corrupt ({e.msg}); re-save the model") from None
+    if meta.get("format", 0) > FORMAT_VERSION:
+        raise ClsgenError(f"{path} was written by a newer clsgen (format {meta['format']}); upgrade clsgen")
+    return meta
+
+
+def load_pretrained(path: str | Path, dtype: str | torch.dtype | None = None,
+                    trust_remote_code: bool = False) -> DualHeadModel:
+    """Restore a saved model; its outputs equal the saved one's. Weights load through safetensors only."""
+    from safetensors.torch import load_file
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    path = Path(path)
+    meta = read_meta(path)
+    task = Task(**{**meta["task"], "verbalizers": tuple(meta["task"]["verbalizers"])})
+    dtype = dtype or meta.get("dtype", "auto")
+    if meta.get("merged"):
+        from .backbones import resolve_dtype
+
+        lm = AutoModelForCausalLM.from_pretrained(str(path), dtype=resolve_dtype(dtype),
+                                                  use_safetensors=True, trust_remote_code=trust_remote_code)
+    else:
+        from peft import PeftModel
+
+        backbone = load_model(meta["base_model"], dtype=dtype, trust_remote_code=trust_remote_code)
+        lm = PeftModel.from_pretrained(backbone.model, str(path))
+    head_file = path / HEAD_FILE
+    if not head_file.is_file():
+        raise ClsgenError(f"{path} has no {HEAD_FILE}: the classification head is missing, so the "
+                          "probabilities would be random; re-save the model")
+    head = ClassificationHead(meta["hidden_size"])
+    head.load_state_dict(load_file(str(head_file)))
+    tokenizer = AutoTokenizer.from_pretrained(str(path))
+    model = DualHeadModel(lm, head, tokenizer, task, meta)
+    return model.eval()

@@ -1,0 +1,50 @@
+"""Shared fixtures: the real data folder, the tiny random model and the embedded SmolLM2 model.
+
+The shared data is found through CLSGEN_DATA_DIR, else `<repo>/../shared/data`. Its absence is a
+failure with a clear message, never a skip: a CI run that silently skipped the data tests would pass
+without testing anything.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def _data_dir() -> Path:
+    env = os.environ.get("CLSGEN_DATA_DIR")
+    return Path(env) if env else REPO.parent / "shared" / "data"
+
+
+@pytest.fixture(scope="session")
+def data_dir() -> Path:
+    """The folder holding the real built-in datasets (clinifact/, pubmedqa_pqal/)."""
+    path = _data_dir()
+    missing = [d for d in ("clinifact", "pubmedqa_pqal") if not (path / d).is_dir()]
+    if missing:
+        pytest.fail(
+            f"the shared data folder {path} lacks {', '.join(missing)}; set CLSGEN_DATA_DIR to the folder "
+            "holding clinifact/ and pubmedqa_pqal/ (default: <repo>/../shared/data)",
+            pytrace=False,
+        )
+    return path
+
+
+@pytest.fixture(scope="session")
+def tiny():
+    """A random small Llama with an in-process BPE tokenizer (ChatML template, pad == eos)."""
+    from clsgen.backbones import tiny_model
+
+    return tiny_model()
+
+
+@pytest.fixture(scope="session")
+def embedded():
+    """The real embedded SmolLM2-135M-Instruct in float32 (converted once into the user cache)."""
+    from clsgen.backbones import load_model
+
+    return load_model("smollm2-135m", dtype="float32")
