@@ -175,7 +175,7 @@ def load_tokenizer(spec: str = EMBEDDED, revision: str | None = None,
     path = embedded_checkpoint() if spec == EMBEDDED else spec
     try:
         tok = AutoTokenizer.from_pretrained(str(path), revision=revision, trust_remote_code=trust_remote_code)
-    except OSError as e:
+    except (OSError, ValueError) as e:  # an empty or partial directory raises ValueError
         raise ClsgenError(f"cannot load the tokenizer of {spec!r}: {str(e).splitlines()[0]}") from None
     return prepare_tokenizer(tok)
 
@@ -196,6 +196,9 @@ def load_model(spec: str = EMBEDDED, dtype: str | torch.dtype = "auto", revision
     is_dir = Path(path).is_dir()
     if not is_dir and (Path(path).exists() or str(path).startswith((".", "/", "~"))):
         raise ClsgenError(f"model {spec!r} is not a model directory (expected config.json and weights)")
+    if is_dir and not (Path(path) / "config.json").is_file():
+        raise ClsgenError(f"model directory {spec!r} has no config.json (expected config.json, weights and "
+                          "tokenizer files, as written by save_pretrained)")
     kwargs = dict(revision=revision, trust_remote_code=trust_remote_code)
     try:
         tokenizer = AutoTokenizer.from_pretrained(str(path), **kwargs)

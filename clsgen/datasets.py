@@ -323,6 +323,11 @@ def _file_dataset(cfg: DataConfig, task: Task) -> DatasetSplits:
     else:
         rows = read_rows(path)
         if rows and "split" in rows[0].values:
+            bad = [Problem(f"split {r.values.get('split')!r} is not train, validation (or dev) or test",
+                           str(path), r.number, "split") for r in rows
+                   if str(r.values.get("split")).strip().lower() not in {*SPLITS, "dev"}]
+            if bad:  # a typo would otherwise drop the row silently
+                raise DataError(bad)
             for split in SPLITS:
                 names = {split, "dev"} if split == "validation" else {split}
                 part = [r for r in rows if str(r.values.get("split")).strip().lower() in names]

@@ -19,7 +19,7 @@ def test_defaults_load_and_validate():
     assert cfg.data.dataset == "clinifact"
     assert cfg.train.w_cls == 1.0 and cfg.train.w_lm == 1.0
     assert cfg.train.pos_weight == "auto"
-    assert cfg.task.truncation == "head+tail"
+    assert cfg.task.truncation is None and cfg.task.max_prompt_tokens is None  # the dataset decides
     assert cfg.validate() == []
     assert Config().to_dict() == cfg.to_dict()
 
