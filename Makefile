@@ -4,6 +4,8 @@ VENV   ?= .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.clsgen-installed
 PYTEST_ARGS ?=
+# Built-in datasets: ../shared/data when it is there (this repository's CI), else the user cache.
+export CLSGEN_DATA_DIR ?= $(if $(wildcard ../shared/data),$(abspath ../shared/data),)
 
 .PHONY: install test demo clean-venv
 

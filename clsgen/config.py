@@ -178,6 +178,8 @@ class TeacherConfig:
     """Seconds per request."""
     max_retries: int = 5
     """Retries of one request on 429/5xx/connection errors, with exponential backoff."""
+    demos: bool = True
+    """Show the teacher the task's built-in worked examples (clinifact, pubmedqa) before each example."""
 
 
 @dataclass
@@ -201,6 +203,21 @@ class EvalConfig:
 
 
 @dataclass
+class ExperimentConfig:
+    """The whole comparison: which methods run and where the results go."""
+
+    methods: list[str] = field(default_factory=lambda: [
+        "clsgen", "classification-only", "generation-only", "prompting", "cnn", "tfidf"])
+    """Methods to train and evaluate on the same test split, in table order."""
+    out_dir: str = "runs/experiment"
+    """Folder for every step's outputs; a rerun continues where the last one stopped."""
+    title: str | None = None
+    """Title of the results table and report."""
+    synth_splits: list[str] = field(default_factory=lambda: ["train"])
+    """Splits the teacher explains (training uses them; dev only selects and calibrates)."""
+
+
+@dataclass
 class Config:
     """Everything a run needs; each section has CPU-friendly defaults."""
 
@@ -211,6 +228,7 @@ class Config:
     train: TrainConfig = field(default_factory=TrainConfig)
     teacher: TeacherConfig = field(default_factory=TeacherConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
+    experiment: ExperimentConfig = field(default_factory=ExperimentConfig)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

@@ -197,17 +197,26 @@ class DualHeadModel(nn.Module):
         return torch.sigmoid(logits.float() / t)
 
     # ------------------------------------------------------------------ save / load
-    def save_pretrained(self, path: str | Path) -> Path:
-        """Write adapter (PEFT format), head (safetensors), tokenizer and clsgen.json, atomically."""
+    def save_pretrained(self, path: str | Path, state_dict: dict[str, torch.Tensor] | None = None) -> Path:
+        """Write adapter (PEFT format), head (safetensors), tokenizer and clsgen.json, atomically.
+
+        `state_dict` (keys as in `self.state_dict()`): weights to write instead of the live ones, e.g.
+        gathered by accelerate from FSDP / ZeRO-3 shards.
+        """
         from safetensors.torch import save_file
 
         path = Path(path)
+        head_state = self.head.state_dict()
+        if state_dict is not None:
+            head_state = {k[len("head."):]: v for k, v in state_dict.items() if k.startswith("head.")}
         with atomic_dir(path) as tmp:
             if hasattr(self.lm, "peft_config"):
-                self.lm.save_pretrained(str(tmp))
+                kw = {} if state_dict is None else {
+                    "state_dict": {k[len("lm."):]: v for k, v in state_dict.items() if k.startswith("lm.")}}
+                self.lm.save_pretrained(str(tmp), **kw)
             else:  # merged: the full model
                 _save_full(self.lm, tmp)
-            save_file({k: v.detach().cpu().contiguous() for k, v in self.head.state_dict().items()},
+            save_file({k: v.detach().cpu().contiguous() for k, v in head_state.items()},
                       str(tmp / HEAD_FILE))
             self.tokenizer.save_pretrained(str(tmp))
             meta = {**self.meta, "format": FORMAT_VERSION, "clsgen_version": __version__,

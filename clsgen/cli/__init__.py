@@ -16,6 +16,11 @@ from ..errors import ClsgenError
 COMMAND_MODULES = [
     "clsgen.cli.data",
     "clsgen.cli.generate",
+    "clsgen.cli.synth",
+    "clsgen.cli.experiment",
+    "clsgen.cli.train",
+    "clsgen.cli.evaluate",
+    "clsgen.cli.serve",
 ]
 
 

@@ -1,0 +1,70 @@
+"""`clsgen train` (dual-head LoRA fine-tuning) and `clsgen export --merge` (a model that loads without PEFT)."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from .common import add_config_options, add_data_options, add_model_option, config_from_args
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "train", help="fine-tune LoRA + classification head on teacher explanations",
+        description="Train the dual-head model on a synth JSONL (clsgen synth output), evaluate on the dev "
+                    "split, keep the best checkpoint by dev AUROC. Runs unchanged under `accelerate launch` "
+                    "or `torchrun` (DDP, FSDP, DeepSpeed ZeRO); see docs/training.md.")
+    p.add_argument("--data", metavar="FILE", help="training records: the synth JSONL (id, label, fields, "
+                   "explanation), or a data file of examples (default: the dataset's train split, "
+                   "without explanations: classification term only)")
+    p.add_argument("--dev", metavar="FILE", help="dev examples (JSONL/CSV/Parquet; synth records add a dev LM "
+                   "loss); default: the dataset's validation split")
+    p.add_argument("--out", required=True, metavar="DIR", help="output directory: the saved model, "
+                   "train_log.jsonl, train_summary.json, checkpoints/")
+    p.add_argument("--resume", nargs="?", const=True, default=False, metavar="CHECKPOINT",
+                   help="continue the run in --out from its latest checkpoint (or from CHECKPOINT)")
+    p.add_argument("--max-steps", type=int, metavar="N", help="stop after N optimizer steps (train.max_steps)")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    add_data_options(p)
+    add_model_option(p)
+    add_config_options(p)
+    p.set_defaults(func=run_train)
+
+    e = sub.add_parser("export", help="write a merged full model + head that loads without PEFT")
+    e.add_argument("--merge", required=True, metavar="MODEL_DIR", help="a model saved by clsgen train")
+    e.add_argument("--out", required=True, metavar="DIR", help="where to write the merged model")
+    e.add_argument("--dtype", choices=["float32", "bfloat16", "float16"],
+                   help="dtype of the merged weights (default: the model's)")
+    e.set_defaults(func=run_export)
+
+
+def run_train(args: argparse.Namespace) -> int:
+    from ..data import stratified_sample
+    from ..datasets import load_dataset
+    from ..train import load_training_examples, train
+
+    if args.max_steps is not None:
+        args.overrides = [*args.overrides, f"train.max_steps={args.max_steps}"]
+    cfg = config_from_args(args)
+    ds = None
+    if args.data is None or args.dev is None:
+        ds = load_dataset(cfg.data, cfg.task)
+    train_set = (stratified_sample(load_training_examples(args.data), cfg.data.max_train, seed=cfg.data.seed)
+                 if args.data else ds.train)
+    dev_set = (stratified_sample(load_training_examples(args.dev), cfg.data.max_eval, seed=cfg.data.seed)
+               if args.dev else ds.validation)
+    result = train(cfg, train_set, dev_set, Path(args.out), resume=args.resume,
+                   task=ds.task if ds is not None else None, progress=not args.no_progress)
+    return 0 if result.steps else 1
+
+
+def run_export(args: argparse.Namespace) -> int:
+    from ..model import load_pretrained, read_meta
+
+    if read_meta(args.merge).get("merged"):
+        print(f"{args.merge} is already merged; nothing to do")
+        return 0
+    model = load_pretrained(args.merge, dtype=args.dtype)
+    model.export_merged(args.out)
+    print(f"merged model + head written to {args.out} (loads with clsgen, no PEFT needed)")
+    return 0

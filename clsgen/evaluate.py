@@ -1,0 +1,224 @@
+"""Run any classifier on a split: predictions.jsonl, metrics.json and a self-contained report.html.
+
+Works for every classifier of the shared protocol (`predict_proba`); explanation metrics are added
+when the classifier is an `Explainer`. The only type test is `isinstance(c, Explainer)`.
+
+Threshold and calibration: with `validation` examples, the threshold is chosen on them
+(`threshold_method`) and, with `calibrate`, a temperature is fitted on logit(p) of the validation
+probabilities, for any classifier; the metrics are reported with (``metrics``) and without
+(``metrics_uncalibrated``, threshold chosen on the raw validation probabilities) that temperature.
+Without `validation`, the classifier's probabilities are used as they are, with its own
+`threshold` attribute (a clsgen model's stored threshold) or 0.5.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+
+from .classifier import Explainer, labels_of
+from .data import Example, stratified_sample
+from .errors import ClsgenError
+from .files import atomic_write_json, atomic_write_text
+from .metrics import (
+    THRESHOLD_METHODS,
+    MetricResult,
+    UndefinedMetricError,
+    apply_temperature,
+    choose_threshold,
+    compute_metrics,
+    fit_temperature,
+    logit,
+)
+from .report import write_report
+from .verdict import parse_verdict, split_verdict
+
+PREDICTIONS_FILE = "predictions.jsonl"
+METRICS_FILE = "metrics.json"
+REPORT_FILE = "report.html"
+
+
+@dataclass
+class EvalResult:
+    """What `evaluate` computed and where it wrote it."""
+
+    metrics: dict[str, MetricResult]
+    """Metrics of the final probabilities (calibrated when a temperature was fitted)."""
+    predictions: list[dict[str, Any]]
+    """One row per example (as in predictions.jsonl)."""
+    paths: dict[str, Path]
+    """predictions, metrics, report."""
+    threshold: float
+    temperature: float | None = None
+    """The temperature fitted on validation (None when none was fitted)."""
+    metrics_uncalibrated: dict[str, MetricResult] | None = None
+    summary: dict[str, Any] = field(default_factory=dict)
+    """The content of metrics.json."""
+
+
+def _check_probabilities(p: Any, n: int, what: str) -> np.ndarray:
+    arr = np.asarray(p, dtype=np.float64).reshape(-1)
+    if arr.shape != (n,):
+        raise ClsgenError(f"{what}.predict_proba returned {arr.shape[0]} values for {n} examples; it must "
+                          "return one probability of label 1 per example")
+    if not (np.all(np.isfinite(arr)) and arr.min(initial=0) >= 0 and arr.max(initial=0) <= 1):
+        raise ClsgenError(f"{what}.predict_proba returned values outside [0, 1]")
+    return arr
+
+
+def _threshold(y: np.ndarray, p: np.ndarray, method: str, fixed: float) -> float:
+    try:
+        return choose_threshold(y, p, method=method, fixed=fixed)
+    except UndefinedMetricError as e:
+        raise ClsgenError(f"cannot choose a {method} threshold on the validation split ({e}); use "
+                          "threshold_method='fixed' (CLI: --threshold fixed)") from None
+
+
+def _explain_indices(y: np.ndarray, n: int | None, seed: int) -> list[int]:
+    """Row indices to explain: all, or a class-stratified sample of `n` (in the original order)."""
+    stand_ins = [Example(id=str(i), fields={}, label=int(label)) for i, label in enumerate(y)]
+    return [int(ex.id) for ex in stratified_sample(stand_ins, n, seed=seed)]
+
+
+def evaluate(
+    classifier: Any,
+    examples: Sequence[Example],
+    out_dir: str | Path,
+    *,
+    validation: Sequence[Example] | None = None,
+    explain: int | None = None,
+    n_bootstrap: int = 1000,
+    threshold_method: str = "max_f1",
+    fixed_threshold: float = 0.5,
+    calibrate: bool = True,
+    show_inputs: bool = False,
+    max_new_tokens: int = 256,
+    verbalizers: Sequence[str] | None = None,
+    seed: int = 0,
+    title: str | None = None,
+    info: dict[str, Any] | None = None,
+) -> EvalResult:
+    """Evaluate `classifier` on labelled `examples`; write predictions.jsonl, metrics.json, report.html.
+
+    explain: explain at most this many examples (a class-stratified sample; None: all; 0: none).
+    verbalizers: the task's label words, to read the explanations' verdict lines (default: the
+        classifier's `task.verbalizers`).
+    """
+    if threshold_method not in THRESHOLD_METHODS:
+        raise ClsgenError(f"threshold_method {threshold_method!r} is not one of {', '.join(THRESHOLD_METHODS)}")
+    if not examples:
+        raise ClsgenError("no examples to evaluate; check the dataset and split")
+    if explain is not None and explain < 0:
+        raise ClsgenError(f"explain must be >= 0 (or None for all), got {explain}")
+    name = str(getattr(classifier, "name", type(classifier).__name__))
+    out_dir = Path(out_dir)
+    y = labels_of(examples)
+    timing: dict[str, float] = {}
+
+    # ----------------------------------------------------------------- explanations
+    texts: list[str | None] = [None] * len(examples)
+    verdicts: list[int | None] = [None] * len(examples)
+    can_explain = isinstance(classifier, Explainer)
+    if can_explain and explain != 0:
+        words = verbalizers or getattr(getattr(classifier, "task", None), "verbalizers", None)
+        if not words:
+            raise ClsgenError(f"{name} explains, but its verdict words are unknown; pass verbalizers=")
+        chosen = _explain_indices(y, explain, seed)
+        started = time.perf_counter()
+        generated = classifier.explain([examples[i] for i in chosen], max_new_tokens=max_new_tokens)
+        timing["explain"] = time.perf_counter() - started
+        if len(generated) != len(chosen):
+            raise ClsgenError(f"{name}.explain returned {len(generated)} texts for {len(chosen)} examples")
+        for i, text in zip(chosen, generated):
+            texts[i] = text or ""
+            verdicts[i] = parse_verdict(text, words)
+        verbalizers = list(words)
+
+    # ----------------------------------------------------------------- probabilities
+    # after explaining: a classifier may reuse the prefill that produced the explanation
+    started = time.perf_counter()
+    p_model = _check_probabilities(classifier.predict_proba(list(examples)), len(examples), name)
+    timing["predict_proba"] = time.perf_counter() - started
+
+    temperature: float | None = None
+    p_raw: np.ndarray | None = None
+    threshold_raw: float | None = None
+    if validation:
+        started = time.perf_counter()
+        y_val = labels_of(validation)
+        p_val = _check_probabilities(classifier.predict_proba(list(validation)), len(validation), name)
+        timing["validation_predict_proba"] = time.perf_counter() - started
+        threshold_raw = _threshold(y_val, p_val, threshold_method, fixed_threshold)
+        if calibrate:
+            temperature = fit_temperature(y_val, logit(p_val))
+            p_final = apply_temperature(logit(p_model), temperature)
+            threshold = _threshold(y_val, apply_temperature(logit(p_val), temperature), threshold_method,
+                                   fixed_threshold)
+            p_raw = p_model
+            threshold_source = f"validation ({threshold_method}, after temperature scaling)"
+        else:
+            p_final, threshold = p_model, threshold_raw
+            threshold_source = f"validation ({threshold_method})"
+    else:
+        p_final = p_model
+        stored = getattr(classifier, "threshold", None)
+        threshold = float(stored) if stored is not None else 0.5
+        threshold_source = "classifier" if stored is not None else "default 0.5"
+
+    explained = [t is not None for t in texts]
+    have_explanations = any(explained)
+
+    metrics = compute_metrics(y, p_final, threshold,
+                              verdicts=verdicts if have_explanations else None,
+                              explanations=texts if have_explanations else None,
+                              n_boot=n_bootstrap, seed=seed)
+    metrics_uncal = None
+    if p_raw is not None and threshold_raw is not None:
+        metrics_uncal = compute_metrics(y, p_raw, threshold_raw,
+                                        verdicts=verdicts if have_explanations else None,
+                                        explanations=texts if have_explanations else None,
+                                        n_boot=n_bootstrap, seed=seed)
+
+    # ----------------------------------------------------------------- rows
+    rows = []
+    for i, ex in enumerate(examples):
+        pred = int(p_final[i] >= threshold)
+        row: dict[str, Any] = {"id": ex.id, "label": int(y[i]), "probability": float(p_final[i]),
+                               "prediction": pred, "correct": pred == int(y[i]), "explained": explained[i]}
+        if p_raw is not None:
+            row["probability_uncalibrated"] = float(p_raw[i])
+        if explained[i]:
+            row["verdict"] = verdicts[i]
+            row["explanation"] = split_verdict(texts[i])[0]
+            row["text"] = texts[i]
+        if show_inputs:
+            row["fields"] = dict(ex.fields)
+        rows.append(row)
+
+    summary: dict[str, Any] = {
+        "classifier": name, "n": len(examples), "positives": int(y.sum()),
+        "n_explained": int(sum(explained)), "can_explain": can_explain,
+        "threshold": threshold, "threshold_source": threshold_source, "temperature": temperature,
+        "threshold_uncalibrated": threshold_raw if temperature is not None else None,
+        "n_validation": len(validation) if validation else 0,
+        "metrics": {k: v.to_dict() for k, v in metrics.items()},
+        "metrics_uncalibrated": ({k: v.to_dict() for k, v in metrics_uncal.items()} if metrics_uncal else None),
+        "n_bootstrap": n_bootstrap, "timing_s": {k: round(v, 3) for k, v in timing.items()},
+        "info": info or {},
+    }
+    paths = {"predictions": out_dir / PREDICTIONS_FILE, "metrics": out_dir / METRICS_FILE,
+             "report": out_dir / REPORT_FILE}
+    atomic_write_text(paths["predictions"], "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))
+    atomic_write_json(paths["metrics"], summary)
+    report_info = {"classifier": name, **(info or {}), "threshold source": threshold_source,
+                   "temperature (fitted on validation)": None if temperature is None else f"{temperature:.4g}"}
+    write_report(paths["report"], y=y, p=p_final, threshold=threshold, metrics=metrics, rows=rows,
+                 p_uncalibrated=p_raw, metrics_uncalibrated=metrics_uncal, verbalizers=verbalizers,
+                 info=report_info, title=title or f"clsgen evaluation: {name}", show_inputs=show_inputs)
+    return EvalResult(metrics=metrics, predictions=rows, paths=paths, threshold=threshold,
+                      temperature=temperature, metrics_uncalibrated=metrics_uncal, summary=summary)

@@ -1,0 +1,241 @@
+"""The whole comparison on one dataset: synth -> train CLSGen and its ablations -> baselines -> one table.
+
+Every step writes its outputs atomically under `experiment.out_dir` and is skipped when they exist,
+so a rerun after a crash (or Ctrl-C) continues where it stopped; the training steps resume from
+their own checkpoints. The configuration of a run is recorded; a rerun with different settings is
+refused instead of mixing results (use another out_dir).
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import hashlib
+import json
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+from .config import Config
+from .datasets import DatasetSplits, load_dataset
+from .errors import ClsgenError
+from .files import atomic_write_json, atomic_write_text
+
+METHODS = ("clsgen", "classification-only", "generation-only", "prompting", "cnn", "tfidf")
+LLM_TRAINED = {"clsgen": {}, "classification-only": {"w_lm": 0.0}, "generation-only": {"w_cls": 0.0}}
+GENERATING = {"clsgen", "classification-only", "generation-only", "prompting"}
+TABLE_METRICS = ("auroc", "auprc", "f1", "ece", "brier", "alignment_auroc", "alignment_kappa",
+                 "inconsistency_rate", "readability", "flesch")
+RUN_FILE = "experiment.json"
+
+
+@dataclass
+class ExperimentResult:
+    """Metrics of every method, the table and where everything is."""
+
+    out_dir: Path
+    methods: dict[str, dict[str, Any]]
+    table_markdown: str
+    paths: dict[str, Path] = field(default_factory=dict)
+
+
+def _fingerprint(cfg: Config) -> str:
+    """What the results depend on (the output folder and the method list may change between runs)."""
+    d = cfg.to_dict()
+    d["experiment"] = {k: v for k, v in d["experiment"].items() if k not in ("out_dir", "methods", "title")}
+    return hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def _check_run(cfg: Config, out: Path) -> None:
+    record = out / RUN_FILE
+    fp = _fingerprint(cfg)
+    if record.is_file():
+        old = json.loads(record.read_text())
+        if old.get("fingerprint") != fp:
+            changed = _changed_keys(old.get("config", {}), cfg.to_dict())
+            raise ClsgenError(f"{out} holds an experiment with other settings ({', '.join(changed) or 'config'} "
+                              "changed); results would mix. Use another experiment.out_dir (--out) or "
+                              "delete the folder")
+        return
+    atomic_write_json(record, {"fingerprint": fp, "config": cfg.to_dict(), "started": time.time()})
+
+
+def _changed_keys(a: dict[str, Any], b: dict[str, Any], prefix: str = "") -> list[str]:
+    keys = []
+    for k in sorted(set(a) | set(b)):
+        if k in ("out_dir", "methods", "title"):
+            continue
+        x, y = a.get(k), b.get(k)
+        if isinstance(x, dict) and isinstance(y, dict):
+            keys += _changed_keys(x, y, f"{prefix}{k}.")
+        elif x != y:
+            keys.append(f"{prefix}{k}")
+    return keys
+
+
+def run_experiment(cfg: Config, out_dir: str | Path | None = None, *, methods: list[str] | None = None,
+                   log: Callable[[str], None] = print) -> ExperimentResult:
+    """Run (or continue) the comparison described by `cfg`; returns every method's metrics."""
+    methods = list(methods or cfg.experiment.methods)
+    unknown = [m for m in methods if m not in METHODS]
+    if unknown:
+        raise ClsgenError(f"experiment.methods {unknown} unknown; choose from {', '.join(METHODS)}")
+    problems = cfg.validate()
+    if problems:
+        from .errors import ConfigError
+
+        raise ConfigError(problems)
+    out = Path(out_dir or cfg.experiment.out_dir)
+    _check_run(cfg, out)
+    ds = load_dataset(cfg.data, cfg.task)
+    log(f"[data] {ds.name}: train {len(ds.train)}, validation {len(ds.validation)}, test {len(ds.test)}"
+        + (f" (subsampled: max_train={cfg.data.max_train}, max_eval={cfg.data.max_eval})"
+           if cfg.data.max_train or cfg.data.max_eval else ""))
+
+    synth_path = None
+    if any(m in LLM_TRAINED for m in methods):
+        synth_path = _synth_step(cfg, ds, out, log)
+
+    results: dict[str, dict[str, Any]] = {}
+    for method in methods:
+        results[method] = _method_step(cfg, ds, method, out, synth_path, log)
+
+    table = results_table(results, cfg, ds)
+    paths = {"markdown": out / "results.md", "json": out / "results.json", "html": out / "results.html"}
+    atomic_write_text(paths["markdown"], table + "\n")
+    atomic_write_json(paths["json"], {"dataset": ds.name, "info": ds.info, "methods": results})
+    atomic_write_text(paths["html"], _html_page(cfg.experiment.title or f"clsgen — {ds.name}", table, results))
+    return ExperimentResult(out, results, table, paths)
+
+
+# ---------------------------------------------------------------------------- steps
+
+
+def _synth_step(cfg: Config, ds: DatasetSplits, out: Path, log: Callable[[str], None]) -> Path:
+    from .synth import synthesize
+
+    examples = [ex for split in cfg.experiment.synth_splits for ex in ds.split(split)]
+    path = out / "synth" / "train.jsonl"
+    log(f"[synth] teacher {cfg.teacher.kind}:{cfg.teacher.model} explains {len(examples)} examples "
+        f"-> {path}")
+    report = synthesize(examples, ds.task, cfg.teacher, path)
+    log(f"[synth] {report.summary_line()}" if hasattr(report, "summary_line") else "[synth] done")
+    return path
+
+
+def _method_config(cfg: Config, method: str) -> Config:
+    c = copy.deepcopy(cfg)
+    for k, v in LLM_TRAINED.get(method, {}).items():
+        setattr(c.train, k, v)
+    return c
+
+
+def _classifier(cfg: Config, ds: DatasetSplits, method: str, out: Path, synth_path: Path | None,
+                log: Callable[[str], None]) -> Any:
+    ev = cfg.eval
+    if method in LLM_TRAINED:
+        from .train import train
+
+        model_dir = out / "models" / method
+        if not (model_dir / "clsgen.json").is_file():
+            log(f"[{method}] training (w_cls={_method_config(cfg, method).train.w_cls}, "
+                f"w_lm={_method_config(cfg, method).train.w_lm}) -> {model_dir}")
+            train(_method_config(cfg, method), synth_path, ds.validation, model_dir, resume=True, task=ds.task)
+        if method == "generation-only":
+            from .baselines.generation_only import GenerationOnlyClassifier
+
+            return GenerationOnlyClassifier(model_dir, batch_size=ev.batch_size, max_new_tokens=ev.max_new_tokens)
+        from .inference import ClsgenClassifier
+
+        return ClsgenClassifier(model_dir, batch_size=ev.batch_size, max_new_tokens=ev.max_new_tokens)
+    from .baselines import make_baseline
+
+    if method == "prompting":
+        return make_baseline("prompting", backbone_or_spec=cfg.model.name, task=ds.task,
+                             batch_size=ev.batch_size, max_new_tokens=ev.max_new_tokens, dtype=cfg.model.dtype)
+    return make_baseline(method, task=ds.task)
+
+
+def _method_step(cfg: Config, ds: DatasetSplits, method: str, out: Path, synth_path: Path | None,
+                 log: Callable[[str], None]) -> dict[str, Any]:
+    from .evaluate import METRICS_FILE, evaluate
+
+    eval_dir = out / "eval" / method
+    done = eval_dir / METRICS_FILE
+    if done.is_file():
+        log(f"[{method}] done earlier: {done}")
+        return _summary(json.loads(done.read_text()), eval_dir)
+    started = time.perf_counter()
+    clf = _classifier(cfg, ds, method, out, synth_path, log)
+    if method not in LLM_TRAINED:
+        log(f"[{method}] fitting on {len(ds.train)} train / {len(ds.validation)} validation examples")
+        clf.fit(ds.train, ds.validation)
+    fit_seconds = time.perf_counter() - started
+    ev = cfg.eval
+    explain = ev.explain if method in GENERATING else 0
+    log(f"[{method}] evaluating on {len(ds.test)} test examples"
+        + (f", explaining {explain if explain is not None else len(ds.test)}" if method in GENERATING else ""))
+    result = evaluate(clf, ds.test, eval_dir, validation=ds.validation, explain=explain,
+                      n_bootstrap=ev.n_bootstrap, threshold_method=ev.threshold,
+                      fixed_threshold=ev.fixed_threshold, calibrate=ev.calibrate,
+                      max_new_tokens=ev.max_new_tokens, verbalizers=ds.task.verbalizers,
+                      title=f"{method} — {ds.name}", info={"method": method, "fit_seconds": round(fit_seconds, 1)})
+    log(f"[{method}] AUROC {_fmt(result.summary.get('metrics', {}).get('auroc'))} -> {eval_dir}")
+    return _summary(result.summary, eval_dir)
+
+
+def _summary(metrics_json: dict[str, Any], eval_dir: Path) -> dict[str, Any]:
+    return {"metrics": metrics_json.get("metrics", {}), "info": metrics_json.get("info", {}),
+            "timing_s": metrics_json.get("timing_s", {}), "n_explained": metrics_json.get("n_explained"), "report": str(eval_dir / "report.html")}
+
+
+# ---------------------------------------------------------------------------- table
+
+
+def _fmt(m: dict[str, Any] | None, with_ci: bool = False) -> str:
+    if not m or m.get("value") is None:
+        return "—"
+    v = f"{m['value']:.3f}" if abs(m["value"]) < 10 else f"{m['value']:.1f}"
+    if with_ci and m.get("low") is not None and m.get("high") is not None:
+        lo, hi = m["low"], m["high"]
+        v += f" ({lo:.2f}–{hi:.2f})" if abs(hi) < 10 else f" ({lo:.0f}–{hi:.0f})"
+    return v
+
+
+def results_table(results: dict[str, dict[str, Any]], cfg: Config, ds: DatasetSplits) -> str:
+    """A Markdown table: one row per method, metrics with bootstrap 95% intervals."""
+    head = "| method | " + " | ".join(TABLE_METRICS) + " |"
+    lines = [head, "|" + "---|" * (len(TABLE_METRICS) + 1)]
+    for method, r in results.items():
+        m = r["metrics"]
+        cells = [_fmt(m.get(k), with_ci=k in ("auroc", "f1", "alignment_auroc", "readability")) for k in TABLE_METRICS]
+        lines.append(f"| {method} | " + " | ".join(cells) + " |")
+    n_expl = {meth: (r["metrics"].get("readability") or {}).get("n") for meth, r in results.items()}
+    note = (f"\nTest split: {len(ds.test)} examples of {ds.name}"
+            f" ({ds.info.get('binarization', '')}, {ds.info.get('split', 'official')} split); "
+            f"training examples: {len(ds.train)}; validation: {len(ds.validation)}. "
+            f"Explanation metrics computed on: "
+            + ", ".join(f"{k} {v}" for k, v in n_expl.items() if v) + " rows. "
+            f"Base model: {cfg.model.name}; teacher: {cfg.teacher.kind}:{cfg.teacher.model}. "
+            "Intervals: bootstrap 95%.")
+    return "\n".join(lines) + "\n" + note
+
+
+def _html_page(title: str, table_md: str, results: dict[str, dict[str, Any]]) -> str:
+    import html
+
+    rows = [line for line in table_md.splitlines() if line.startswith("|")]
+    cells = [[c.strip() for c in r.strip("|").split("|")] for r in rows]
+    header, body = cells[0], cells[2:]
+    note = "\n".join(line for line in table_md.splitlines() if not line.startswith("|"))
+    th = "".join(f"<th>{html.escape(c)}</th>" for c in header)
+    trs = "".join(
+        "<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in row)
+        + f"<td><a href=\"eval/{html.escape(row[0])}/report.html\">report</a></td></tr>" for row in body)
+    return (f"<!doctype html><html lang=en><meta charset=utf-8><title>{html.escape(title)}</title>"
+            "<style>body{font:14px system-ui,sans-serif;margin:2em;color:#222}table{border-collapse:collapse}"
+            "td,th{border:1px solid #ccc;padding:4px 8px;text-align:right}td:first-child{text-align:left}"
+            "th{background:#f3f3f3}</style>"
+            f"<h1>{html.escape(title)}</h1><table><tr>{th}<th></th></tr>{trs}</table>"
+            f"<p>{html.escape(note)}</p></html>")

@@ -1,0 +1,491 @@
+"""Inference: one prefill over the prompt gives the probability and the KV cache; the explanation is
+decoded from that same cache.
+
+`Predictor` batches prompts with left padding (positions come from the attention mask, so a padded
+row computes exactly what it would alone), reads the classification head at the last prompt token,
+then runs a small greedy / sampling loop over the cache, stopping each row at its end of turn.
+`ClsgenClassifier` wraps a trained model in the `fit` / `predict_proba` / `explain` protocol that
+every classifier shares, where `fit` only chooses the threshold and temperature on validation data
+(training lives in `clsgen.train`).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterator, Literal, Mapping, Sequence
+
+import numpy as np
+import torch
+
+from .data import Example
+from .errors import ClsgenError
+from .model import DualHeadModel, load_pretrained
+from .task import PromptIds, Task
+from .verdict import parse_verdict, split_verdict
+
+END_OF_TURN_TOKENS = ("<|im_end|>", "<|eot_id|>", "<|end_of_turn|>", "<end_of_turn>", "<|endoftext|>",
+                      "<|end|>", "</s>")
+"""Special tokens that end the assistant turn when the tokenizer has them (besides its eos)."""
+MIN_NEW_TOKENS_ROOM = 16
+"""Context positions kept free for the explanation when a prompt is cut to fit the model."""
+
+Item = Example | Mapping[str, Any] | str
+
+
+@dataclass
+class Prediction:
+    """The model's answer for one input: a probability, a label, and (optionally) an explanation."""
+
+    probability: float
+    """P(label 1), temperature-calibrated with the model's stored temperature."""
+    label: int
+    """1 when probability >= threshold, else 0."""
+    threshold: float
+    """The decision threshold used (stored with the model, chosen on dev)."""
+    explanation: str | None = None
+    """The generated text without its verdict line; None when no explanation was generated."""
+    verdict: int | None = None
+    """The label the explanation states on its verdict line (None: missing, ambiguous, not generated)."""
+    text: str | None = None
+    """The full generated text (explanation + verdict line); None when not generated."""
+    logit: float = 0.0
+    """The head's raw logit (before temperature)."""
+    prompt_tokens: int = 0
+    """Length of the rendered prompt in tokens (after truncation)."""
+    truncated: bool = False
+    """Whether long text fields were cut to fit `task.max_prompt_tokens` (or the model's context)."""
+    id: str | None = None
+    """The example's id when the input had one."""
+    new_tokens: int = 0
+    """Tokens generated for the explanation (including the end-of-turn token)."""
+    token_ids: list[int] | None = field(default=None, repr=False)
+    """The generated token ids (including the end-of-turn token); not part of `to_dict`."""
+
+    def to_dict(self) -> dict[str, Any]:
+        d = dataclasses.asdict(self)
+        d.pop("token_ids")
+        return d
+
+
+@dataclass
+class StreamEvent:
+    """One event of `Predictor.stream`: the probability first, then text deltas, then the result."""
+
+    type: Literal["probability", "delta", "done"]
+    probability: float | None = None
+    label: int | None = None
+    threshold: float | None = None
+    delta: str | None = None
+    """New explanation text (type 'delta')."""
+    prediction: Prediction | None = None
+    """The complete prediction (type 'done')."""
+
+    def to_dict(self) -> dict[str, Any]:
+        d: dict[str, Any] = {"type": self.type}
+        if self.type == "probability":
+            d.update(probability=self.probability, label=self.label, threshold=self.threshold)
+        elif self.type == "delta":
+            d["delta"] = self.delta
+        else:
+            d["prediction"] = self.prediction.to_dict() if self.prediction else None
+        return d
+
+
+class Predictor:
+    """Probability and explanation from one prefill; batched with left padding.
+
+    The model is put in eval mode for each call and restored afterwards, so a training loop can
+    use a Predictor on its own model.
+    """
+
+    def __init__(self, model: DualHeadModel, batch_size: int = 8, max_new_tokens: int = 256,
+                 do_sample: bool = False, temperature: float = 1.0, top_p: float = 1.0, seed: int = 0,
+                 stop_token_ids: Sequence[int] | None = None, progress: bool = False):
+        problems = []
+        if batch_size < 1:
+            problems.append(f"batch_size must be >= 1, got {batch_size}")
+        if max_new_tokens < 0:
+            problems.append(f"max_new_tokens must be >= 0, got {max_new_tokens}")
+        if not temperature > 0:
+            problems.append(f"temperature must be > 0 (use do_sample=False for greedy), got {temperature}")
+        if not 0 < top_p <= 1:
+            problems.append(f"top_p must be in (0, 1], got {top_p}")
+        if problems:
+            raise ClsgenError("; ".join(problems))
+        self.model = model
+        self.tokenizer = model.tokenizer
+        self.batch_size = batch_size
+        self.max_new_tokens = max_new_tokens
+        self.do_sample = do_sample
+        self.temperature = temperature
+        self.top_p = top_p
+        self.seed = seed
+        self.progress = progress
+        self.context = _context_length(model)
+        self.task = _fit_task_to_context(model.task, self.context)
+        self.stop_token_ids = sorted(set(stop_token_ids) if stop_token_ids is not None
+                                     else _stop_token_ids(model))
+
+    @classmethod
+    def from_pretrained(cls, path: str | Path, dtype: str | torch.dtype | None = None,
+                        device: str | torch.device | None = None, **kwargs: Any) -> Predictor:
+        """Load a saved clsgen model directory (`DualHeadModel.save_pretrained`) into a Predictor."""
+        model = load_pretrained(path, dtype=dtype)
+        if device is not None:
+            model.to(device)
+        return cls(model, **kwargs)
+
+    # ------------------------------------------------------------------ stored decision settings
+    @property
+    def threshold(self) -> float:
+        return float(self.model.meta.get("threshold", 0.5))
+
+    @property
+    def temperature_scale(self) -> float:
+        """The stored calibration temperature (not the sampling temperature)."""
+        return float(self.model.meta.get("temperature", 1.0))
+
+    # ------------------------------------------------------------------ inputs
+    def fields_of(self, item: Item) -> dict[str, str]:
+        """The task's text fields of one input, validated; raises ClsgenError with a fix."""
+        return _fields_of(item, self.task)
+
+    def encode(self, item: Item) -> PromptIds:
+        """The input's prompt token ids, long fields truncated inside per the task."""
+        return self.task.encode_prompt(self.tokenizer, self.fields_of(item))
+
+    # ------------------------------------------------------------------ probability only
+    def logits(self, items: Sequence[Item]) -> np.ndarray:
+        """Raw head logits (no temperature), one prefill per batch, no generation."""
+        prompts = [self.encode(it) for it in _as_list(items)]
+        out = np.zeros(len(prompts), dtype=np.float64)
+        with self._eval_mode():
+            for idx in self._batches(prompts, "scoring"):
+                steps = self._batch_steps([prompts[i] for i in idx], explain=False, generator=None)
+                out[idx] = next(steps).numpy()
+        return out
+
+    def predict_proba(self, items: Sequence[Item]) -> np.ndarray:
+        """Calibrated P(label 1) for each input, without generating (batched by prompt length)."""
+        return _sigmoid(self.logits(items) / self.temperature_scale)
+
+    # ------------------------------------------------------------------ probability + explanation
+    def predict(self, items: Sequence[Item] | Item, explain: bool = True) -> list[Prediction]:
+        """A Prediction per input; with `explain`, the explanation is decoded from the prefill's cache."""
+        items = _as_list(items)
+        prompts = [self.encode(it) for it in items]
+        results: list[Prediction | None] = [None] * len(items)
+        generator = self._generator()
+        with self._eval_mode():
+            for idx in self._batches(prompts, "explaining" if explain else "scoring"):
+                batch = [prompts[i] for i in idx]
+                steps = self._batch_steps(batch, explain=explain and self.max_new_tokens > 0,
+                                          generator=generator)
+                logits = next(steps)
+                generated: list[list[int]] = [[] for _ in idx]
+                for row_tokens in steps:
+                    for r, t in enumerate(row_tokens):
+                        if t is not None:
+                            generated[r].append(t)
+                for r, i in enumerate(idx):
+                    results[i] = self._prediction(float(logits[r]), prompts[i], items[i],
+                                                  generated[r] if explain else None)
+        return results  # type: ignore[return-value]
+
+    def stream(self, item: Item, explain: bool = True) -> Iterator[StreamEvent]:
+        """Events for one input: the probability, then explanation text deltas, then the Prediction."""
+        prompt = self.encode(item)
+        generator = self._generator()
+        with self._eval_mode():
+            steps = self._batch_steps([prompt], explain=explain and self.max_new_tokens > 0,
+                                      generator=generator)
+            logit = float(next(steps)[0])
+            probability = float(_sigmoid(logit / self.temperature_scale))
+            yield StreamEvent("probability", probability=probability,
+                              label=int(probability >= self.threshold), threshold=self.threshold)
+            ids: list[int] = []
+            sent = ""
+            for (token,) in steps:
+                if token is None:
+                    break
+                ids.append(token)
+                text = self._decode(ids)
+                if len(text) > len(sent) and not text.endswith("\ufffd") and text.startswith(sent):
+                    yield StreamEvent("delta", delta=text[len(sent):])
+                    sent = text
+            prediction = self._prediction(logit, prompt, item, ids if explain else None)
+            if prediction.text is not None and len(prediction.text) > len(sent) and prediction.text.startswith(sent):
+                yield StreamEvent("delta", delta=prediction.text[len(sent):])
+        yield StreamEvent("done", prediction=prediction)
+
+    # ------------------------------------------------------------------ internals
+    def _prediction(self, logit: float, prompt: PromptIds, item: Item,
+                    token_ids: list[int] | None) -> Prediction:
+        probability = float(_sigmoid(logit / self.temperature_scale))
+        p = Prediction(probability=probability, label=int(probability >= self.threshold),
+                       threshold=self.threshold, logit=logit, prompt_tokens=len(prompt.input_ids),
+                       truncated=prompt.truncated, id=_id_of(item))
+        if token_ids is not None:
+            text = self._decode(token_ids)
+            p.text = text
+            p.explanation = split_verdict(text)[0]
+            p.verdict = parse_verdict(text, self.task.verbalizers)
+            p.new_tokens = len(token_ids)
+            p.token_ids = list(token_ids)
+        return p
+
+    def _decode(self, token_ids: list[int]) -> str:
+        kept = [t for t in token_ids if t not in self.stop_token_ids]
+        return self.tokenizer.decode(kept, skip_special_tokens=True).strip()
+
+    def _generator(self) -> torch.Generator | None:
+        if not self.do_sample:
+            return None
+        return torch.Generator(device=self.model.device).manual_seed(self.seed)
+
+    def _batches(self, prompts: list[PromptIds], what: str) -> Iterator[np.ndarray]:
+        """Index batches of similar prompt length (less padding), longest first."""
+        order = np.argsort([-len(p.input_ids) for p in prompts], kind="stable")
+        batches = [order[i:i + self.batch_size] for i in range(0, len(order), self.batch_size)]
+        if self.progress and batches:
+            from tqdm import tqdm
+
+            return iter(tqdm(batches, desc=what, unit="batch", leave=False))
+        return iter(batches)
+
+    def _pad_left(self, prompts: list[PromptIds]) -> tuple[torch.Tensor, torch.Tensor]:
+        width = max(len(p.input_ids) for p in prompts)
+        pad = self.tokenizer.pad_token_id
+        ids = [[pad] * (width - len(p.input_ids)) + p.input_ids for p in prompts]
+        mask = [[0] * (width - len(p.input_ids)) + [1] * len(p.input_ids) for p in prompts]
+        device = self.model.device
+        return (torch.tensor(ids, dtype=torch.long, device=device),
+                torch.tensor(mask, dtype=torch.long, device=device))
+
+    def _batch_steps(self, prompts: list[PromptIds], explain: bool,
+                     generator: torch.Generator | None) -> Iterator[Any]:
+        """Yield the head logits (CPU float tensor) after the prefill, then, when explaining, one
+        list per decoding step with each row's new token id (None once the row has stopped)."""
+        input_ids, attention_mask = self._pad_left(prompts)
+        with torch.inference_mode():
+            out = self.model(input_ids, attention_mask, lm_positions="last" if explain else "none",
+                             use_cache=explain)
+        yield out.cls_logits.float().cpu()
+        if not explain:
+            return
+        budget = min(self.max_new_tokens, self.context - input_ids.shape[1]) if self.context else \
+            self.max_new_tokens
+        rows = input_ids.shape[0]
+        device = input_ids.device
+        stop = torch.tensor(self.stop_token_ids or [-1], device=device)
+        pad = torch.full((rows,), self.tokenizer.pad_token_id, dtype=torch.long, device=device)
+        finished = torch.zeros(rows, dtype=torch.bool, device=device)
+        cache, logits = out.past_key_values, out.lm_logits[:, -1]
+        del out
+        for step in range(budget):
+            with torch.inference_mode():
+                tokens = torch.where(finished, pad, self._next_tokens(logits, generator))
+            yield [None if f else t for f, t in zip(finished.tolist(), tokens.tolist())]
+            finished |= torch.isin(tokens, stop)
+            if bool(finished.all()) or step == budget - 1:
+                break
+            attention_mask = torch.cat([attention_mask, attention_mask.new_ones(rows, 1)], dim=1)
+            with torch.inference_mode():
+                out = self.model(tokens[:, None], attention_mask, lm_positions="last",
+                                 past_key_values=cache, use_cache=True)
+            cache, logits = out.past_key_values, out.lm_logits[:, -1]
+
+    def _next_tokens(self, logits: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
+        if not self.do_sample:
+            return logits.argmax(dim=-1)
+        probs = torch.softmax(logits.float() / self.temperature, dim=-1)
+        if self.top_p < 1.0:
+            sorted_probs, order = probs.sort(dim=-1, descending=True)
+            drop = sorted_probs.cumsum(dim=-1) - sorted_probs > self.top_p  # always keeps the top token
+            sorted_probs = sorted_probs.masked_fill(drop, 0.0)
+            probs = torch.zeros_like(probs).scatter(-1, order, sorted_probs)
+        return torch.multinomial(probs, 1, generator=generator).squeeze(-1)
+
+    @contextlib.contextmanager
+    def _eval_mode(self) -> Iterator[None]:
+        was_training = self.model.training
+        self.model.eval()
+        try:
+            yield
+        finally:
+            if was_training:
+                self.model.train()
+
+
+class ClsgenClassifier:
+    """A trained clsgen model in the shared classifier protocol (`fit` / `predict_proba` / `explain`).
+
+    `fit(train, validation)` does not train (that is `clsgen train`): it chooses the decision
+    threshold and fits the temperature on `validation`, and keeps them in the model's meta (call
+    `save_calibration(dir)` to store them in a model directory).
+    """
+
+    name = "clsgen"
+
+    def __init__(self, model: DualHeadModel | Predictor | str | Path, *, threshold_method: str = "max_f1",
+                 fixed_threshold: float = 0.5, calibrate: bool = True, **predictor_kwargs: Any):
+        if isinstance(model, Predictor):
+            self.predictor = model
+        elif isinstance(model, DualHeadModel):
+            self.predictor = Predictor(model, **predictor_kwargs)
+        else:
+            self.predictor = Predictor.from_pretrained(model, **predictor_kwargs)
+        self.model_dir = None if isinstance(model, (DualHeadModel, Predictor)) else Path(model)
+        self.threshold_method = threshold_method
+        self.fixed_threshold = fixed_threshold
+        self.calibrate = calibrate
+        self.calibration: Any = None
+        self._explained: dict[tuple[int, ...], float] = {}
+
+    @property
+    def model(self) -> DualHeadModel:
+        return self.predictor.model
+
+    @property
+    def task(self) -> Task:
+        return self.predictor.task
+
+    @property
+    def threshold(self) -> float:
+        return self.predictor.threshold
+
+    def fit(self, train: Sequence[Example], validation: Sequence[Example]) -> ClsgenClassifier:
+        """Choose the threshold and fit the temperature on `validation` (`train` is not used)."""
+        from .calibration import calibrate_predictor
+
+        self._explained = {}
+        self.calibration = calibrate_predictor(self.predictor, validation, method=self.threshold_method,
+                                               fixed=self.fixed_threshold, temperature=self.calibrate)
+        return self
+
+    def save_calibration(self, path: str | Path | None = None) -> Path:
+        """Store the fitted threshold and temperature in a model directory's clsgen.json (atomically)."""
+        from .calibration import store_calibration
+
+        target = Path(path) if path is not None else self.model_dir
+        if target is None:
+            raise ClsgenError("no model directory to store the calibration in; pass one")
+        if self.calibration is None:
+            raise ClsgenError("nothing to store: call fit(train, validation) first")
+        return store_calibration(target, self.calibration)
+
+    def predict_proba(self, examples: Sequence[Example]) -> np.ndarray:
+        """Calibrated P(label 1). Rows explained by the previous `explain` call reuse the logit of
+        that call's prefill (the probability that came with the explanation) instead of a second
+        prefill; that reuse happens once, on the next call only."""
+        reuse, self._explained = self._explained, {}
+        if not reuse:
+            return self.predictor.predict_proba(examples)
+        keys = [tuple(self.predictor.encode(ex).input_ids) for ex in examples]
+        todo = [i for i, k in enumerate(keys) if k not in reuse]
+        logits = np.array([reuse.get(k, np.nan) for k in keys], dtype=np.float64)
+        if todo:
+            logits[todo] = self.predictor.logits([examples[i] for i in todo])
+        return _sigmoid(logits / self.predictor.temperature_scale)
+
+    def predict(self, examples: Sequence[Item], explain: bool = True) -> list[Prediction]:
+        return self.predictor.predict(examples, explain=explain)
+
+    def explain(self, examples: Sequence[Example], max_new_tokens: int = 256) -> list[str]:
+        """The generated text (explanation + verdict line) for each example."""
+        saved = self.predictor.max_new_tokens
+        self.predictor.max_new_tokens = max_new_tokens
+        try:
+            predictions = self.predictor.predict(examples, explain=True)
+        finally:
+            self.predictor.max_new_tokens = saved
+        self._explained = {tuple(self.predictor.encode(ex).input_ids): p.logit
+                           for ex, p in zip(examples, predictions)}
+        return [p.text or "" for p in predictions]
+
+
+# ---------------------------------------------------------------------------------- helpers
+
+
+def _sigmoid(x: Any) -> np.ndarray:
+    return np.exp(-np.logaddexp(0.0, -np.asarray(x, dtype=np.float64)))
+
+
+def _as_list(items: Sequence[Item] | Item) -> list[Item]:
+    if isinstance(items, (str, Example, Mapping)):
+        return [items]
+    try:
+        return list(items)
+    except TypeError:
+        raise ClsgenError(f"expected a text, a dict of task fields, an Example, or a list of them; got "
+                          f"{type(items).__name__}") from None
+
+
+def _id_of(item: Item) -> str | None:
+    if isinstance(item, Example):
+        return item.id
+    if isinstance(item, Mapping) and item.get("id") is not None:
+        return str(item["id"])
+    return None
+
+
+def _fields_of(item: Item, task: Task) -> dict[str, str]:
+    names = task.fields
+    if isinstance(item, Example):
+        given: Mapping[str, Any] = item.fields
+    elif isinstance(item, Mapping):
+        given = item["fields"] if isinstance(item.get("fields"), Mapping) else item
+    elif isinstance(item, str):
+        if len(names) != 1:
+            raise ClsgenError(f"task {task.name!r} has {len(names)} text fields ({', '.join(names)}); a bare "
+                              "text is ambiguous: pass a dict of fields (CLI: " +
+                              " ".join(f"--field {n}=..." for n in names) + ")")
+        given = {names[0]: item}
+    else:
+        raise ClsgenError(f"expected a text, a dict of task fields or an Example, got {type(item).__name__}")
+    missing = [n for n in names if n not in given]
+    if missing:
+        raise ClsgenError(f"the input has no field {missing[0]!r}; task {task.name!r} needs "
+                          f"{', '.join(names)} (given: {', '.join(sorted(map(str, given))) or 'none'})")
+    fields: dict[str, str] = {}
+    for n in names:
+        value = given[n]
+        if not isinstance(value, str):
+            raise ClsgenError(f"field {n!r} must be text, got {type(value).__name__}")
+        if not value.strip():
+            raise ClsgenError(f"field {n!r} is empty; give the text to classify")
+        fields[n] = value
+    return fields
+
+
+def _context_length(model: DualHeadModel) -> int | None:
+    config = getattr(model.causal_lm, "config", None)
+    for name in ("max_position_embeddings", "n_positions", "max_sequence_length", "seq_length"):
+        value = getattr(config, name, None)
+        if isinstance(value, int) and value > 0:
+            return value
+    return None
+
+
+def _fit_task_to_context(task: Task, context: int | None) -> Task:
+    """The task, with max_prompt_tokens lowered when the model's context is shorter."""
+    if context is None or task.max_prompt_tokens <= context - MIN_NEW_TOKENS_ROOM:
+        return task
+    return dataclasses.replace(task, max_prompt_tokens=max(context - MIN_NEW_TOKENS_ROOM, 1))
+
+
+def _stop_token_ids(model: DualHeadModel) -> set[int]:
+    tok = model.tokenizer
+    ids: set[int] = set()
+    if tok.eos_token_id is not None:
+        ids.add(int(tok.eos_token_id))
+    gen_cfg = getattr(model.causal_lm, "generation_config", None)
+    eos = getattr(gen_cfg, "eos_token_id", None)
+    if eos is not None:
+        ids.update(int(e) for e in (eos if isinstance(eos, (list, tuple)) else [eos]))
+    vocab = tok.get_vocab()
+    ids.update(vocab[t] for t in END_OF_TURN_TOKENS if t in vocab)
+    return ids

@@ -1,0 +1,569 @@
+"""Building the explanation set: ask the teacher, accept or retry, append to a JSONL that survives kills.
+
+`synthesize(examples, task, teacher, out_path)` asks the teacher why each example's gold label is right
+(`prompts.py`), judges each reply (`judge`), retries rejected ones with sampling up to
+`max_attempts`, and appends one record per example to `out_path`:
+
+    {"id", "label", "explanation", "verdict", "text", "attempts", "teacher", "fields", "seconds",
+     "tokens", "rejections", "faults", "created"}
+
+`explanation` is the accepted reply's body (the verdict line removed) or null when every attempt was
+rejected: the example is kept, so training still uses its label. `teacher` is the hash of the
+settings that shape the outputs; the settings themselves are in `<out>.teacher.json`.
+
+Never losing paid work:
+* each record is one `write` of one line on an append-only file, flushed and fsynced as results
+  arrive; a rerun skips the ids already there;
+* a torn last line (a kill in the middle of a write) is cut off on the next run, and ignored by
+  `read_synth`;
+* an example whose requests all failed in transport (server down) gets no record, so the next run
+  asks again; after `max_consecutive_failures` such failures in a row the run stops;
+* records made with other settings are never mixed in silently: the run stops naming the settings
+  that differ, unless `force_new=True` moves the old file aside (renamed, never deleted).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import queue
+import threading
+import time
+from collections import Counter
+from dataclasses import asdict, dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any, Iterable, Mapping, Sequence
+
+from ..config import TeacherConfig
+from ..data import Example
+from ..errors import ClsgenError
+from ..files import atomic_write_json
+from ..metrics import explanation_quality
+from ..task import Task
+from ..verdict import parse_verdict, split_verdict
+from .prompts import TeacherPrompt, settings_hash
+from .teachers import TRANSPORT_FAULTS, Reply, Request, Teacher, make_teacher
+
+CONTENT_FAULTS = ("empty", "too_long", "missing_verdict", "wrong_verdict", "text_after_verdict",
+                  "degenerate", "too_short", "ungrounded_number", "http_4xx", "missing_reference")
+"""Why a reply is rejected (a new attempt follows while the budget lasts)."""
+FAULT_KINDS = TRANSPORT_FAULTS + CONTENT_FAULTS
+
+
+# ============================================================================ acceptance
+
+
+@dataclass(frozen=True)
+class Acceptance:
+    """When a teacher's reply is accepted (besides: its verdict is the gold label, stated last)."""
+
+    min_words: int = 8
+    """Fewer words in the body is too short ('TRUE.', 'The answer is TRUE.')."""
+    max_words: int = 250
+    """More words in the body is too long (replies cut at max_new_tokens are always too long)."""
+    grounded_numbers: bool = True
+    """Reject a body citing a number (12, 0.41, 95%) that the example's input does not contain."""
+
+
+@dataclass
+class Judgement:
+    accepted: bool
+    verdict: int | None
+    explanation: str | None
+    reason: str | None
+
+
+def _numbers(text: str) -> set[str]:
+    import re
+
+    return {m.rstrip(".").lstrip("0") or "0" for m in re.findall(r"\d+(?:[.,]\d+)?", text)}
+
+
+def judge(reply: Reply, label: int, task: Task, fields: Mapping[str, str],
+          rules: Acceptance = Acceptance()) -> Judgement:
+    """Accept `reply` only if its last line states the gold label and its body reads as an explanation."""
+    text = reply.text
+    if reply.error is not None:
+        return Judgement(False, None, None, reply.error)
+    if text is None or not text.strip():
+        return Judgement(False, None, None, "empty")
+    verdict = parse_verdict(text, task.verbalizers)
+    body, _ = split_verdict(text)
+    quality = explanation_quality(text, verdict)
+
+    def reject(reason: str) -> Judgement:
+        return Judgement(False, verdict, None, reason)
+
+    if reply.finish == "length":
+        return reject("too_long")
+    if verdict is None:
+        return reject("missing_verdict")
+    if verdict != label or parse_verdict(body, task.verbalizers) not in (None, label):
+        return reject("wrong_verdict")
+    lines = [ln for ln in text.strip().splitlines() if ln.strip()]
+    last_states = parse_verdict(lines[-1], task.verbalizers) is not None or (
+        len(lines) > 1 and parse_verdict(lines[-2], task.verbalizers) is None
+        and parse_verdict("\n".join(lines[-2:]), task.verbalizers) is not None)
+    if not last_states:
+        return reject("text_after_verdict")
+    if quality["empty"]:
+        return reject("empty")
+    if quality["degenerate"]:
+        return reject("degenerate")
+    words = len(body.split())
+    if quality["not_prose"] or words < rules.min_words:
+        return reject("too_short")
+    if words > rules.max_words:
+        return reject("too_long")
+    if rules.grounded_numbers:
+        source = _numbers(" ".join(str(v) for v in fields.values()))
+        if _numbers(body) - source:
+            return reject("ungrounded_number")
+    return Judgement(True, verdict, body, None)
+
+
+# ============================================================================ the JSONL store
+
+
+def _scan(data: bytes, name: str) -> tuple[list[dict[str, Any]], int]:
+    """Records of a synth JSONL and the byte length of its intact part (a torn last line excluded)."""
+    records: list[dict[str, Any]] = []
+    good = 0
+    lines = data.split(b"\n")
+    for number, line in enumerate(lines[:-1], start=1):  # lines[-1]: after the last newline (torn or b"")
+        if line.strip():
+            try:
+                obj = json.loads(line)
+                if not isinstance(obj, dict) or "id" not in obj:
+                    raise ValueError("not a record")
+            except ValueError:
+                if not any(rest.strip() for rest in lines[number:]):
+                    break  # a broken last line: torn by a kill, then perhaps closed by an editor
+                raise ClsgenError(f"{name} line {number} is not a synth record (invalid JSON in the middle of "
+                                  "the file); fix or remove that line, or write to a new --out") from None
+            records.append(obj)
+        good += len(line) + 1
+    return records, good
+
+
+def read_synth(path: str | Path) -> list[dict[str, Any]]:
+    """The records of a synth JSONL, in file order; a torn last line (killed writer) is ignored."""
+    path = Path(path)
+    try:
+        data = path.read_bytes()
+    except OSError as e:
+        raise ClsgenError(f"cannot read {path}: {e.strerror}") from None
+    return _scan(data, str(path))[0]
+
+
+def _flatten(d: Any, prefix: str = "") -> dict[str, Any]:
+    if isinstance(d, Mapping):
+        out: dict[str, Any] = {}
+        for k, v in d.items():
+            out.update(_flatten(v, f"{prefix}.{k}" if prefix else str(k)))
+        return out
+    return {prefix: d}
+
+
+def _short(value: Any) -> str:
+    text = json.dumps(value, ensure_ascii=False, default=str)
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
+class SynthStore:
+    """The append-only JSONL of one synth run, with its settings file and a lock against two writers."""
+
+    def __init__(self, path: str | Path):
+        self.path = Path(path)
+        self.settings_path = self.path.with_name(self.path.name + ".teacher.json")
+        self.report_path = self.path.with_name(self.path.name + ".report.json")
+        self.fd: int | None = None
+
+    def existing(self) -> list[dict[str, Any]]:
+        return read_synth(self.path) if self.path.exists() else []
+
+    def check_settings(self, settings: dict[str, Any], digest: str, force_new: bool) -> str | None:
+        """Refuse records made with other settings (naming them); with `force_new` move them aside.
+        Returns the archive path when the old file was moved."""
+        records = self.existing()
+        old_hashes = {r.get("teacher") for r in records}
+        if not records or old_hashes == {digest}:
+            return None
+        if force_new:
+            stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
+            archive = self.path.with_name(f"{self.path.stem}.{stamp}{self.path.suffix}")
+            os.replace(self.path, archive)
+            for p in (self.settings_path, self.report_path):
+                if p.exists():
+                    os.replace(p, archive.with_name(archive.name + p.name[len(self.path.name):]))
+            return str(archive)
+        old: dict[str, Any] = {}
+        if self.settings_path.exists():
+            try:
+                old = json.loads(self.settings_path.read_text(encoding="utf-8")).get("settings", {})
+            except (OSError, ValueError):
+                old = {}
+        new_flat, old_flat = _flatten(settings), _flatten(old)
+        diff = [f"{k}: {_short(old_flat.get(k, '<unset>'))} -> {_short(new_flat.get(k, '<unset>'))}"
+                for k in sorted(set(new_flat) | set(old_flat)) if new_flat.get(k) != old_flat.get(k)]
+        if not old:
+            diff = [f"settings hash {', '.join(sorted(str(h) for h in old_hashes))} -> {digest} "
+                    f"({self.settings_path.name} missing, so the differing setting is unknown)"]
+        shown = "\n  ".join(diff[:12]) + ("\n  ..." if len(diff) > 12 else "")
+        raise ClsgenError(f"{self.path} holds {len(records)} records made with other teacher settings:\n  {shown}\n"
+                          "Use the same settings to resume, write to a new --out, or pass --force-new "
+                          "(force_new=True) to move the old file aside and start afresh.")
+
+    def open(self, settings: dict[str, Any], digest: str) -> list[dict[str, Any]]:
+        """Lock the file for appending, cut a torn last line, write the settings; return the records."""
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_APPEND, 0o644)
+        try:
+            import fcntl
+
+            fcntl.flock(self.fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except ImportError:  # not POSIX: no lock
+            pass
+        except OSError:
+            os.close(self.fd)
+            self.fd = None
+            raise ClsgenError(f"another process is writing {self.path} (clsgen synth still running?); wait "
+                              "for it or choose another --out") from None
+        data = self.path.read_bytes()
+        records, good = _scan(data, str(self.path))
+        if good < len(data):
+            os.ftruncate(self.fd, good)  # a line torn by a kill: its example is simply asked again
+            os.fsync(self.fd)
+        self.torn_bytes = len(data) - good
+        atomic_write_json(self.settings_path, {"hash": digest, "settings": settings})
+        return records
+
+    def append(self, records: Iterable[dict[str, Any]]) -> None:
+        assert self.fd is not None
+        for r in records:
+            line = (json.dumps(r, ensure_ascii=False) + "\n").encode("utf-8")
+            written = os.write(self.fd, line)
+            if written != len(line):
+                raise ClsgenError(f"short write to {self.path} (disk full?); rerun to resume")
+        os.fsync(self.fd)
+
+    def close(self) -> None:
+        if self.fd is not None:
+            os.close(self.fd)  # also releases the lock
+            self.fd = None
+
+
+# ============================================================================ the report
+
+
+@dataclass
+class SynthReport:
+    """What a synth run did; per-class figures cover every record of the requested examples."""
+
+    out: str
+    teacher: dict[str, Any]
+    settings_hash: str
+    strategy: str
+    examples: int
+    skipped: int
+    """Examples already in the file (done by an earlier run)."""
+    written: int
+    """Records written by this run."""
+    unfinished: int
+    """Examples with no record because their requests failed in transport (rerun to finish)."""
+    per_class: dict[str, dict[str, Any]]
+    accepted: int
+    acceptance: float | None
+    attempts: dict[str, Any]
+    tokens: int
+    """Tokens generated in this run."""
+    seconds: float
+    """Wall time of this run."""
+    faults: dict[str, int]
+    """This run's transport faults (retried or not) and rejections, by kind."""
+    samples: list[dict[str, Any]] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    def summary_line(self) -> str:
+        classes = ", ".join(f"{c['verbalizer']} {c['accepted']}/{c['n']}" for c in self.per_class.values())
+        rate = f"{100 * self.acceptance:.1f}%" if self.acceptance is not None else "-"
+        return (f"{self.accepted}/{self.examples} accepted ({rate}; {classes}); {self.written} written, "
+                f"{self.skipped} already done, {self.unfinished} unfinished; {self.seconds:.0f} s")
+
+    def format(self) -> str:
+        lines = [f"synth -> {self.out}",
+                 f"teacher: {self.teacher.get('kind')} {self.teacher.get('model', self.teacher.get('field', ''))}"
+                 f" (settings {self.settings_hash})",
+                 f"strategy: {self.strategy}",
+                 f"examples: {self.examples} ({self.skipped} already done, {self.written} written now, "
+                 f"{self.unfinished} unfinished)", "acceptance by class:"]
+        for label, c in self.per_class.items():
+            rate = f"{100 * c['rate']:.1f}%" if c["rate"] is not None else "-"
+            lines.append(f"  {label} {c['verbalizer']:<10} {c['accepted']:>5}/{c['n']:<5} {rate:>7}")
+        rate = f"{100 * self.acceptance:.1f}%" if self.acceptance is not None else "-"
+        lines.append(f"  all{'':12}{self.accepted:>5}/{self.examples:<5} {rate:>7}")
+        a = self.attempts
+        lines.append(f"attempts: {a['total_run']} this run; per example mean {a['mean']}, "
+                     f"histogram {a['histogram']} (accepted at attempt {a['accepted_at']})")
+        rate = f", {self.tokens / self.seconds:.1f} tok/s" if self.seconds > 0 and self.tokens else ""
+        lines.append(f"tokens generated: {self.tokens}; time: {self.seconds:.1f} s{rate}")
+        lines.append("faults: " + ", ".join(f"{k} {v}" for k, v in self.faults.items()))
+        for note in self.notes:
+            lines.append(f"note: {note}")
+        for s in self.samples:
+            lines.append(f"--- sample {s['id']} (label {s['label']}, attempt {s['attempts']})")
+            lines.append(s["text"].strip())
+        return "\n".join(lines)
+
+
+def _report(out: Path, examples: Sequence[Example], records: dict[str, dict[str, Any]], task: Task,
+            teacher: Teacher, digest: str, skipped: int, written: int, unfinished: int, attempts_run: int,
+            tokens: int, seconds: float, faults: Counter, notes: list[str], n_samples: int) -> SynthReport:
+    mine = [records[ex.id] for ex in examples if ex.id in records]
+    per_class = {}
+    for label in (0, 1):
+        n = sum(1 for ex in examples if ex.label == label)
+        acc = sum(1 for r in mine if r["label"] == label and r.get("explanation") is not None)
+        per_class[str(label)] = {"verbalizer": task.verbalizers[label], "n": n, "accepted": acc,
+                                 "rate": round(acc / n, 4) if n else None}
+    accepted = sum(1 for r in mine if r.get("explanation") is not None)
+    histogram = Counter(int(r.get("attempts", 0)) for r in mine)
+    accepted_at = Counter(int(r.get("attempts", 0)) for r in mine if r.get("explanation") is not None)
+    samples, by_label = [], {0: [], 1: []}
+    for r in mine:
+        if r.get("explanation") is not None and r["label"] in by_label:
+            by_label[r["label"]].append(r)
+    for i in range(n_samples):  # alternate classes
+        pool = by_label[i % 2] or by_label[1 - i % 2]
+        if pool:
+            r = pool.pop(0)
+            samples.append({"id": r["id"], "label": r["label"], "attempts": r["attempts"], "text": r["text"]})
+    strategy = _STRATEGY.get(teacher.kind, "")
+    return SynthReport(
+        out=str(out), teacher=teacher.settings(), settings_hash=digest, strategy=strategy,
+        examples=len(examples), skipped=skipped, written=written, unfinished=unfinished, per_class=per_class,
+        accepted=accepted, acceptance=round(accepted / len(examples), 4) if examples else None,
+        attempts={"total_run": attempts_run,
+                  "mean": round(sum(int(r.get("attempts", 0)) for r in mine) / len(mine), 3) if mine else None,
+                  "histogram": {str(k): histogram[k] for k in sorted(histogram)},
+                  "accepted_at": {str(k): accepted_at[k] for k in sorted(accepted_at)}},
+        tokens=tokens, seconds=round(seconds, 2), faults={k: int(faults.get(k, 0)) for k in FAULT_KINDS},
+        samples=samples, notes=notes)
+
+
+_STRATEGY = {
+    "local": "label-conditioned prompt (the gold verdict wording is in the request); first attempt greedy, "
+             "retries sampled; the reply is accepted only as written (nothing appended or forced)",
+    "openai": "label-conditioned prompt (the gold verdict wording is in the request); first attempt at "
+              "temperature 0, retries sampled; the reply is accepted only as written (nothing appended or forced)",
+    "reference": "an existing human rationale, formatted as the explanation followed by the gold verdict "
+                 "line (the verdict is added by construction, not stated by a model)",
+}
+
+
+# ============================================================================ the run
+
+
+@dataclass
+class _State:
+    example: Example
+    attempts: int = 0
+    tokens: int = 0
+    seconds: float = 0.0
+    rejections: list[str] = field(default_factory=list)
+    faults: Counter = field(default_factory=Counter)
+    last: Reply | None = None
+    last_verdict: int | None = None
+
+
+def _record(s: _State, j: Judgement | None, digest: str) -> dict[str, Any]:
+    ex = s.example
+    text = s.last.text if s.last is not None else None
+    return {"id": ex.id, "label": ex.label, "explanation": j.explanation if j else None,
+            "verdict": j.verdict if j else s.last_verdict, "text": text, "attempts": s.attempts,
+            "teacher": digest, "fields": dict(ex.fields), "seconds": round(s.seconds, 3),
+            "tokens": s.tokens, "rejections": s.rejections, "faults": dict(s.faults),
+            "created": datetime.now(timezone.utc).isoformat(timespec="seconds")}
+
+
+def _check_examples(examples: Sequence[Example]) -> None:
+    unlabelled = [ex.id for ex in examples if ex.label not in (0, 1)]
+    if unlabelled:
+        raise ClsgenError(f"{len(unlabelled)} examples have no 0/1 label (e.g. {unlabelled[:3]}); the teacher "
+                          "explains gold labels, so synth needs labelled examples")
+    seen: set[str] = set()
+    for ex in examples:
+        if ex.id in seen:
+            raise ClsgenError(f"duplicate example id {ex.id!r}; ids key the synth output")
+        seen.add(ex.id)
+
+
+def synthesize(
+    examples: Sequence[Example],
+    task: Task,
+    teacher: Teacher | TeacherConfig,
+    out_path: str | Path,
+    *,
+    prompt: TeacherPrompt | str | None = None,
+    demos: bool = True,
+    max_attempts: int | None = None,
+    acceptance: Acceptance = Acceptance(),
+    force_new: bool = False,
+    progress: bool = True,
+    n_samples: int = 4,
+    max_consecutive_failures: int = 20,
+) -> SynthReport:
+    """Explain every example's gold label with `teacher`; append records to `out_path`; return the report.
+
+    `teacher` is a `Teacher` or a `TeacherConfig` (then `prompt`, `demos` and `max_attempts` default
+    to its `prompt`, `demos` and `max_attempts`). `prompt` is a `TeacherPrompt` or an instruction
+    string (see `prompts.py`). A rerun skips examples already in the file. The report is also written
+    to `<out_path>.report.json`.
+    """
+    if isinstance(teacher, TeacherConfig):
+        cfg = teacher
+        prompt = prompt if prompt is not None else cfg.prompt
+        demos = getattr(cfg, "demos", demos)
+        max_attempts = max_attempts if max_attempts is not None else cfg.max_attempts
+        teacher = make_teacher(cfg, task.name)
+    max_attempts = 3 if max_attempts is None else max_attempts
+    if max_attempts < 1:
+        raise ClsgenError(f"max_attempts (teacher.max_attempts) must be >= 1, got {max_attempts}")
+    if not isinstance(prompt, TeacherPrompt):
+        prompt = TeacherPrompt.for_task(task, prompt, demos=demos)
+    _check_examples(examples)
+    out = Path(out_path)
+    settings = {"teacher": teacher.settings(), "prompt": prompt.describe(), "max_attempts": max_attempts,
+                "acceptance": asdict(acceptance)}
+    if teacher.kind == "reference":  # nothing is generated: the prompt plays no part
+        settings["prompt"] = {"template": task.template, "verbalizers": list(task.verbalizers)}
+    digest = settings_hash(settings)
+    store = SynthStore(out)
+    notes: list[str] = []
+    archived = store.check_settings(settings, digest, force_new)
+    if archived:
+        notes.append(f"records made with other settings were moved to {archived}")
+    done = {r["id"]: r for r in store.existing()}
+    _check_labels(examples, done, out)
+    todo = [ex for ex in examples if ex.id not in done]
+    started = time.perf_counter()
+    faults: Counter = Counter()
+    counters = {"attempts": 0, "tokens": 0, "written": 0}
+    unfinished: list[str] = []
+    try:
+        if todo:
+            teacher.check(todo)  # fail fast: before the file is touched
+            notes.extend(getattr(teacher, "notes", []))
+        done = {r["id"]: r for r in store.open(settings, digest)}
+        if store.torn_bytes:
+            notes.append(f"cut a torn last line ({store.torn_bytes} bytes) left by an interrupted run")
+        todo = [ex for ex in examples if ex.id not in done]
+        skipped = len(examples) - len(todo)
+        if todo:
+            _run(todo, prompt, teacher, task, acceptance, max_attempts, digest, store, done, faults, counters,
+                 unfinished, progress, max_consecutive_failures)
+    finally:
+        store.close()
+        teacher.close()
+    if unfinished:
+        notes.append(f"{len(unfinished)} examples got no reply (transport failures, e.g. {unfinished[:3]}); "
+                     "rerun to finish them")
+    report = _report(out, examples, done, task, teacher, digest, skipped, counters["written"], len(unfinished),
+                     counters["attempts"], counters["tokens"], time.perf_counter() - started, faults, notes,
+                     n_samples)
+    atomic_write_json(store.report_path, report.to_dict())
+    return report
+
+
+def _check_labels(examples: Sequence[Example], done: Mapping[str, dict[str, Any]], out: Path) -> None:
+    clash = [ex.id for ex in examples if ex.id in done and done[ex.id].get("label") != ex.label]
+    if clash:
+        raise ClsgenError(f"{out} has records whose label differs from the data's for {len(clash)} examples "
+                          f"(e.g. {clash[:3]}); the data (or its binarization) changed: write to a new --out")
+
+
+def _run(todo: list[Example], prompt: TeacherPrompt, teacher: Teacher, task: Task, rules: Acceptance,
+         max_attempts: int, digest: str, store: SynthStore, done: dict[str, dict[str, Any]], faults: Counter,
+         counters: dict[str, int], unfinished: list[str], progress: bool, max_consecutive_failures: int) -> None:
+    """The scheduler: up to `teacher.parallel` generate calls in flight, each on up to
+    `teacher.batch_size` requests; retries go to the front of the queue so examples finish early."""
+    from collections import deque
+
+    from tqdm.auto import tqdm
+
+    pending: deque[_State] = deque(_State(ex) for ex in todo)
+    results: queue.Queue = queue.Queue()
+    in_flight = 0
+    consecutive = 0
+    accepted = 0
+    bar = tqdm(total=len(todo), desc="synth", unit="ex", disable=not progress, dynamic_ncols=True)
+
+    def call(batch: list[_State]) -> None:
+        try:
+            requests = [Request(s.example, s.attempts, prompt) for s in batch]
+            results.put((batch, teacher.generate(requests), None))
+        except BaseException as e:  # surfaced in the main thread
+            results.put((batch, None, e))
+
+    try:
+        while pending or in_flight:
+            while pending and in_flight < teacher.parallel:
+                batch = [pending.popleft() for _ in range(min(teacher.batch_size, len(pending)))]
+                threading.Thread(target=call, args=(batch,), daemon=True).start()
+                in_flight += 1
+            try:
+                batch, replies, error = results.get(timeout=0.5)
+            except queue.Empty:
+                continue
+            in_flight -= 1
+            if error is not None:
+                raise error
+            finished: list[dict[str, Any]] = []
+            retry: list[_State] = []
+            for s, reply in zip(batch, replies):
+                faults.update(reply.faults)
+                s.faults.update(reply.faults)
+                s.tokens += reply.tokens
+                s.seconds += reply.seconds
+                counters["tokens"] += reply.tokens
+                if reply.error in TRANSPORT_FAULTS:  # no answer at all: leave it for a rerun
+                    consecutive += 1
+                    unfinished.append(s.example.id)
+                    bar.update(1)
+                    continue
+                consecutive = 0
+                s.attempts += 1
+                counters["attempts"] += 1
+                s.last = reply
+                j = judge(reply, s.example.label, task, s.example.fields, rules)
+                s.last_verdict = j.verdict
+                if j.accepted:
+                    finished.append(_record(s, j, digest))
+                    accepted += 1
+                    continue
+                s.rejections.append(j.reason or "rejected")
+                if not reply.faults.get(j.reason):  # an http_4xx is already counted by the teacher
+                    faults[j.reason or "rejected"] += 1
+                if s.attempts < max_attempts and not reply.final:
+                    retry.append(s)
+                else:
+                    finished.append(_record(s, None, digest))
+            pending.extendleft(reversed(retry))
+            if finished:
+                store.append(finished)
+                for r in finished:
+                    done[r["id"]] = r
+                counters["written"] += len(finished)
+                bar.update(len(finished))
+            bar.set_postfix(accepted=f"{accepted}/{counters['written']}",
+                            faults=sum(v for k, v in faults.items() if k in TRANSPORT_FAULTS), refresh=False)
+            if consecutive >= max_consecutive_failures:
+                raise ClsgenError(f"the teacher failed {consecutive} requests in a row (last faults: "
+                                  f"{dict(replies[-1].faults)}); {counters['written']} records are saved in "
+                                  f"{store.path}; fix the server and rerun the same command to resume")
+    finally:
+        bar.close()

@@ -1,0 +1,512 @@
+"""Teachers: the models that write label-conditioned explanations, behind one small interface.
+
+A teacher takes a batch of `Request`s (an example, its attempt number and the prompt) and returns one
+`Reply` per request. `parallel` says how many `generate` calls the caller may run at once and
+`batch_size` how many requests to hand each call:
+
+* `LocalTeacher`: any HF causal LM (default: the embedded SmolLM2-135M), batched generation with left
+  padding; first attempt greedy, retries sampled. `parallel = 1`.
+* `OpenAITeacher`: any OpenAI-compatible server (`/v1/chat/completions`: vLLM, SGLang, Ollama,
+  llama.cpp, a hosted API); up to `concurrency` requests in flight, timeouts, retries with
+  exponential backoff on 429 (honouring Retry-After), 5xx, connection errors and malformed replies.
+* `ReferenceTeacher`: an existing rationale field (PubMedQA `long_answer`) formatted into the target.
+
+`check(examples)` validates settings before any work (model loads, server reachable, model served,
+API key present) and raises a `ClsgenError` naming the setting to fix.
+"""
+
+from __future__ import annotations
+
+import email.utils
+import os
+import random
+import threading
+import time
+import zlib
+from collections import Counter
+from dataclasses import dataclass, field
+from typing import Any, Protocol, Sequence
+
+from ..config import TeacherConfig
+from ..data import Example
+from ..errors import ClsgenError
+from ..task import ELLIPSIS
+from .prompts import TeacherPrompt
+
+TRANSPORT_FAULTS = ("timeout", "http_429", "http_5xx", "connection", "bad_json")
+"""Request failures that are retried with backoff."""
+
+
+@dataclass
+class Request:
+    """One attempt at one example."""
+
+    example: Example
+    attempt: int
+    """0 for the first try (greedy), then 1, 2, ... (sampled)."""
+    prompt: TeacherPrompt
+
+    @property
+    def greedy(self) -> bool:
+        return self.attempt == 0
+
+    @property
+    def label(self) -> int:
+        assert self.example.label is not None
+        return self.example.label
+
+
+@dataclass
+class Reply:
+    """What a teacher returned for one request."""
+
+    text: str | None
+    """The teacher's whole output; None when there is none."""
+    tokens: int = 0
+    """Tokens generated (as counted by the model or the server)."""
+    finish: str = "stop"
+    """'stop' (ended by itself) or 'length' (cut at max_new_tokens)."""
+    seconds: float = 0.0
+    """Wall time spent on this request (a share of the batch for batched teachers)."""
+    faults: Counter = field(default_factory=Counter)
+    """Transport faults met on the way (retried ones included), by kind."""
+    error: str | None = None
+    """Why there is no text: a transport fault kind after the last retry, or a final reason."""
+    final: bool = False
+    """True when retrying cannot help (e.g. a missing reference, a request the server rejects)."""
+
+
+class Teacher(Protocol):
+    kind: str
+    parallel: int
+    batch_size: int
+
+    def settings(self) -> dict[str, Any]:
+        """What shapes the outputs (hashed into every record; transport details excluded)."""
+
+    def check(self, examples: Sequence[Example]) -> None:
+        """Raise a `ClsgenError` now if the teacher cannot work with these settings."""
+
+    def generate(self, requests: list[Request]) -> list[Reply]:
+        """One reply per request, in order."""
+
+    def close(self) -> None: ...
+
+
+def _seed(requests: Sequence[Request], base: int) -> int:
+    key = "|".join(f"{r.example.id}:{r.attempt}" for r in requests)
+    return (base * 1_000_003 + zlib.crc32(key.encode("utf-8"))) % (2**31)
+
+
+# ============================================================================ local HF model
+
+
+class LocalTeacher:
+    """A local HF causal LM; `backbone` (a `clsgen.backbones.Backbone`) skips loading `model`."""
+
+    kind = "local"
+    parallel = 1
+
+    def __init__(self, model: str = "smollm2-135m", *, backbone: Any = None, dtype: str = "auto",
+                 temperature: float = 0.7, top_p: float = 0.95, max_new_tokens: int = 256,
+                 batch_size: int = 8, seed: int = 0):
+        if max_new_tokens < 1 or batch_size < 1:
+            raise ClsgenError("teacher.max_new_tokens and teacher.batch_size must be >= 1")
+        if temperature <= 0:
+            raise ClsgenError(f"teacher.temperature must be > 0 for sampled retries, got {temperature}")
+        self.model_spec = backbone.spec if backbone is not None else model
+        self.backbone = backbone
+        self.dtype = dtype
+        self.temperature, self.top_p = temperature, top_p
+        self.max_new_tokens, self.batch_size, self.seed = max_new_tokens, batch_size, seed
+
+    def settings(self) -> dict[str, Any]:
+        return {"kind": self.kind, "model": self.model_spec, "dtype": self.dtype,
+                "temperature": self.temperature, "top_p": self.top_p,
+                "max_new_tokens": self.max_new_tokens, "seed": self.seed,
+                "first_attempt": "greedy"}
+
+    def check(self, examples: Sequence[Example]) -> None:
+        if self.backbone is None:
+            from ..backbones import load_model
+
+            self.backbone = load_model(self.model_spec, dtype=self.dtype)
+
+    def close(self) -> None:
+        self.backbone = None
+
+    # ---------------------------------------------------------------- prompts
+    def _encode(self, text: str) -> list[int]:
+        return list(self.backbone.tokenizer(text, add_special_tokens=False)["input_ids"])
+
+    def _render(self, prompt: TeacherPrompt, fields: dict[str, str], label: int) -> str:
+        return self.backbone.tokenizer.apply_chat_template(prompt.messages(fields, label),
+                                                           add_generation_prompt=True, tokenize=False)
+
+    def prompt_ids(self, request: Request) -> list[int]:
+        """The rendered teacher prompt; long fields are cut (as the task cuts them) so that they get
+        the same token budget as in the student's prompt, `task.max_prompt_tokens`."""
+        prompt, ex = request.prompt, request.example
+        ids = self._encode(self._render(prompt, ex.fields, request.label))
+        task = prompt.task
+        empty = {f: "" for f in task.fields}
+        student_fixed = len(self._encode(task.render_prompt(self.backbone.tokenizer, {**ex.fields, **empty})))
+        teacher_fixed = len(self._encode(self._render(prompt, {**ex.fields, **empty}, request.label)))
+        limit = teacher_fixed + max(task.max_prompt_tokens - student_fixed, 16)
+        if len(ids) <= limit:
+            return ids
+        field_ids = {f: self._encode(str(ex.fields[f])) for f in task.fields}
+        budget = limit - teacher_fixed - len(task.fields) * len(self._encode(ELLIPSIS))
+        for _ in range(6):
+            cut = _cut_fields(self.backbone.tokenizer, field_ids, budget, task.truncation)
+            ids = self._encode(self._render(prompt, {**ex.fields, **cut}, request.label))
+            if len(ids) <= limit:
+                return ids
+            budget -= len(ids) - limit
+        return ids
+
+    # ---------------------------------------------------------------- generation
+    def generate(self, requests: list[Request]) -> list[Reply]:
+        replies: list[Reply | None] = [None] * len(requests)
+        for greedy in (True, False):
+            idx = [i for i, r in enumerate(requests) if r.greedy == greedy]
+            if idx:
+                out = self._generate([requests[i] for i in idx], greedy)
+                for i, reply in zip(idx, out):
+                    replies[i] = reply
+        return replies  # type: ignore[return-value]
+
+    def _generate(self, requests: list[Request], greedy: bool) -> list[Reply]:
+        import torch
+
+        started = time.perf_counter()
+        model, tok = self.backbone.model, self.backbone.tokenizer
+        prompts = [self.prompt_ids(r) for r in requests]
+        width = max(len(p) for p in prompts)
+        pad = tok.pad_token_id
+        input_ids = torch.tensor([[pad] * (width - len(p)) + p for p in prompts])  # left padding
+        attention = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in prompts])
+        device = next(model.parameters()).device
+        eos = model.generation_config.eos_token_id
+        eos_ids = set(eos if isinstance(eos, (list, tuple)) else [eos if eos is not None else tok.eos_token_id])
+        kwargs: dict[str, Any] = dict(max_new_tokens=self.max_new_tokens, pad_token_id=pad,
+                                      do_sample=not greedy)
+        if greedy:
+            kwargs.update(temperature=None, top_p=None, top_k=None)
+        else:
+            kwargs.update(temperature=self.temperature, top_p=self.top_p, top_k=None)
+        with torch.inference_mode(), torch.random.fork_rng(devices=[]):
+            torch.manual_seed(_seed(requests, self.seed))
+            out = model.generate(input_ids=input_ids.to(device), attention_mask=attention.to(device),
+                                 **kwargs)
+        share = (time.perf_counter() - started) / len(requests)
+        replies = []
+        for row in out[:, width:].tolist():
+            end = next((i for i, t in enumerate(row) if t in eos_ids), None)
+            new = row if end is None else row[: end + 1]
+            text = tok.decode(new, skip_special_tokens=True)
+            replies.append(Reply(text=text, tokens=len(new), seconds=share,
+                                 finish="stop" if end is not None else "length"))
+        return replies
+
+
+def _water_fill(lengths: dict[str, int], budget: int) -> dict[str, int]:
+    """Share `budget` tokens among fields: short fields keep everything, long ones split the rest."""
+    quotas, left = {}, budget
+    remaining = sorted(lengths, key=lambda f: lengths[f])
+    while remaining:
+        share = max(left // len(remaining), 0)
+        f = remaining.pop(0)
+        quotas[f] = min(lengths[f], share)
+        left -= quotas[f]
+    return quotas
+
+
+def _cut_fields(tok: Any, field_ids: dict[str, list[int]], budget: int, how: str) -> dict[str, str]:
+    quotas = _water_fill({f: len(v) for f, v in field_ids.items()}, max(budget, len(field_ids)))
+    out = {}
+    for f, ids in field_ids.items():
+        keep = quotas[f]
+        if len(ids) <= keep:
+            out[f] = tok.decode(ids)
+        elif how == "head":
+            out[f] = tok.decode(ids[:keep]) + ELLIPSIS.rstrip()
+        elif how == "tail":
+            out[f] = ELLIPSIS.lstrip() + tok.decode(ids[len(ids) - keep:])
+        else:
+            head = (keep + 1) // 2
+            out[f] = tok.decode(ids[:head]) + ELLIPSIS + tok.decode(ids[len(ids) - (keep - head):])
+    return out
+
+
+# ============================================================================ OpenAI-compatible server
+
+
+class TeacherAbort(ClsgenError):
+    """The server refuses every request (bad key, wrong endpoint): stop the run, keep what is done."""
+
+
+def _base_url(url: str) -> str:
+    """'http://host:8000' -> 'http://host:8000/v1'; a URL with a path is used as given."""
+    import httpx
+
+    url = url.strip().rstrip("/")
+    try:
+        parsed = httpx.URL(url)
+    except Exception:  # httpx.InvalidURL and friends
+        parsed = None
+    if parsed is None or parsed.scheme not in ("http", "https") or not parsed.host:
+        raise ClsgenError(f"teacher.base_url {url!r} is not an http(s) URL; pass e.g. "
+                          "--base-url http://127.0.0.1:8000/v1")
+    return url if parsed.path not in ("", "/") else url + "/v1"
+
+
+def _retry_after(value: str | None) -> float | None:
+    """Seconds from a Retry-After header (delta-seconds or an HTTP date)."""
+    if not value:
+        return None
+    try:
+        return max(float(value), 0.0)
+    except ValueError:
+        pass
+    try:
+        when = email.utils.parsedate_to_datetime(value)
+    except (TypeError, ValueError):
+        return None
+    return max(when.timestamp() - time.time(), 0.0)
+
+
+class OpenAITeacher:
+    """A model behind an OpenAI-compatible `/chat/completions` endpoint."""
+
+    kind = "openai"
+    batch_size = 1
+
+    def __init__(self, model: str, base_url: str | None, *, api_key_env: str | None = None,
+                 temperature: float = 0.7, max_new_tokens: int = 256, concurrency: int = 4,
+                 timeout: float = 60.0, max_retries: int = 5, backoff: float = 0.5,
+                 max_backoff: float = 30.0, check_timeout: float = 10.0):
+        if base_url is None or not str(base_url).strip():
+            raise ClsgenError("the openai teacher needs teacher.base_url (--base-url), e.g. "
+                              "http://127.0.0.1:8000/v1")
+        if not model:
+            raise ClsgenError("the openai teacher needs teacher.model (--model): the served model's name")
+        if concurrency < 1 or max_retries < 0 or timeout <= 0:
+            raise ClsgenError(f"need teacher.concurrency >= 1, teacher.max_retries >= 0 and teacher.timeout "
+                              f"> 0; got {concurrency}, {max_retries}, {timeout}")
+        self.model, self.base_url = model, _base_url(base_url)
+        self.api_key_env = api_key_env
+        self.temperature, self.max_new_tokens = temperature, max_new_tokens
+        self.parallel = self.concurrency = concurrency
+        self.timeout, self.max_retries = timeout, max_retries
+        self.backoff, self.max_backoff, self.check_timeout = backoff, max_backoff, check_timeout
+        self.notes: list[str] = []
+        self._slots = threading.BoundedSemaphore(concurrency)
+        self._client: Any = None
+
+    def settings(self) -> dict[str, Any]:
+        return {"kind": self.kind, "model": self.model, "temperature": self.temperature,
+                "max_new_tokens": self.max_new_tokens, "first_attempt": "greedy"}
+
+    def _headers(self) -> dict[str, str]:
+        headers = {"Content-Type": "application/json"}
+        if self.api_key_env:
+            key = os.environ.get(self.api_key_env, "").strip()
+            if not key:
+                raise ClsgenError(f"the API key variable {self.api_key_env} (teacher.api_key_env, "
+                                  f"--api-key-env) is not set or empty; export {self.api_key_env}=<key> or "
+                                  "drop --api-key-env for a server without keys")
+            headers["Authorization"] = f"Bearer {key}"
+        return headers
+
+    def check(self, examples: Sequence[Example]) -> None:
+        """API key present, server reachable, model listed by `/models` (when the server has it)."""
+        import httpx
+
+        headers = self._headers()
+        url = f"{self.base_url}/models"
+        try:
+            r = httpx.get(url, headers=headers, timeout=min(self.timeout, self.check_timeout))
+        except httpx.TimeoutException:
+            raise ClsgenError(f"the teacher server at {self.base_url} did not answer GET /models within "
+                              f"{min(self.timeout, self.check_timeout):g} s; is it running and is "
+                              "--base-url right?") from None
+        except httpx.HTTPError as e:
+            raise ClsgenError(f"cannot reach the teacher server at {self.base_url} ({type(e).__name__}: "
+                              f"{e}); start it or fix --base-url / teacher.base_url") from None
+        if r.status_code in (401, 403):
+            raise ClsgenError(f"the teacher server at {self.base_url} rejected the API key "
+                              f"(HTTP {r.status_code}); check {self.api_key_env or '--api-key-env'}")
+        if r.status_code == 404:
+            self.notes.append(f"{url} answered 404: model name not checked")
+            return
+        if r.status_code >= 400:
+            raise ClsgenError(f"GET {url} answered HTTP {r.status_code}: {r.text[:200]!r}; is --base-url "
+                              "an OpenAI-compatible endpoint (ending in /v1)?")
+        try:
+            served = [m["id"] for m in r.json()["data"]]
+        except Exception:
+            self.notes.append(f"{url} did not answer an OpenAI model list: model name not checked")
+            return
+        if self.model not in served:
+            shown = ", ".join(served[:20]) + (" ..." if len(served) > 20 else "")
+            raise ClsgenError(f"model {self.model!r} (teacher.model, --model) is not served by "
+                              f"{self.base_url}; it serves: {shown or 'nothing'}")
+        self._client = self._new_client(headers)
+
+    def _new_client(self, headers: dict[str, str]) -> Any:
+        import httpx
+
+        limits = httpx.Limits(max_connections=self.concurrency, max_keepalive_connections=self.concurrency)
+        return httpx.Client(headers=headers, timeout=self.timeout, limits=limits)
+
+    def close(self) -> None:
+        if self._client is not None:
+            self._client.close()
+            self._client = None
+
+    def generate(self, requests: list[Request]) -> list[Reply]:
+        if self._client is None:
+            self._client = self._new_client(self._headers())
+        if len(requests) == 1:
+            return [self._complete(requests[0])]
+        out: list[Reply | None] = [None] * len(requests)
+
+        def work(i: int) -> None:
+            out[i] = self._complete(requests[i])
+
+        threads = [threading.Thread(target=work, args=(i,), daemon=True) for i in range(len(requests))]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        return out  # type: ignore[return-value]
+
+    def _complete(self, request: Request) -> Reply:
+        import httpx
+
+        started = time.perf_counter()
+        body = {"model": self.model, "max_tokens": self.max_new_tokens,
+                "messages": request.prompt.messages(request.example.fields, request.label),
+                "temperature": 0.0 if request.greedy else self.temperature}
+        faults: Counter = Counter()
+        rng = random.Random(_seed([request], 0))
+        kind = "connection"
+        for retry in range(self.max_retries + 1):
+            wait = None
+            with self._slots:  # never more than `concurrency` requests in flight
+                try:
+                    r = self._client.post(f"{self.base_url}/chat/completions", json=body)
+                except httpx.TimeoutException:
+                    kind = "timeout"
+                except httpx.TransportError:
+                    kind = "connection"
+                else:
+                    status = r.status_code
+                    if status == 200:
+                        reply = _parse_completion(r)
+                        if reply is not None:
+                            reply.faults, reply.seconds = faults, time.perf_counter() - started
+                            return reply
+                        kind = "bad_json"
+                    elif status == 429:
+                        kind, wait = "http_429", _retry_after(r.headers.get("retry-after"))
+                    elif status >= 500:
+                        kind, wait = "http_5xx", _retry_after(r.headers.get("retry-after"))
+                    elif status in (401, 403):
+                        raise TeacherAbort(f"the teacher server rejected the API key (HTTP {status}); check "
+                                           f"{self.api_key_env or '--api-key-env'}")
+                    elif status == 404:
+                        raise TeacherAbort(f"POST {self.base_url}/chat/completions answered 404 ({r.text[:200]!r});"
+                                           " check --base-url and --model")
+                    else:  # 400, 413, 422, ...: this request will never succeed (e.g. too long)
+                        faults["http_4xx"] += 1
+                        return Reply(None, faults=faults, error="http_4xx", final=True,
+                                     seconds=time.perf_counter() - started)
+            faults[kind] += 1
+            if retry == self.max_retries:
+                break
+            if wait is None:
+                wait = self.backoff * 2**retry * (0.5 + rng.random())
+            time.sleep(min(wait, self.max_backoff))
+        return Reply(None, faults=faults, error=kind, seconds=time.perf_counter() - started)
+
+
+def _parse_completion(response: Any) -> Reply | None:
+    """The reply of a 200 answer, or None when its body is not an OpenAI chat completion."""
+    try:
+        data = response.json()
+        choice = data["choices"][0]
+        text = choice["message"]["content"]
+        if not isinstance(text, str):
+            return None
+        usage = data.get("usage") or {}
+        tokens = usage.get("completion_tokens")
+        finish = choice.get("finish_reason") or "stop"
+    except (ValueError, KeyError, IndexError, TypeError, AttributeError):
+        return None
+    return Reply(text=text, tokens=int(tokens) if isinstance(tokens, int) else 0,
+                 finish="length" if finish == "length" else "stop")
+
+
+# ============================================================================ reference field
+
+
+class ReferenceTeacher:
+    """Formats an existing rationale (in `example.meta` or `example.fields`) into the target:
+    the rationale, a blank line, and the gold verdict line."""
+
+    kind = "reference"
+    parallel = 1
+    batch_size = 64
+
+    def __init__(self, field: str = "long_answer"):
+        self.field = field
+
+    def settings(self) -> dict[str, Any]:
+        return {"kind": self.kind, "field": self.field}
+
+    def _reference(self, ex: Example) -> str | None:
+        value = ex.meta.get(self.field, ex.fields.get(self.field))
+        return value.strip() if isinstance(value, str) and value.strip() else None
+
+    def check(self, examples: Sequence[Example]) -> None:
+        if examples and all(self._reference(ex) is None for ex in examples):
+            ex = examples[0]
+            raise ClsgenError(f"no example has the reference field {self.field!r} (teacher.reference_field, "
+                              f"--reference-field); example {ex.id!r} has fields {sorted(ex.fields)} and "
+                              f"metadata {sorted(ex.meta)}")
+
+    def generate(self, requests: list[Request]) -> list[Reply]:
+        out = []
+        for r in requests:
+            ref = self._reference(r.example)
+            if ref is None:
+                out.append(Reply(None, error="missing_reference", final=True))
+            else:
+                out.append(Reply(r.prompt.task.target_text(ref, r.label)))
+        return out
+
+    def close(self) -> None:
+        pass
+
+
+# ============================================================================ factory
+
+
+def make_teacher(cfg: TeacherConfig, task_name: str | None = None) -> Teacher:
+    """The teacher a `TeacherConfig` describes."""
+    if cfg.kind == "local":
+        return LocalTeacher(cfg.model, temperature=cfg.temperature, max_new_tokens=cfg.max_new_tokens,
+                            batch_size=cfg.batch_size)
+    if cfg.kind == "openai":
+        return OpenAITeacher(cfg.model, cfg.base_url, api_key_env=cfg.api_key_env,
+                             temperature=cfg.temperature, max_new_tokens=cfg.max_new_tokens,
+                             concurrency=cfg.concurrency, timeout=cfg.timeout, max_retries=cfg.max_retries)
+    if cfg.kind == "reference":
+        name = cfg.reference_field or {"pubmedqa": "long_answer"}.get(task_name or "")
+        if name is None:
+            raise ClsgenError("the reference teacher needs teacher.reference_field (--reference-field): the "
+                              "column holding the rationale")
+        return ReferenceTeacher(name)
+    raise ClsgenError(f"teacher.kind {cfg.kind!r} is not one of local, openai, reference")

@@ -1,0 +1,838 @@
+"""The training loop: one explicit loop on `accelerate` for the dual-head model.
+
+    loss = w_cls * BCE(head(h_last_prompt), y; pos_weight) + w_lm * CE(explanation tokens)
+
+Both terms are normalised over the whole optimizer step (every micro-batch on every process): the
+BCE by the step's examples, the CE by the step's explanation tokens. So gradient accumulation and
+data parallelism change how a global batch is computed, never the gradient it gives, and a run on
+N processes with batch b matches one process with batch N * b.
+
+What one call of `train` does:
+  1. checks the configuration against the model and task (before anything slow);
+  2. builds base LM + LoRA + head, encodes the examples once (prompt + teacher explanation);
+  3. runs AdamW (separate learning rate for the head) with warm-up + cosine/linear decay, gradient
+     accumulation and clipping, over length-grouped batches planned from (seed, epoch) alone;
+  4. evaluates on the dev split (AUROC, losses), keeps the best model by dev AUROC, stops early;
+  5. writes resumable checkpoints `out/checkpoints/step-N/` atomically (adapter + head,
+     optimizer, scheduler, RNG of every process, data position); `resume=True` continues a killed run
+     to the same weights as an uninterrupted one;
+  6. saves the best model to `out/` (PEFT adapter, head, tokenizer, clsgen.json) with
+     `train_log.jsonl` and `train_summary.json` (tokens/s, padding efficiency, memory, time).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import logging
+import math
+import os
+import shutil
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Iterable, Mapping, Sequence
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+import yaml
+
+from .collate import Encoded, collate_prompts, collate_train, encode_example, padding_stats, plan_epoch, training_task
+from .config import Config
+from .data import Example, map_label, read_rows, rows_from_records
+from .errors import ClsgenError, ConfigError, DataError, Problem
+from .files import atomic_write_json, atomic_write_text
+from .model import HEAD_FILE, META_FILE, DualHeadModel
+from .task import Task
+
+log = logging.getLogger(__name__)
+
+CHECKPOINTS = "checkpoints"
+BEST = "best"
+TRAINER_STATE = "trainer_state.json"
+LOG_FILE = "train_log.jsonl"
+SUMMARY_FILE = "train_summary.json"
+CONFIG_FILE = "train_config.yaml"
+RESUME_MAY_CHANGE = {"eval_every", "save_every", "log_every", "log_with", "early_stopping", "keep_checkpoints"}
+"""TrainConfig fields a resumed run may change; any other change would give different weights."""
+
+
+# ----------------------------------------------------------------------------- training examples
+
+
+@dataclass
+class TrainExample:
+    """An example with the teacher's explanation of its gold label (None: classification only)."""
+
+    id: str
+    fields: dict[str, str]
+    label: int
+    explanation: str | None = None
+
+
+def load_training_examples(source: str | Path | Iterable[Any]) -> list[TrainExample]:
+    """Training examples from a synth JSONL (`clsgen synth` records), a data file or in-memory items.
+
+    Accepted items: synth records `{id, label, fields, explanation, verdict, ...}`, example dicts
+    `{id, fields, label, meta}` (explanation in `meta.explanation`, if any), flat rows
+    `{id, label, <field>: text, ...}`, `Example` and `TrainExample` objects. An explanation whose
+    record states a verdict other than the gold label is dropped (the example trains the head only).
+    Every problem is reported together.
+    """
+    if isinstance(source, (str, Path)):
+        rows, name = read_rows(source), str(source)
+    else:
+        items = list(source)
+        if all(isinstance(x, TrainExample) for x in items):
+            return list(items)
+        rows = rows_from_records([_as_record(x) for x in items])
+        name = "examples"
+    reserved = {"id", "label", "explanation", "verdict", "attempts", "teacher", "seconds", "meta", "split"}
+    out: list[TrainExample] = []
+    problems: list[Problem] = []
+    seen: dict[str, int] = {}
+    for row in rows:
+        v = row.values
+        label = map_label(v.get("label"), None)
+        if label is None:
+            problems.append(Problem(f"label {v.get('label')!r} is not 0/1 (or true/false, yes/no)", name,
+                                    row.number, "label"))
+        fields = v.get("fields")
+        if fields is None:
+            fields = {k: x for k, x in v.items() if k not in reserved}
+        if not isinstance(fields, Mapping) or not fields:
+            problems.append(Problem("expected a 'fields' object with the example's text fields", name,
+                                    row.number, "fields"))
+            fields = {}
+        explanation = v.get("explanation")
+        if explanation is None and isinstance(v.get("meta"), Mapping):
+            explanation = v["meta"].get("explanation")
+        if explanation is not None and not isinstance(explanation, str):
+            problems.append(Problem(f"expected text or null, got {type(explanation).__name__}", name,
+                                    row.number, "explanation"))
+            explanation = None
+        verdict = v.get("verdict")
+        if (explanation and isinstance(verdict, (int, bool)) and label is not None
+                and int(verdict) != label):
+            explanation = None  # the explanation argues for the other label: keep the head's example only
+        ex_id = str(v.get("id", row.number))
+        if ex_id in seen:
+            problems.append(Problem(f"duplicate id {ex_id!r} (first at row {seen[ex_id]})", name, row.number,
+                                    "id"))
+        seen.setdefault(ex_id, row.number)
+        out.append(TrainExample(ex_id, {str(k): str(x) for k, x in fields.items()}, label or 0,
+                                explanation if explanation and explanation.strip() else None))
+    if problems:
+        raise DataError(problems)
+    return out
+
+
+def _as_record(x: Any) -> Any:
+    if isinstance(x, TrainExample):
+        return dataclasses.asdict(x)
+    if isinstance(x, Example):
+        return {"id": x.id, "fields": x.fields, "label": x.label, "meta": x.meta}
+    return x
+
+
+def task_from_config(cfg: Config) -> Task:
+    """The task of `cfg.data.dataset` (a built-in one, or one made of `cfg.task`) with `cfg.task` applied."""
+    from .datasets import CLINIFACT_TASK, LCD_TASK, PUBMEDQA_TASK
+
+    builtin = {"clinifact": CLINIFACT_TASK, "pubmedqa": PUBMEDQA_TASK, "lcd": LCD_TASK}
+    t = cfg.task
+    overrides = dict(system=t.system, template=t.template, verbalizers=t.verbalizers,
+                     max_prompt_tokens=t.max_prompt_tokens, truncation=t.truncation)
+    if cfg.data.dataset in builtin:
+        return builtin[cfg.data.dataset].with_overrides(**overrides)
+    if not t.template:
+        raise ClsgenError("a data file needs task.template (e.g. 'Note: {text}') and, optionally, "
+                          "task.system and task.verbalizers")
+    base = Task(name=Path(cfg.data.dataset).stem, system=t.system or "", template=t.template,
+                verbalizers=tuple(t.verbalizers or ("NO", "YES")))
+    return base.with_overrides(**overrides)
+
+
+# ----------------------------------------------------------------------------- results
+
+
+@dataclass
+class TrainResult:
+    """What `train` returns; the same figures are in `out_dir/train_summary.json`."""
+
+    out_dir: Path
+    steps: int
+    best_step: int | None
+    best_dev_auroc: float | None
+    summary: dict[str, Any] = field(default_factory=dict)
+    model: DualHeadModel | None = None
+    """The trained model in memory with the best weights (None under FSDP / ZeRO-3 sharding)."""
+
+
+@dataclass
+class _LoopState:
+    """Everything the loop carries between steps (saved in each checkpoint)."""
+
+    step: int = 0
+    best_value: float | None = None
+    best_step: int | None = None
+    evals_since_best: int = 0
+    stopped_early: bool = False
+    finished: bool = False
+    real_tokens: int = 0
+    padded_tokens: int = 0
+    train_seconds: float = 0.0
+    last_eval: dict[str, Any] | None = None
+
+
+# ----------------------------------------------------------------------------- public entry points
+
+
+def train(cfg: Config, train_examples: Sequence[Any] | str | Path,
+          dev_examples: Sequence[Any] | str | Path = (), out_dir: str | Path = "runs/model",
+          resume: bool | str | Path = False, *, task: Task | None = None,
+          progress: bool = True, on_step: Callable[[int, dict[str, Any]], None] | None = None) -> TrainResult:
+    """Train the dual-head model on `train_examples`, select on `dev_examples`, save to `out_dir`.
+
+    `resume`: True continues from the latest checkpoint in `out_dir/checkpoints` (a fresh start when
+    there is none), a path continues from that checkpoint. `task`: default `task_from_config(cfg)`.
+    `on_step(step, record)` is called after every optimizer step (its exceptions stop the run).
+    Works the same in one process and under `accelerate launch` / `torchrun` (DDP, FSDP, ZeRO).
+    """
+    problems = cfg.validate()
+    if problems:
+        raise ConfigError(problems)
+    tc = cfg.train
+    out_dir = Path(out_dir)
+    task = task or task_from_config(cfg)
+    train_set = load_training_examples(train_examples)
+    dev_set = load_training_examples(dev_examples) if dev_examples else []
+    if not train_set:
+        raise ClsgenError("no training examples")
+    ckpt_root = out_dir / CHECKPOINTS
+    resume_dir = _resume_checkpoint(ckpt_root, resume)
+    if not resume and _checkpoints(ckpt_root):
+        raise ClsgenError(f"{out_dir} already holds a training run ({CHECKPOINTS}/ has checkpoints); pass "
+                          "--resume (resume=True) to continue it, or choose another --out")
+
+    from accelerate import Accelerator
+
+    trackers = _available_trackers(tc.log_with)
+    accelerator = Accelerator(cpu=not torch.cuda.is_available(), mixed_precision=tc.mixed_precision,
+                              gradient_accumulation_steps=tc.grad_accum, log_with=trackers or None,
+                              project_dir=str(out_dir))
+    try:
+        return _train(accelerator, cfg, task, train_set, dev_set, out_dir, resume_dir, trackers, progress,
+                      on_step)
+    finally:
+        _release(accelerator)
+
+
+def score(model: DualHeadModel, examples: Sequence[Any], batch_size: int = 8) -> np.ndarray:
+    """P(label 1) of each example from the head: prompts only, left-padded, no LM logits."""
+    fields = [x["fields"] if isinstance(x, Mapping) else x.fields for x in examples]
+    prompts = [model.task.encode_prompt(model.tokenizer, f).input_ids for f in fields]
+    logits = _score_prompts(model, prompts, model.tokenizer.pad_token_id, batch_size, model.device)
+    return model.probabilities(torch.from_numpy(logits)).numpy()
+
+
+@torch.no_grad()
+def _score_prompts(model: Any, prompts: Sequence[Sequence[int]], pad_id: int, batch_size: int,
+                   device: torch.device) -> np.ndarray:
+    was_training = model.training
+    model.eval()
+    order = sorted(range(len(prompts)), key=lambda i: -len(prompts[i]))
+    logits = np.zeros(len(prompts), dtype=np.float32)
+    for start in range(0, len(order), batch_size):
+        idx = order[start: start + batch_size]
+        batch = {k: v.to(device) for k, v in collate_prompts([prompts[i] for i in idx], pad_id).items()}
+        out = model(**batch, lm_positions="none")
+        logits[idx] = out.cls_logits.float().cpu().numpy()
+    model.train(was_training)
+    return logits
+
+
+# ----------------------------------------------------------------------------- the loop
+
+
+def _train(accelerator: Any, cfg: Config, task: Task, train_set: list[TrainExample],
+           dev_set: list[TrainExample], out_dir: Path, resume_dir: Path | None, trackers: list[str],
+           progress: bool, on_step: Callable | None) -> TrainResult:
+    from accelerate.utils import set_seed
+    from tqdm.auto import tqdm
+
+    from .backbones import load_model
+
+    tc = cfg.train
+    started = time.time()
+    main = accelerator.is_main_process
+    world = accelerator.num_processes
+
+    # --- model and data (every check that can fail happens before the first step)
+    set_seed(tc.seed)
+    backbone = load_model(cfg.model.name, dtype=cfg.model.dtype, revision=cfg.model.revision,
+                          trust_remote_code=cfg.model.trust_remote_code)
+    tokenizer = backbone.tokenizer
+    task = training_task(task, tokenizer, tc.max_length)
+    model = DualHeadModel.from_backbone(backbone, task, cfg.lora, seed=tc.seed)
+    if tc.w_cls == 0:  # generation-only baseline: the head is not trained
+        model.head.requires_grad_(False)
+    if tc.gradient_checkpointing:
+        model.causal_lm.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    pad_id = tokenizer.pad_token_id
+    enc = [encode_example(task, tokenizer, ex.fields, ex.label, ex.explanation, tc.max_length,
+                          with_target=tc.w_lm > 0) for ex in train_set]
+    dev_enc = [encode_example(task, tokenizer, ex.fields, ex.label, ex.explanation, tc.max_length,
+                              with_target=tc.w_lm > 0) for ex in dev_set]
+    pos_weight = _pos_weight(tc.pos_weight, [ex.label for ex in train_set])
+    selection = _selection_metric(tc.w_cls, dev_set, dev_enc)
+    data_info = _data_info(train_set, enc, dev_set, pos_weight, selection)
+    if tc.w_lm > 0 and not any(e.target_len for e in enc):
+        log.warning("no training example has an explanation: the LM term is empty and only the head "
+                    "learns; pass the synth JSONL as --data")
+
+    # --- optimizer, schedule, plan
+    lora_params = [p for n, p in model.named_parameters() if p.requires_grad and not n.startswith("head.")]
+    head_params = [p for p in model.head.parameters() if p.requires_grad]
+    groups = [{"params": lora_params, "lr": tc.lr}] + ([{"params": head_params, "lr": tc.head_lr}]
+                                                        if head_params else [])
+    optimizer = torch.optim.AdamW(groups, weight_decay=tc.weight_decay)
+    steps_per_epoch = math.ceil(len(enc) / (tc.batch_size * world * tc.grad_accum))
+    total_steps = tc.max_steps or max(1, math.ceil(tc.epochs * steps_per_epoch))
+    warmup = round(tc.warmup_ratio * total_steps)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, _lr_lambda(tc.schedule, warmup, total_steps))
+    model.train()
+    model, optimizer = accelerator.prepare(model, optimizer)
+    accelerator.register_for_checkpointing(scheduler)
+    _register_checkpoint_hooks(accelerator)
+    unwrapped: DualHeadModel = accelerator.unwrap_model(model)
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    fingerprint = _fingerprint(cfg, enc, world)
+
+    # --- resume
+    state = _LoopState()
+    if resume_dir is not None:
+        state = _load_checkpoint(accelerator, model, resume_dir, fingerprint)
+        accelerator.print(f"resumed from {resume_dir} at step {state.step}")
+    if main:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        _truncate_log(out_dir / LOG_FILE, state.step)
+        atomic_write_text(out_dir / CONFIG_FILE, yaml.safe_dump(cfg.to_dict(), sort_keys=False))
+    if trackers:
+        accelerator.init_trackers("clsgen", config=_flat(cfg.to_dict()))
+
+    log_every = max(1, tc.log_every)
+    eval_every = tc.eval_every or steps_per_epoch
+    bar = tqdm(total=total_steps, initial=state.step, desc="train", unit="step", dynamic_ncols=True,
+               disable=not (progress and main))
+    plans: dict[int, list] = {}
+    window = {"tokens": 0, "seconds": 0.0, "cls": 0.0, "lm": 0.0, "n": 0, "t": 0, "steps": 0}
+    while state.step < total_steps and not state.stopped_early:
+        epoch, k = divmod(state.step, steps_per_epoch)
+        if epoch not in plans:
+            plans = {epoch: plan_epoch([len(e) for e in enc], tc.batch_size, tc.grad_accum, world, tc.seed,
+                                       epoch, tc.group_by_length)}
+        step_plan = plans[epoch][k]
+        real = step_plan.examples()
+        n_step = len(real)
+        t_step = sum(enc[i].target_len for i in real)
+        t0 = time.perf_counter()
+        sums = torch.zeros(2, device=accelerator.device)  # this process's BCE and CE sums
+        grad_norm = None
+        for slot in step_plan.micro:
+            mb = slot[accelerator.process_index]
+            rows = [enc[i] for i in mb.indices]
+            batch = {k_: v.to(accelerator.device) for k_, v in collate_train(rows, pad_id, mb.weights).items()}
+            for r in slot:  # padding figures cover every process (all of them know the plan)
+                real_t, padded_t = padding_stats([enc[i] for i in r.indices])
+                state.real_tokens += real_t if r.weights[0] > 0 else 0
+                state.padded_tokens += padded_t
+            with accelerator.accumulate(model):
+                out = model(batch["input_ids"], batch["attention_mask"], batch["cls_index"],
+                            labels=batch["labels"] if tc.w_lm > 0 else None, w_lm=tc.w_lm)
+                cls_sum, lm_sum = _loss_sums(out, batch, pos_weight, tc.w_cls)
+                loss = 0.0 * out.cls_logits.sum()  # keeps every trainable parameter in the graph
+                if tc.w_cls > 0:
+                    loss = loss + tc.w_cls * cls_sum / max(n_step, 1)
+                if tc.w_lm > 0 and t_step > 0:
+                    loss = loss + tc.w_lm * lm_sum / t_step
+                accelerator.backward(loss * tc.grad_accum * world)
+                sums += torch.stack([cls_sum.detach(), lm_sum.detach()])
+                if accelerator.sync_gradients:
+                    grad_norm = accelerator.clip_grad_norm_(trainable, tc.max_grad_norm or float("inf"))
+                    optimizer.step()
+                    optimizer.zero_grad(set_to_none=True)
+        if not accelerator.sync_gradients:  # the plan gives every step exactly grad_accum micro-batches
+            raise RuntimeError("gradient accumulation went out of step with the batch plan")
+        scheduler.step()
+        state.step += 1
+        sums = accelerator.reduce(sums, reduction="sum") if world > 1 else sums
+        seconds = time.perf_counter() - t0
+        state.train_seconds += seconds
+        step_tokens = sum(len(enc[i]) for i in real)
+        for key, val in (("tokens", step_tokens), ("seconds", seconds), ("cls", float(sums[0])),
+                         ("lm", float(sums[1])), ("n", n_step), ("t", t_step), ("steps", 1)):
+            window[key] += val
+        record = {"step": state.step, "epoch": round(state.step / steps_per_epoch, 4)}
+        if state.step % log_every == 0 or state.step == total_steps:
+            record.update(_window_record(window, tc, scheduler, grad_norm))
+            window = dict.fromkeys(window, 0)
+            bar.set_postfix(loss=f"{record['loss']:.4f}", tok_s=f"{record['tokens_per_s']:.0f}")
+            _log(accelerator, out_dir, record, trackers)
+        bar.update(1)
+
+        # --- evaluation, best model, early stopping
+        last = state.step == total_steps
+        if dev_set and (state.step % eval_every == 0 or last):
+            metrics = _evaluate(accelerator, model, dev_enc, pad_id, cfg.eval.batch_size, tc.w_lm)
+            metrics["step"] = state.step
+            state.last_eval = metrics
+            value = metrics.get(selection) if selection else None
+            improved = value is not None and (state.best_value is None or (
+                value > state.best_value if selection == "dev_auroc" else value < state.best_value))
+            if improved:
+                state.best_value, state.best_step, state.evals_since_best = value, state.step, 0
+                _save_model(accelerator, model, out_dir / CHECKPOINTS / BEST, {"train": {
+                    "step": state.step, **{k_: v for k_, v in metrics.items() if k_ != "step"}}})
+            elif selection:
+                state.evals_since_best += 1
+            metrics["best"] = improved
+            record.update(metrics)
+            _log(accelerator, out_dir, {"event": "eval", **metrics}, trackers)
+            bar.write(_eval_line(metrics)) if main and progress else None
+            if tc.early_stopping and state.evals_since_best >= tc.early_stopping:
+                state.stopped_early = True
+                accelerator.print(f"early stopping at step {state.step}: no dev improvement in "
+                                  f"{tc.early_stopping} evaluations")
+        done = last or state.stopped_early
+        state.finished = done
+        if state.step % tc.save_every == 0 or done:
+            _save_checkpoint(accelerator, model, ckpt_root=out_dir / CHECKPOINTS, state=state,
+                             fingerprint=fingerprint, keep=tc.keep_checkpoints)
+        if on_step is not None:
+            on_step(state.step, record)
+    bar.close()
+
+    # --- final model: the best checkpoint's weights (else the last), saved to out_dir
+    best_dir = out_dir / CHECKPOINTS / BEST
+    use_best = state.best_step is not None and best_dir.is_dir()
+    if use_best:
+        if _plain_parallel(accelerator):
+            _load_model_weights(unwrapped, best_dir)
+        accelerator.wait_for_everyone()
+    else:
+        _save_model(accelerator, model, best_dir.with_name("last"), {"train": {"step": state.step}})
+    in_sync = _check_in_sync(accelerator, trainable)
+    summary = _summary(state, started, total_steps, steps_per_epoch, data_info, world, tc, in_sync)
+    if main:
+        _install_model(best_dir if use_best else best_dir.with_name("last"), out_dir)
+        atomic_write_json(out_dir / SUMMARY_FILE, summary)
+        accelerator.print(_summary_line(summary, out_dir))
+    accelerator.wait_for_everyone()
+    if trackers:
+        accelerator.end_training()
+    return TrainResult(out_dir, state.step, state.best_step,
+                       state.best_value if selection == "dev_auroc" else None, summary,
+                       unwrapped if _plain_parallel(accelerator) else None)
+
+
+# ----------------------------------------------------------------------------- loss and schedule
+
+
+def _loss_sums(out: Any, batch: dict[str, torch.Tensor], pos_weight: float | None, w_cls: float
+               ) -> tuple[torch.Tensor, torch.Tensor]:
+    """(sum of weighted per-example BCE, sum of per-token CE) of one micro-batch."""
+    logits = out.cls_logits.float()
+    if w_cls > 0:
+        pw = None if pos_weight is None else torch.tensor(pos_weight, device=logits.device)
+        bce = F.binary_cross_entropy_with_logits(logits, batch["cls_labels"], pos_weight=pw, reduction="none")
+        cls_sum = (bce * batch["weight"]).sum()
+    else:
+        cls_sum = logits.new_zeros(())
+    lm_sum = out.lm_loss.float() * out.lm_tokens if out.lm_loss is not None else logits.new_zeros(())
+    return cls_sum, lm_sum
+
+
+def _lr_lambda(schedule: str, warmup: int, total: int) -> Callable[[int], float]:
+    """Linear warm-up from 1/warmup to 1, then cosine or linear decay towards 0 (or constant)."""
+
+    def factor(step: int) -> float:
+        if step < warmup:
+            return (step + 1) / warmup
+        if schedule == "constant":
+            return 1.0
+        progress = (step - warmup) / max(1, total - warmup)
+        if schedule == "linear":
+            return max(0.0, 1.0 - progress)
+        return 0.5 * (1.0 + math.cos(math.pi * min(progress, 1.0)))
+
+    return factor
+
+
+def _pos_weight(setting: Any, labels: Sequence[int]) -> float | None:
+    if setting is None:
+        return None
+    if setting != "auto":
+        return float(setting)
+    pos = sum(1 for y in labels if y == 1)
+    neg = len(labels) - pos
+    if pos == 0 or neg == 0:
+        log.warning("the training data has a single class (%d positives, %d negatives)", pos, neg)
+        return None
+    return neg / pos
+
+
+def _selection_metric(w_cls: float, dev: Sequence[TrainExample], dev_enc: Sequence[Encoded]) -> str | None:
+    """dev AUROC when the head trains and dev has both classes; else dev LM loss when it can be measured."""
+    if not dev:
+        return None
+    if w_cls > 0:
+        if len({ex.label for ex in dev}) == 2:
+            return "dev_auroc"
+        log.warning("the dev split has a single class: AUROC is undefined, the last weights are kept")
+        return None
+    return "dev_lm_loss" if any(e.target_len for e in dev_enc) else None
+
+
+# ----------------------------------------------------------------------------- evaluation
+
+
+@torch.no_grad()
+def _evaluate(accelerator: Any, model: Any, dev_enc: Sequence[Encoded], pad_id: int, batch_size: int,
+              w_lm: float) -> dict[str, Any]:
+    """Dev AUROC and losses. Rows are prompt + target (when present), right-padded: the head reads
+    the last prompt token, so its logit equals the prompt-only one. Batches are shared among the
+    processes (every process runs as many, for FSDP/ZeRO collectives) and results gathered."""
+    from accelerate.utils import gather_object
+
+    from .metrics import UndefinedMetricError, auroc, brier
+
+    model.eval()
+    order = sorted(range(len(dev_enc)), key=lambda i: -len(dev_enc[i]))
+    batches = [order[s: s + batch_size] for s in range(0, len(order), batch_size)]
+    world, rank = accelerator.num_processes, accelerator.process_index
+    n_real = len(batches)
+    while len(batches) % world:
+        batches.append(batches[-1][:1])  # a duplicate to even the count; its results are dropped
+    results: list[tuple[int, float]] = []
+    lm_sum, lm_tokens = 0.0, 0
+    for g in range(rank, len(batches), world):
+        idx = batches[g]
+        batch = {k: v.to(accelerator.device) for k, v in collate_train([dev_enc[i] for i in idx], pad_id).items()}
+        out = model(batch["input_ids"], batch["attention_mask"], batch["cls_index"],
+                    labels=batch["labels"] if w_lm > 0 else None, w_lm=w_lm)
+        if g >= n_real:
+            continue
+        results.extend(zip(idx, out.cls_logits.float().cpu().tolist()))
+        if out.lm_loss is not None and out.lm_tokens:
+            lm_sum += float(out.lm_loss) * out.lm_tokens
+            lm_tokens += out.lm_tokens
+    model.train()
+    gathered = gather_object([(results, lm_sum, lm_tokens)]) if world > 1 else [(results, lm_sum, lm_tokens)]
+    logits = np.zeros(len(dev_enc), dtype=np.float64)
+    lm_sum, lm_tokens = 0.0, 0
+    for res, s, t in gathered:
+        for i, z in res:
+            logits[i] = z
+        lm_sum, lm_tokens = lm_sum + s, lm_tokens + t
+    y = np.array([e.label for e in dev_enc])
+    p = 1.0 / (1.0 + np.exp(-logits))
+    bce = float(np.mean(np.logaddexp(0.0, logits) - y * logits))
+    metrics: dict[str, Any] = {"dev_cls_loss": bce, "dev_brier": float(brier(y, p)), "dev_n": len(y)}
+    try:
+        metrics["dev_auroc"] = float(auroc(y, p))
+    except UndefinedMetricError:
+        metrics["dev_auroc"] = None
+    if lm_tokens:
+        metrics["dev_lm_loss"] = lm_sum / lm_tokens
+    return metrics
+
+
+# ----------------------------------------------------------------------------- checkpoints
+
+
+def _checkpoints(root: Path) -> list[Path]:
+    """Complete `step-N` checkpoints, oldest first."""
+    if not root.is_dir():
+        return []
+    found = [p for p in root.iterdir() if p.is_dir() and p.name.startswith("step-")
+             and p.name[5:].isdigit() and (p / TRAINER_STATE).is_file()]
+    return sorted(found, key=lambda p: int(p.name[5:]))
+
+
+def _resume_checkpoint(root: Path, resume: bool | str | Path) -> Path | None:
+    if resume is False or resume is None:
+        return None
+    if resume is True:
+        found = _checkpoints(root)
+        if not found:
+            log.warning("no checkpoint in %s: starting from the beginning", root)
+        return found[-1] if found else None
+    path = Path(resume)
+    if not (path / TRAINER_STATE).is_file():
+        raise ClsgenError(f"{path} is not a clsgen training checkpoint (no {TRAINER_STATE}); pass "
+                          f"--resume without a value to use the latest one in {root}")
+    return path
+
+
+def _register_checkpoint_hooks(accelerator: Any) -> None:
+    """accelerate saves the optimizer, scheduler and RNG states; the weights travel as `model/`
+    (adapter + head, via save_pretrained), so frozen base weights are never copied into checkpoints."""
+    if not _plain_parallel(accelerator):
+        return  # FSDP / DeepSpeed save their own (sharded) model states
+
+    def save_hook(models: list, weights: list, output_dir: str) -> None:
+        weights.clear()
+
+    def load_hook(models: list, input_dir: str) -> None:
+        models.clear()
+
+    accelerator.register_save_state_pre_hook(save_hook)
+    accelerator.register_load_state_pre_hook(load_hook)
+
+
+def _save_checkpoint(accelerator: Any, model: Any, ckpt_root: Path, state: _LoopState,
+                     fingerprint: dict[str, Any], keep: int) -> None:
+    """Write `step-N/` atomically: into a temporary folder, renamed once every process has written."""
+    final = ckpt_root / f"step-{state.step}"
+    tmp = ckpt_root / f".step-{state.step}.tmp"
+    if accelerator.is_main_process:
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir(parents=True)
+    accelerator.wait_for_everyone()
+    _save_model(accelerator, model, tmp / "model")
+    accelerator.save_state(str(tmp))
+    accelerator.wait_for_everyone()
+    if accelerator.is_main_process:
+        atomic_write_json(tmp / TRAINER_STATE, {**dataclasses.asdict(state), "fingerprint": fingerprint})
+        if final.exists():
+            shutil.rmtree(final)
+        os.replace(tmp, final)
+        for old in _checkpoints(ckpt_root)[:-max(1, keep)]:
+            shutil.rmtree(old, ignore_errors=True)
+    accelerator.wait_for_everyone()
+
+
+def _load_checkpoint(accelerator: Any, model: Any, path: Path, fingerprint: dict[str, Any]) -> _LoopState:
+    saved = json.loads((path / TRAINER_STATE).read_text())
+    changed = _fingerprint_changes(saved.get("fingerprint", {}), fingerprint)
+    if changed:
+        raise ClsgenError(f"cannot resume from {path}: {'; '.join(changed)} changed since it was written; "
+                          "restore them, or train into a new --out")
+    accelerator.load_state(str(path))
+    if _plain_parallel(accelerator):
+        _load_model_weights(accelerator.unwrap_model(model), path / "model")
+    fields = {f.name for f in dataclasses.fields(_LoopState)}
+    return _LoopState(**{k: v for k, v in saved.items() if k in fields})
+
+
+def _save_model(accelerator: Any, model: Any, path: Path, meta: dict[str, Any] | None = None) -> None:
+    """save_pretrained on the main process; under FSDP / ZeRO-3 the shards are gathered first."""
+    unwrapped = accelerator.unwrap_model(model)
+    state = None if _plain_parallel(accelerator) else accelerator.get_state_dict(model)
+    if accelerator.is_main_process:
+        old = dict(unwrapped.meta)
+        unwrapped.meta.update(meta or {})
+        try:
+            unwrapped.save_pretrained(path, state_dict=state)
+        finally:
+            unwrapped.meta = old
+    accelerator.wait_for_everyone()
+
+
+def _load_model_weights(model: DualHeadModel, path: Path) -> None:
+    """Load the adapter and head saved by `save_pretrained` at `path` into `model` (in place)."""
+    from peft import set_peft_model_state_dict
+    from safetensors.torch import load_file
+
+    adapter = load_file(str(path / "adapter_model.safetensors"))
+    result = set_peft_model_state_dict(model.lm, adapter)
+    if getattr(result, "unexpected_keys", None):
+        raise ClsgenError(f"{path}: the adapter does not fit this model (unexpected keys such as "
+                          f"{result.unexpected_keys[0]})")
+    model.head.load_state_dict(load_file(str(path / HEAD_FILE)))
+
+
+def _install_model(src: Path, out_dir: Path) -> None:
+    """Copy a saved model's files into `out_dir`, clsgen.json last (its presence marks a complete model)."""
+    files = sorted((p for p in src.iterdir() if p.is_file()), key=lambda p: p.name == META_FILE)
+    for p in files:
+        tmp = out_dir / f".{p.name}.tmp"
+        shutil.copyfile(p, tmp)
+        os.replace(tmp, out_dir / p.name)
+
+
+def _plain_parallel(accelerator: Any) -> bool:
+    """One process or DDP: every process holds whole parameters (no FSDP / DeepSpeed sharding)."""
+    from accelerate.utils import DistributedType
+
+    return accelerator.distributed_type not in (DistributedType.FSDP, DistributedType.DEEPSPEED)
+
+
+def _fingerprint(cfg: Config, enc: Sequence[Encoded], world: int) -> dict[str, Any]:
+    """What must not change for a resumed run to reach the same weights."""
+    h = hashlib.sha256()
+    for e in enc:
+        h.update(json.dumps([e.input_ids, e.prompt_len, e.label]).encode())
+    train_cfg = {k: v for k, v in dataclasses.asdict(cfg.train).items() if k not in RESUME_MAY_CHANGE}
+    return {"data": h.hexdigest()[:16], "num_processes": world, "model": dataclasses.asdict(cfg.model),
+            "lora": dataclasses.asdict(cfg.lora), "train": train_cfg}
+
+
+def _fingerprint_changes(old: dict[str, Any], new: dict[str, Any]) -> list[str]:
+    changes = []
+    for key in ("data", "num_processes"):
+        if old.get(key) != new.get(key):
+            what = "the training data (or task, tokenizer or max_length)" if key == "data" else "the number of processes"
+            changes.append(f"{what}: {old.get(key)} -> {new.get(key)}")
+    for section in ("model", "lora", "train"):
+        a, b = old.get(section, {}), new.get(section, {})
+        for k in sorted(set(a) | set(b)):
+            if a.get(k) != b.get(k):
+                changes.append(f"{section}.{k}: {a.get(k)!r} -> {b.get(k)!r}")
+    return changes
+
+
+# ----------------------------------------------------------------------------- logging and summary
+
+
+def _available_trackers(names: Sequence[str]) -> list[str]:
+    import importlib.util
+
+    modules = {"tensorboard": ("tensorboard", "tensorboardX"), "wandb": ("wandb",), "mlflow": ("mlflow",)}
+    chosen = []
+    for name in names:
+        mods = modules.get(name, (name,))
+        if any(importlib.util.find_spec(m) is not None for m in mods):
+            chosen.append(name)
+        else:
+            log.warning("train.log_with: %s is not installed; metrics go to %s only", name, LOG_FILE)
+    return chosen
+
+
+def _log(accelerator: Any, out_dir: Path, record: dict[str, Any], trackers: list[str]) -> None:
+    if accelerator.is_main_process:
+        with (out_dir / LOG_FILE).open("a", encoding="utf-8") as f:
+            f.write(json.dumps({**record, "time": round(time.time(), 3)}) + "\n")
+    if trackers:
+        scalars = {k: v for k, v in record.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
+        accelerator.log(scalars, step=record["step"])
+
+
+def _truncate_log(path: Path, step: int) -> None:
+    """On resume, drop records written after the checkpoint (the killed run's lost steps)."""
+    if not path.is_file():
+        return
+    if step == 0:
+        path.unlink()
+        return
+    keep = [line for line in path.read_text(encoding="utf-8").splitlines()
+            if line.strip() and json.loads(line).get("step", 0) <= step]
+    atomic_write_text(path, "".join(line + "\n" for line in keep))
+
+
+def _window_record(w: dict[str, float], tc: Any, scheduler: Any, grad_norm: Any) -> dict[str, Any]:
+    cls = w["cls"] / max(w["n"], 1)
+    lm = w["lm"] / w["t"] if w["t"] else None
+    loss = (tc.w_cls * cls if tc.w_cls > 0 else 0.0) + (tc.w_lm * lm if lm is not None and tc.w_lm > 0 else 0.0)
+    lrs = scheduler.get_last_lr()
+    rec = {"loss": loss, "cls_loss": cls if tc.w_cls > 0 else None, "lm_loss": lm, "lr": lrs[0],
+           "head_lr": lrs[1] if len(lrs) > 1 else None,
+           "grad_norm": float(grad_norm) if grad_norm is not None else None,
+           "tokens_per_s": w["tokens"] / max(w["seconds"], 1e-9),
+           "seconds_per_step": w["seconds"] / max(w["steps"], 1)}
+    return rec
+
+
+def _eval_line(m: dict[str, Any]) -> str:
+    parts = [f"step {m['step']}"]
+    for k in ("dev_auroc", "dev_cls_loss", "dev_lm_loss"):
+        if m.get(k) is not None:
+            parts.append(f"{k} {m[k]:.4f}")
+    return "eval: " + ", ".join(parts) + (" (best)" if m.get("best") else "")
+
+
+def _peak_rss_mb() -> float | None:
+    try:
+        import resource
+    except ImportError:  # Windows
+        return None
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return round(peak / (1024 * 1024 if sys.platform == "darwin" else 1024), 1)
+
+
+def _summary(state: _LoopState, started: float, total_steps: int, steps_per_epoch: int,
+             data_info: dict[str, Any], world: int, tc: Any, in_sync: bool | None) -> dict[str, Any]:
+    summary = {
+        "steps": state.step, "total_steps": total_steps, "steps_per_epoch": steps_per_epoch,
+        "epochs": round(state.step / steps_per_epoch, 4), "stopped_early": state.stopped_early,
+        "best_step": state.best_step, "best_value": state.best_value, "best_dev_auroc": None,
+        "last_eval": state.last_eval,
+        "train_seconds": round(state.train_seconds, 2), "wall_seconds": round(time.time() - started, 2),
+        "tokens": state.real_tokens, "tokens_per_s": round(state.real_tokens / max(state.train_seconds, 1e-9), 1),
+        "padding_efficiency": round(state.real_tokens / max(state.padded_tokens, 1), 4),
+        "peak_rss_mb": _peak_rss_mb(), "num_processes": world,
+        "global_batch": tc.batch_size * tc.grad_accum * world, **data_info,
+    }
+    if data_info.get("selection") == "dev_auroc":
+        summary["best_dev_auroc"] = state.best_value
+    if torch.cuda.is_available():
+        summary["peak_gpu_memory_mb"] = round(torch.cuda.max_memory_allocated() / 2**20, 1)
+    if in_sync is not None:
+        summary["processes_in_sync"] = in_sync
+    return summary
+
+
+def _summary_line(s: dict[str, Any], out_dir: Path) -> str:
+    best = f", best dev AUROC {s['best_dev_auroc']:.4f} at step {s['best_step']}" if s.get("best_dev_auroc") is not None else ""
+    return (f"trained {s['steps']} steps in {s['train_seconds']:.1f} s ({s['tokens_per_s']:.0f} tokens/s, "
+            f"padding efficiency {s['padding_efficiency']:.2f}, peak RSS {s['peak_rss_mb']} MB){best}; "
+            f"model saved to {out_dir}")
+
+
+def _data_info(train_set: Sequence[TrainExample], enc: Sequence[Encoded], dev_set: Sequence[TrainExample],
+               pos_weight: float | None, selection: str | None) -> dict[str, Any]:
+    return {
+        "n_train": len(train_set), "n_train_positive": sum(ex.label for ex in train_set),
+        "n_with_explanation": sum(1 for e in enc if e.target_len), "n_targets_cut": sum(e.target_cut for e in enc),
+        "n_dev": len(dev_set), "pos_weight": pos_weight, "selection": selection,
+    }
+
+
+def _flat(d: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for k, v in d.items():
+        key = f"{prefix}{k}"
+        if isinstance(v, Mapping):
+            out.update(_flat(v, key + "."))
+        else:
+            out[key] = v if isinstance(v, (int, float, str, bool)) else str(v)
+    return out
+
+
+def _check_in_sync(accelerator: Any, params: Sequence[torch.nn.Parameter]) -> bool | None:
+    """Under DDP, whether every process ends with the same trainable weights (a cheap checksum)."""
+    if accelerator.num_processes == 1 or not _plain_parallel(accelerator):
+        return None
+    with torch.no_grad():
+        total = torch.stack([p.detach().double().sum() for p in params]).sum().reshape(1)
+    everyone = accelerator.gather(total.to(accelerator.device))
+    ok = bool(torch.allclose(everyone, everyone[:1].expand_as(everyone), rtol=0, atol=1e-9))
+    if not ok:
+        raise RuntimeError(f"processes ended with different weights (checksums {everyone.tolist()})")
+    return ok
+
+
+def _release(accelerator: Any) -> None:
+    """Free the accelerate state so that another `train` call in this process starts clean."""
+    try:
+        accelerator.free_memory()
+    except Exception:  # noqa: BLE001 - best effort
+        pass
+    from accelerate.state import AcceleratorState, GradientState
+
+    AcceleratorState._reset_state(reset_partial_state=False)
+    GradientState._reset_state()

@@ -1,0 +1,282 @@
+"""Tests for clsgen.inference: the cached one-prefill path against a separate head forward plus an
+uncached `generate`, left padding, streaming, sampling, inputs and the classifier wrapper."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from clsgen.backbones import tiny_model
+from clsgen.classifier import Classifier, Explainer
+from clsgen.data import Example
+from clsgen.errors import ClsgenError
+from clsgen.inference import ClsgenClassifier, Prediction, Predictor, StreamEvent
+from clsgen.model import DualHeadModel
+from clsgen.task import Task
+
+TASK = Task(name="toy", system="Decide whether the claim holds. End with 'Answer: TRUE' or 'Answer: FALSE'.",
+            template="Claim: {claim}\nAbstract: {article_abstract}", verbalizers=("FALSE", "TRUE"))
+ONE_FIELD = Task(name="note", system="Read the note.", template="Note: {text}", verbalizers=("NO", "YES"))
+ITEMS = [  # three different prompt lengths: the batch is left padded
+    {"claim": "a b", "article_abstract": "x"},
+    {"claim": "Patients improved.", "article_abstract": "Patients randomised to treatment improved versus "
+                                                        "placebo (p < 0.05)."},
+    {"claim": "No significant difference", "article_abstract": "The claim is supported by the abstract. " * 4},
+]
+N_NEW = 24
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    """Tiny matrices gain nothing from threads, and on a shared, busy CPU OpenMP barriers make each
+    op wait for descheduled threads (measured here: 11 s vs 0.25 s for one predict)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def _lively(model: DualHeadModel, seed: int = 1) -> DualHeadModel:
+    """Randomise every weight (LoRA B included) so greedy decoding produces varied tokens; the fresh
+    tiny model's small init emits one token over and over, which would make the test vacuous."""
+    torch.manual_seed(seed)
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if p.dim() > 1:
+                p.normal_(0.0, 1.0 if "embed" in name else 0.25)
+    return model.eval()
+
+
+@pytest.fixture(scope="module")
+def model() -> DualHeadModel:
+    m = _lively(DualHeadModel.from_backbone(tiny_model(), TASK))
+    m.meta["temperature"] = 1.7  # the stored temperature must be applied on both paths
+    return m
+
+
+def _reference(model: DualHeadModel, item: dict, stop: list[int], max_new: int) -> tuple[float, list[int]]:
+    """Unpadded, uncached: a separate head forward, then HF `generate` with use_cache=False."""
+    ids = torch.tensor([TASK.encode_prompt(model.tokenizer, item).input_ids])
+    mask = torch.ones_like(ids)
+    with torch.no_grad():
+        logit = float(model(ids, mask, lm_positions="none").cls_logits[0])
+        out = model.causal_lm.generate(ids, attention_mask=mask, do_sample=False, max_new_tokens=max_new,
+                                       use_cache=False, eos_token_id=stop,
+                                       pad_token_id=model.tokenizer.pad_token_id)
+    new = out[0, ids.shape[1]:].tolist()
+    for i, t in enumerate(new):  # generate pads after the stop token
+        if t in stop:
+            new = new[: i + 1]
+            break
+    return float(torch.sigmoid(torch.tensor(logit / 1.7))), new
+
+
+def test_cached_path_equals_separate_forward_and_uncached_generate(model):
+    predictor = Predictor(model, batch_size=len(ITEMS), max_new_tokens=N_NEW)
+    lengths = [len(predictor.encode(it).input_ids) for it in ITEMS]
+    assert len(set(lengths)) == len(ITEMS)  # really different lengths -> left padding in one batch
+    preds = predictor.predict(ITEMS)
+    for item, pred in zip(ITEMS, preds):
+        prob, ids = _reference(model, item, predictor.stop_token_ids, N_NEW)
+        assert abs(pred.probability - prob) < 1e-5
+        assert pred.token_ids == ids
+        assert len(set(ids)) > 3  # not a degenerate single-token loop
+        assert pred.text == model.tokenizer.decode(
+            [t for t in ids if t not in predictor.stop_token_ids], skip_special_tokens=True).strip()
+
+
+def test_each_row_stops_at_its_own_stop_token(model):
+    free = Predictor(model, batch_size=3, max_new_tokens=N_NEW).predict(ITEMS)
+    stop_token = free[0].token_ids[3]  # row 0 will stop at step <= 3; the others may continue
+    predictor = Predictor(model, batch_size=3, max_new_tokens=N_NEW, stop_token_ids=[stop_token])
+    preds = predictor.predict(ITEMS)
+    assert preds[0].token_ids[-1] == stop_token and len(preds[0].token_ids) <= 4
+    for item, pred in zip(ITEMS, preds):
+        _, ids = _reference(model, item, [stop_token], N_NEW)
+        assert pred.token_ids == ids
+        assert pred.new_tokens == len(ids)
+
+
+def test_batching_and_order_do_not_change_results(model):
+    one = Predictor(model, batch_size=1, max_new_tokens=12).predict(ITEMS)
+    many = Predictor(model, batch_size=2, max_new_tokens=12).predict(list(reversed(ITEMS)))[::-1]
+    for a, b in zip(one, many):
+        assert abs(a.probability - b.probability) < 1e-5
+        assert a.token_ids == b.token_ids
+
+
+def test_predict_proba_matches_predict_without_generating(model):
+    predictor = Predictor(model, batch_size=2, max_new_tokens=8)
+    proba = predictor.predict_proba(ITEMS)
+    preds = predictor.predict(ITEMS, explain=False)
+    assert isinstance(proba, np.ndarray) and proba.shape == (3,)
+    np.testing.assert_allclose(proba, [p.probability for p in preds], atol=1e-6)
+    assert all(p.text is None and p.explanation is None and p.verdict is None for p in preds)
+    raw = predictor.logits(ITEMS)
+    np.testing.assert_allclose(proba, 1 / (1 + np.exp(-raw / 1.7)), atol=1e-9)
+
+
+def test_label_uses_the_stored_threshold(model):
+    predictor = Predictor(model, max_new_tokens=0)
+    p = predictor.predict_proba(ITEMS)
+    cut = float(np.sort(p)[1])
+    saved = dict(model.meta)
+    try:
+        model.meta["threshold"] = cut
+        preds = predictor.predict(ITEMS, explain=False)
+        assert [x.label for x in preds] == [int(v >= cut) for v in p]
+        assert all(x.threshold == cut for x in preds)
+    finally:
+        model.meta.clear()
+        model.meta.update(saved)
+
+
+def test_stream_yields_probability_then_deltas_then_the_prediction(model):
+    predictor = Predictor(model, max_new_tokens=N_NEW)
+    events = list(predictor.stream(ITEMS[1]))
+    assert all(isinstance(e, StreamEvent) for e in events)
+    assert events[0].type == "probability" and events[-1].type == "done"
+    assert {e.type for e in events[1:-1]} == {"delta"}
+    final = events[-1].prediction
+    assert "".join(e.delta for e in events[1:-1]) == final.text
+    batch = predictor.predict([ITEMS[1]])[0]
+    assert final.token_ids == batch.token_ids
+    assert abs(events[0].probability - batch.probability) < 1e-6
+    json.dumps([e.to_dict() for e in events])  # serialisable for server-sent events
+
+
+def test_sampling_is_seeded_and_top_p_near_zero_is_greedy(model):
+    greedy = Predictor(model, max_new_tokens=12).predict(ITEMS)
+    a = Predictor(model, max_new_tokens=12, do_sample=True, temperature=1.5, seed=3).predict(ITEMS)
+    b = Predictor(model, max_new_tokens=12, do_sample=True, temperature=1.5, seed=3).predict(ITEMS)
+    c = Predictor(model, max_new_tokens=12, do_sample=True, temperature=1.5, seed=4).predict(ITEMS)
+    assert [p.token_ids for p in a] == [p.token_ids for p in b]
+    assert [p.token_ids for p in a] != [p.token_ids for p in c]
+    nucleus = Predictor(model, max_new_tokens=12, do_sample=True, top_p=1e-9, seed=5).predict(ITEMS)
+    assert [p.token_ids for p in nucleus] == [p.token_ids for p in greedy]
+    for p_sampled, p_greedy in zip(a, greedy):  # sampling never changes the probability
+        assert p_sampled.probability == p_greedy.probability
+
+
+def test_verdict_and_explanation_are_parsed_from_the_generated_text(model):
+    predictor = Predictor(model)
+    ids = model.tokenizer.encode("The abstract supports it.\n\nAnswer: TRUE", add_special_tokens=False)
+    eos = model.tokenizer.eos_token_id
+    pred = predictor._prediction(0.3, predictor.encode(ITEMS[0]), Example("e1", ITEMS[0]), ids + [eos])
+    assert pred.verdict == 1 and pred.explanation == "The abstract supports it."
+    assert pred.text == "The abstract supports it.\n\nAnswer: TRUE" and pred.id == "e1"
+    d = pred.to_dict()
+    assert "token_ids" not in d and d["verdict"] == 1
+    json.dumps(d)
+
+
+def test_inputs_are_validated_with_clear_errors(model):
+    predictor = Predictor(model, max_new_tokens=2)
+    with pytest.raises(ClsgenError, match="--field claim=... --field article_abstract"):
+        predictor.predict("a bare text for a two-field task")
+    with pytest.raises(ClsgenError, match="'article_abstract' is empty"):
+        predictor.predict([{"claim": "c", "article_abstract": "   "}])
+    with pytest.raises(ClsgenError, match="no field 'article_abstract'"):
+        predictor.predict([{"claim": "c"}])
+    with pytest.raises(ClsgenError, match="must be text, got int"):
+        predictor.predict_proba([{"claim": "c", "article_abstract": 42}])
+    for bad in (None, 3.5, b"bytes"):
+        with pytest.raises(ClsgenError, match="expected"):
+            predictor.predict([bad])
+    single = Predictor(DualHeadModel.from_backbone(tiny_model(), ONE_FIELD), max_new_tokens=2)
+    assert single.predict("Patient discharged home.")[0].prompt_tokens > 0
+    with pytest.raises(ClsgenError, match="'text' is empty"):
+        single.predict("")
+    example = Example("x1", {"claim": "c", "article_abstract": "a"})
+    assert predictor.predict([example], explain=False)[0].id == "x1"
+    assert predictor.predict([{"id": 7, "fields": {"claim": "c", "article_abstract": "a"}}],
+                             explain=False)[0].id == "7"
+
+
+def test_long_inputs_are_truncated_inside_the_fields_never_a_crash(model):
+    predictor = Predictor(model, max_new_tokens=4)
+    long = {"claim": "Drug X works.", "article_abstract": "No significant difference was observed. " * 400}
+    pred = predictor.predict([long, ITEMS[0]])[0]
+    assert pred.truncated and pred.prompt_tokens <= TASK.max_prompt_tokens
+    assert not predictor.predict([ITEMS[0]])[0].truncated
+
+
+def test_a_short_context_lowers_the_prompt_and_generation_limits():
+    m = _lively(DualHeadModel.from_backbone(tiny_model(), TASK))
+    m.causal_lm.config.max_position_embeddings = 160
+    predictor = Predictor(m, max_new_tokens=500)
+    assert predictor.task.max_prompt_tokens == 160 - 16
+    long = {"claim": "Drug X works.", "article_abstract": "Patients improved. " * 300}
+    pred = predictor.predict([long], explain=True)[0]
+    assert pred.truncated and pred.prompt_tokens <= 144
+    assert pred.prompt_tokens + pred.new_tokens <= 160
+
+
+def test_predictor_restores_the_training_mode(model):
+    model.train()
+    try:
+        Predictor(model, max_new_tokens=2).predict(ITEMS[:1])
+        assert model.training
+    finally:
+        model.eval()
+
+
+def test_bad_settings_are_reported_together(model):
+    with pytest.raises(ClsgenError, match="batch_size.*temperature.*top_p"):
+        Predictor(model, batch_size=0, temperature=0.0, top_p=1.5)
+
+
+def test_from_pretrained_round_trip(tmp_path):
+    m = DualHeadModel.from_backbone(tiny_model(), TASK)  # base weights are reproducible from the spec
+    with torch.no_grad():
+        m.head.linear.bias.fill_(0.3)
+    m.meta.update(threshold=0.61, temperature=2.0)
+    m.save_pretrained(tmp_path / "m")
+    before = Predictor(m, max_new_tokens=6).predict(ITEMS)
+    after = Predictor.from_pretrained(tmp_path / "m", max_new_tokens=6).predict(ITEMS)
+    for a, b in zip(before, after):
+        assert abs(a.probability - b.probability) < 1e-5 and a.token_ids == b.token_ids
+        assert b.threshold == 0.61
+
+
+def test_classifier_wrapper_follows_the_shared_protocol(model, tmp_path):
+    clf = ClsgenClassifier(Predictor(model, max_new_tokens=6))
+    assert isinstance(clf, Classifier) and isinstance(clf, Explainer)
+    examples = [Example(f"e{i}", {**ITEMS[i % 3], "claim": f"claim {i}"}, label=i % 2) for i in range(6)]
+    proba = clf.predict_proba(examples)
+    assert proba.shape == (6,)
+    texts = clf.explain(examples[:2], max_new_tokens=3)
+    assert len(texts) == 2 and all(isinstance(t, str) for t in texts)
+    assert clf.predictor.max_new_tokens == 6  # restored
+    # the rows just explained reuse that prefill's logit: only the others are scored again
+    scored = []
+    real_logits = clf.predictor.logits
+    clf.predictor.logits = lambda items: scored.extend(items) or real_logits(items)
+    try:
+        reused = clf.predict_proba(examples)
+    finally:
+        clf.predictor.logits = real_logits
+    assert [ex.id for ex in scored] == [ex.id for ex in examples[2:]]
+    np.testing.assert_allclose(reused, proba, atol=1e-5)
+    assert clf.predict_proba(examples[:1])[0] == pytest.approx(proba[0], abs=1e-5)  # reuse happens once
+    saved = dict(model.meta)
+    try:
+        clf.fit([], examples)
+        assert clf.calibration.n == 6
+        assert model.meta["threshold"] == clf.calibration.threshold == clf.threshold
+        assert model.meta["temperature"] == clf.calibration.temperature
+        with pytest.raises(ClsgenError, match="no model directory"):
+            clf.save_calibration()
+    finally:
+        model.meta.clear()
+        model.meta.update(saved)
+
+
+def test_prediction_dataclass_fields():
+    p = Prediction(probability=0.7, label=1, threshold=0.5)
+    assert p.explanation is None and p.verdict is None and p.text is None and not p.truncated
+    assert set(p.to_dict()) >= {"probability", "label", "threshold", "explanation", "verdict", "text", "logit",
+                                "prompt_tokens", "truncated"}
