@@ -225,19 +225,21 @@ class Batcher:
             if batch is None:
                 return
             started = time.monotonic()
-            try:
-                self._run_batch(batch)
-            finally:
-                elapsed = time.monotonic() - started
-                with self._cond:
-                    self._running = 0
-                    self.stats.batches += 1
-                    self.stats.jobs += len(batch)
-                    self.stats.largest_batch = max(self.stats.largest_batch, len(batch))
-                    per_job = elapsed / len(batch)
-                    self._seconds_per_job = 0.8 * self._seconds_per_job + 0.2 * per_job
+            outcomes = self._run_batch(batch)
+            elapsed = time.monotonic() - started
+            with self._cond:  # before the results go out: a caller that got one may submit again
+                self._running = 0
+                self.stats.batches += 1
+                self.stats.jobs += len(batch)
+                self.stats.largest_batch = max(self.stats.largest_batch, len(batch))
+                self.stats.failed += sum(error is not None for _, _, error in outcomes)
+                self._seconds_per_job = 0.8 * self._seconds_per_job + 0.2 * elapsed / len(batch)
+            for job, result, error in outcomes:
+                self._settle(job, result, error)
 
-    def _run_batch(self, batch: list[Job]) -> None:
+    def _run_batch(self, batch: list[Job]) -> list[tuple[Job, Any, BaseException | None]]:
+        """(job, result, error) for each job; a failing batch is retried one job at a time, so that
+        one bad input does not fail its neighbours."""
         handler = self.handlers[batch[0].kind]
         try:
             results = list(handler(batch))
@@ -246,15 +248,9 @@ class Batcher:
                                    f"for {len(batch)} jobs")
         except Exception as e:  # noqa: BLE001 - handed to the waiting request
             if len(batch) == 1:
-                self.stats.failed += 1
-                self._settle(batch[0], error=e)
-                return
-            for job in batch:  # one bad input must not fail its neighbours: retry one by one
-                if not job.cancelled.is_set():
-                    self._run_batch([job])
-            return
-        for job, result in zip(batch, results):
-            self._settle(job, result=result)
+                return [(batch[0], None, e)]
+            return [outcome for job in batch if not job.cancelled.is_set() for outcome in self._run_batch([job])]
+        return [(job, result, None) for job, result in zip(batch, results, strict=True)]
 
     @staticmethod
     def _settle(job: Job, result: Any = None, error: BaseException | None = None) -> None:

@@ -29,7 +29,7 @@ from typing import Any, AsyncIterator, Iterable, Literal, Sequence
 from fastapi import FastAPI, Request, Security
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import HTMLResponse, JSONResponse, Response, StreamingResponse
-from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from fastapi.security import HTTPBearer
 from fastapi.staticfiles import StaticFiles
 from pydantic import BaseModel, ConfigDict, Field
 from starlette.exceptions import HTTPException as StarletteHTTPException
@@ -107,8 +107,8 @@ class ClassifyRequest(BaseModel):
     explain: bool = Field(True, description="Generate the explanation (false: probability only, fast).")
     stream: bool = Field(False, description="Answer with server-sent events: `probability` first, then "
                          "`delta` events with explanation text, then `done` with the full result.")
-    max_tokens: int | None = Field(None, ge=1, description="Explanation length limit in tokens (capped by "
-                                   "the server's --max-tokens).")
+    max_tokens: int | None = Field(None, ge=1, description="Explanation length limit in tokens (default: "
+                                   "the server's --explain-tokens; capped by its --max-tokens).")
     model: str | None = Field(None, description="Optional; must name the served model when given.")
 
 
@@ -172,11 +172,10 @@ def _push(job: Job, event: Any) -> None:
 class _Engine:
     """The handlers that the worker thread runs; the only code that touches the model."""
 
-    def __init__(self, predictor: Any, max_tokens: int):
+    def __init__(self, predictor: Any):
         self.predictor = predictor
         self.model = predictor.model
         self.tokenizer = self.model.tokenizer
-        self.max_tokens = max_tokens
 
     # ---------------------------------------------------------------- classification
     def proba(self, jobs: Sequence[Job]) -> list[Any]:
@@ -210,7 +209,7 @@ class _Engine:
         streaming = isinstance(job.item, _StreamItem)
         tok = self.tokenizer
         text = tok.apply_chat_template(req["messages"], add_generation_prompt=True, tokenize=False)
-        ids = tok(text, return_tensors="pt", add_special_tokens=False)
+        ids = {k: v.to(self.model.device) for k, v in tok(text, return_tensors="pt", add_special_tokens=False).items()}
         prompt_len = ids["input_ids"].shape[1]
         context = getattr(self.model.causal_lm.config, "max_position_embeddings", None)
         max_new = req["max_tokens"]
@@ -244,7 +243,7 @@ class _Engine:
 
         sample = req["temperature"] > 0
         gen_kw: dict[str, Any] = dict(max_new_tokens=max_new, do_sample=sample,
-                                      pad_token_id=tok.pad_token_id, eos_token_id=sorted(eos),
+                                      pad_token_id=tok.pad_token_id, eos_token_id=sorted(eos) or None,
                                       stopping_criteria=StoppingCriteriaList([_Watch()]))
         if sample:
             gen_kw.update(temperature=req["temperature"], top_p=req["top_p"], top_k=0)
@@ -455,7 +454,7 @@ def create_app(
     task = model.task
     name = model_name or f"clsgen-{task.name}"
     threshold = float(model.meta.get("threshold", 0.5))
-    engine = _Engine(predictor, max_tokens)
+    engine = _Engine(predictor)
     batcher = Batcher({"proba": engine.proba, "predict": engine.predict, "stream": engine.stream,
                        "chat": engine.chat}, batchable=("proba", "predict"), max_queue=max_queue,
                       window_s=batch_window_ms / 1000.0, max_batch=max_batch,
@@ -549,8 +548,11 @@ def create_app(
         except BaseException as e:  # noqa: BLE001
             raise _worker_error(e) from None
 
-    def cap(requested: int | None) -> int:
-        return min(requested or max_tokens, max_tokens)
+    explain_tokens = min(int(getattr(predictor, "max_new_tokens", max_tokens)), max_tokens)
+
+    def cap(requested: int | None, default: int = max_tokens) -> int:
+        """A request's token limit: its own, else `default`, never above the server's cap."""
+        return min(requested or default, max_tokens)
 
     def audit(endpoint: str, status: int, started: float, chars: int, inputs: Any, **extra: Any) -> None:
         info = " ".join(f"{k}={v}" for k, v in extra.items())
@@ -588,7 +590,7 @@ def create_app(
         return {"model": name, "name": task.name, "fields": task.fields, "verbalizers": list(task.verbalizers),
                 "system": task.system, "template": task.template, "threshold": threshold,
                 "temperature": float(model.meta.get("temperature", 1.0)),
-                "max_text_chars": max_text_chars, "max_tokens": max_tokens}
+                "max_text_chars": max_text_chars, "max_tokens": max_tokens, "explain_tokens": explain_tokens}
 
     @app.post("/v1/classify", tags=["classify"], dependencies=auth, response_model=ClassifyResponse,
               responses={200: {"content": {"text/event-stream": {}},
@@ -596,17 +598,17 @@ def create_app(
     async def classify(req: ClassifyRequest, request: Request) -> Any:
         """Probability, label and explanation for one input (see the request schema)."""
         started = time.monotonic()
-        check_model(req.model)
-        fields = fields_of(req)
-        chars = sum(len(v) for v in fields.values())
-        rid = f"cls-{uuid.uuid4().hex[:24]}"
-        if req.stream:
-            return await classify_stream(fields, req, rid, started, chars)
-        kind, key = ("predict", cap(req.max_tokens)) if req.explain else ("proba", None)
+        chars = len(req.text or "") + sum(len(v) for v in (req.fields or {}).values())
         try:
+            check_model(req.model)
+            fields = fields_of(req)
+            rid = f"cls-{uuid.uuid4().hex[:24]}"
+            if req.stream:  # the stream logs itself once it has started
+                return await classify_stream(fields, req, rid, started, chars)
+            kind, key = ("predict", cap(req.max_tokens, explain_tokens)) if req.explain else ("proba", None)
             pred = await result_of(submit(kind, fields, key))
         except ApiError as e:
-            audit("classify", e.status, started, chars, fields, explain=req.explain)
+            audit("classify", e.status, started, chars, req.fields or req.text, stream=req.stream)
             raise
         audit("classify", 200, started, chars, fields, explain=req.explain)
         return classify_body(pred, rid)
@@ -614,15 +616,13 @@ def create_app(
     async def classify_stream(fields: dict[str, str], req: ClassifyRequest, rid: str, started: float,
                               chars: int) -> Response:
         queue: asyncio.Queue = asyncio.Queue()
-        job = submit("stream", _StreamItem((fields, req.explain, cap(req.max_tokens)), queue))
+        job = submit("stream", _StreamItem((fields, req.explain, cap(req.max_tokens, explain_tokens)), queue))
         job.future.add_done_callback(lambda fut: queue.put_nowait(("end", fut)))
         deadline = started + request_timeout
         first = await _next(queue, job, deadline)  # errors before the first event are HTTP errors
         if first[0] == "end":
-            e = _end_error(first[1]) or ApiError(500, "the model ended the stream without a result",
-                                                 "server_error")
-            audit("classify", e.status, started, chars, fields, stream=True)
-            raise e
+            raise _end_error(first[1]) or ApiError(500, "the model ended the stream without a result",
+                                                   "server_error")
 
         async def events() -> AsyncIterator[str]:
             item, status = first, 200
@@ -669,6 +669,14 @@ def create_app(
     async def chat(req: ChatRequest, request: Request) -> Any:
         """OpenAI-compatible chat completion with the fine-tuned LM (LoRA adapter on)."""
         started = time.monotonic()
+        try:
+            return await chat_reply(req, started)
+        except ApiError as e:
+            raw = [m.content for m in req.messages]
+            audit("chat", e.status, started, sum(len(str(c or "")) for c in raw), raw, stream=req.stream)
+            raise
+
+    async def chat_reply(req: ChatRequest, started: float) -> Any:
         check_model(req.model)
         messages = [{"role": "system" if m.role == "developer" else m.role, "content": _content(m)}
                     for m in req.messages]
@@ -683,11 +691,7 @@ def create_app(
                    "stop": stops, "seed": req.seed}
         cid, created = f"chatcmpl-{uuid.uuid4().hex[:24]}", int(time.time())
         if not req.stream:
-            try:
-                out = await result_of(submit("chat", payload))
-            except ApiError as e:
-                audit("chat", e.status, started, chars, messages)
-                raise
+            out = await result_of(submit("chat", payload))
             audit("chat", 200, started, chars, messages, tokens=out["usage"]["completion_tokens"])
             return {"id": cid, "object": "chat.completion", "created": created, "model": name,
                     "choices": [{"index": 0, "message": {"role": "assistant", "content": out["content"]},
@@ -700,9 +704,7 @@ def create_app(
         deadline = started + request_timeout
         first = await _next(queue, job, deadline)
         if first[0] == "end" and _end_error(first[1]) is not None:
-            e = _end_error(first[1])
-            audit("chat", e.status, started, chars, messages, stream=True)
-            raise e
+            raise _end_error(first[1])
         include_usage = bool(req.stream_options and req.stream_options.include_usage)
 
         def chunk(delta: dict[str, Any], finish: str | None = None, **more: Any) -> str:

@@ -51,7 +51,8 @@ from .task import Task
 log = logging.getLogger(__name__)
 
 CHECKPOINTS = "checkpoints"
-BEST = "best"
+BEST = "best-step-"
+"""Prefix of the best model's folder, `checkpoints/best-step-N/` (a loadable model directory)."""
 TRAINER_STATE = "trainer_state.json"
 LOG_FILE = "train_log.jsonl"
 SUMMARY_FILE = "train_summary.json"
@@ -185,6 +186,7 @@ class _LoopState:
     real_tokens: int = 0
     padded_tokens: int = 0
     train_seconds: float = 0.0
+    train_cpu_seconds: float = 0.0
     last_eval: dict[str, Any] | None = None
 
 
@@ -305,6 +307,7 @@ def _train(accelerator: Any, cfg: Config, task: Task, train_set: list[TrainExamp
     warmup = round(tc.warmup_ratio * total_steps)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, _lr_lambda(tc.schedule, warmup, total_steps))
     model.train()
+    _configure_launcher(accelerator, tc)
     model, optimizer = accelerator.prepare(model, optimizer)
     accelerator.register_for_checkpointing(scheduler)
     _register_checkpoint_hooks(accelerator)
@@ -329,106 +332,65 @@ def _train(accelerator: Any, cfg: Config, task: Task, train_set: list[TrainExamp
     bar = tqdm(total=total_steps, initial=state.step, desc="train", unit="step", dynamic_ncols=True,
                disable=not (progress and main))
     plans: dict[int, list] = {}
-    window = {"tokens": 0, "seconds": 0.0, "cls": 0.0, "lm": 0.0, "n": 0, "t": 0, "steps": 0}
+    window = _Window()
     while state.step < total_steps and not state.stopped_early:
         epoch, k = divmod(state.step, steps_per_epoch)
         if epoch not in plans:
             plans = {epoch: plan_epoch([len(e) for e in enc], tc.batch_size, tc.grad_accum, world, tc.seed,
                                        epoch, tc.group_by_length)}
-        step_plan = plans[epoch][k]
-        real = step_plan.examples()
-        n_step = len(real)
-        t_step = sum(enc[i].target_len for i in real)
-        t0 = time.perf_counter()
-        sums = torch.zeros(2, device=accelerator.device)  # this process's BCE and CE sums
-        grad_norm = None
-        for slot in step_plan.micro:
-            mb = slot[accelerator.process_index]
-            rows = [enc[i] for i in mb.indices]
-            batch = {k_: v.to(accelerator.device) for k_, v in collate_train(rows, pad_id, mb.weights).items()}
-            for r in slot:  # padding figures cover every process (all of them know the plan)
-                real_t, padded_t = padding_stats([enc[i] for i in r.indices])
-                state.real_tokens += real_t if r.weights[0] > 0 else 0
-                state.padded_tokens += padded_t
-            with accelerator.accumulate(model):
-                out = model(batch["input_ids"], batch["attention_mask"], batch["cls_index"],
-                            labels=batch["labels"] if tc.w_lm > 0 else None, w_lm=tc.w_lm)
-                cls_sum, lm_sum = _loss_sums(out, batch, pos_weight, tc.w_cls)
-                loss = 0.0 * out.cls_logits.sum()  # keeps every trainable parameter in the graph
-                if tc.w_cls > 0:
-                    loss = loss + tc.w_cls * cls_sum / max(n_step, 1)
-                if tc.w_lm > 0 and t_step > 0:
-                    loss = loss + tc.w_lm * lm_sum / t_step
-                accelerator.backward(loss * tc.grad_accum * world)
-                sums += torch.stack([cls_sum.detach(), lm_sum.detach()])
-                if accelerator.sync_gradients:
-                    grad_norm = accelerator.clip_grad_norm_(trainable, tc.max_grad_norm or float("inf"))
-                    optimizer.step()
-                    optimizer.zero_grad(set_to_none=True)
-        if not accelerator.sync_gradients:  # the plan gives every step exactly grad_accum micro-batches
-            raise RuntimeError("gradient accumulation went out of step with the batch plan")
+        t0, c0 = time.perf_counter(), time.process_time()
+        sums, grad_norm = _step(accelerator, model, optimizer, trainable, enc, plans[epoch][k], pad_id,
+                                pos_weight, tc, state)
+        lrs = scheduler.get_last_lr()  # the rates this step used
         scheduler.step()
         state.step += 1
-        sums = accelerator.reduce(sums, reduction="sum") if world > 1 else sums
         seconds = time.perf_counter() - t0
         state.train_seconds += seconds
-        step_tokens = sum(len(enc[i]) for i in real)
-        for key, val in (("tokens", step_tokens), ("seconds", seconds), ("cls", float(sums[0])),
-                         ("lm", float(sums[1])), ("n", n_step), ("t", t_step), ("steps", 1)):
-            window[key] += val
-        record = {"step": state.step, "epoch": round(state.step / steps_per_epoch, 4)}
-        if state.step % log_every == 0 or state.step == total_steps:
-            record.update(_window_record(window, tc, scheduler, grad_norm))
-            window = dict.fromkeys(window, 0)
+        state.train_cpu_seconds += time.process_time() - c0
+        window.add(plans[epoch][k].examples(), enc, sums, seconds)
+        record: dict[str, Any] = {"step": state.step, "epoch": round(state.step / steps_per_epoch, 4)}
+        last = state.step == total_steps
+        if state.step % log_every == 0 or last:
+            record.update(window.record(tc, lrs, grad_norm))
+            window = _Window()
             bar.set_postfix(loss=f"{record['loss']:.4f}", tok_s=f"{record['tokens_per_s']:.0f}")
             _log(accelerator, out_dir, record, trackers)
         bar.update(1)
 
-        # --- evaluation, best model, early stopping
-        last = state.step == total_steps
         if dev_set and (state.step % eval_every == 0 or last):
             metrics = _evaluate(accelerator, model, dev_enc, pad_id, cfg.eval.batch_size, tc.w_lm)
-            metrics["step"] = state.step
-            state.last_eval = metrics
-            value = metrics.get(selection) if selection else None
-            improved = value is not None and (state.best_value is None or (
-                value > state.best_value if selection == "dev_auroc" else value < state.best_value))
-            if improved:
-                state.best_value, state.best_step, state.evals_since_best = value, state.step, 0
-                _save_model(accelerator, model, out_dir / CHECKPOINTS / BEST, {"train": {
-                    "step": state.step, **{k_: v for k_, v in metrics.items() if k_ != "step"}}})
-            elif selection:
-                state.evals_since_best += 1
-            metrics["best"] = improved
+            _select(accelerator, model, metrics, selection, state, out_dir)
             record.update(metrics)
             _log(accelerator, out_dir, {"event": "eval", **metrics}, trackers)
-            bar.write(_eval_line(metrics)) if main and progress else None
+            if main:
+                (bar.write if progress else print)(_eval_line(metrics))
             if tc.early_stopping and state.evals_since_best >= tc.early_stopping:
                 state.stopped_early = True
                 accelerator.print(f"early stopping at step {state.step}: no dev improvement in "
                                   f"{tc.early_stopping} evaluations")
-        done = last or state.stopped_early
-        state.finished = done
-        if state.step % tc.save_every == 0 or done:
-            _save_checkpoint(accelerator, model, ckpt_root=out_dir / CHECKPOINTS, state=state,
-                             fingerprint=fingerprint, keep=tc.keep_checkpoints)
+        state.finished = last or state.stopped_early
+        if state.step % tc.save_every == 0 or state.finished:
+            _save_checkpoint(accelerator, model, out_dir / CHECKPOINTS, state, fingerprint, tc.keep_checkpoints)
         if on_step is not None:
             on_step(state.step, record)
     bar.close()
 
     # --- final model: the best checkpoint's weights (else the last), saved to out_dir
-    best_dir = out_dir / CHECKPOINTS / BEST
-    use_best = state.best_step is not None and best_dir.is_dir()
-    if use_best:
+    final_dir = _best_dir(out_dir, state.best_step) if state.best_step is not None else None
+    if final_dir is not None and not final_dir.is_dir():
+        log.warning("%s is missing: saving the last weights instead of the best", final_dir)
+        final_dir = None
+    if final_dir is not None:
         if _plain_parallel(accelerator):
-            _load_model_weights(unwrapped, best_dir)
+            _load_model_weights(unwrapped, final_dir)
         accelerator.wait_for_everyone()
     else:
-        _save_model(accelerator, model, best_dir.with_name("last"), {"train": {"step": state.step}})
+        final_dir = out_dir / CHECKPOINTS / "last"
+        _save_model(accelerator, model, final_dir, {"train": {"step": state.step}})
     in_sync = _check_in_sync(accelerator, trainable)
     summary = _summary(state, started, total_steps, steps_per_epoch, data_info, world, tc, in_sync)
     if main:
-        _install_model(best_dir if use_best else best_dir.with_name("last"), out_dir)
+        _install_model(final_dir, out_dir)
         atomic_write_json(out_dir / SUMMARY_FILE, summary)
         accelerator.print(_summary_line(summary, out_dir))
     accelerator.wait_for_everyone()
@@ -437,6 +399,89 @@ def _train(accelerator: Any, cfg: Config, task: Task, train_set: list[TrainExamp
     return TrainResult(out_dir, state.step, state.best_step,
                        state.best_value if selection == "dev_auroc" else None, summary,
                        unwrapped if _plain_parallel(accelerator) else None)
+
+
+def _step(accelerator: Any, model: Any, optimizer: Any, trainable: list, enc: Sequence[Encoded], plan: Any,
+          pad_id: int, pos_weight: float | None, tc: Any, state: _LoopState) -> tuple[torch.Tensor, Any]:
+    """One optimizer step over `plan` (grad_accum micro-batches on this process).
+
+    Returns the step's (BCE sum, CE sum) over all processes and the gradient norm before clipping.
+    """
+    world = accelerator.num_processes
+    real = plan.examples()
+    n_step = len(real)  # examples in the whole step (every micro-batch, every process)
+    t_step = sum(enc[i].target_len for i in real)  # explanation tokens in the whole step
+    sums = torch.zeros(2, device=accelerator.device)
+    grad_norm = None
+    for slot in plan.micro:
+        for r in slot:  # padding figures cover every process (all of them know the plan)
+            real_t, padded_t = padding_stats([enc[i] for i in r.indices])
+            state.real_tokens += real_t if r.weights[0] > 0 else 0
+            state.padded_tokens += padded_t
+        mb = slot[accelerator.process_index]
+        batch = {k: v.to(accelerator.device)
+                 for k, v in collate_train([enc[i] for i in mb.indices], pad_id, mb.weights).items()}
+        with accelerator.accumulate(model):
+            out = model(batch["input_ids"], batch["attention_mask"], batch["cls_index"],
+                        labels=batch["labels"] if tc.w_lm > 0 else None, w_lm=tc.w_lm)
+            cls_sum, lm_sum = _loss_sums(out, batch, pos_weight, tc.w_cls)
+            loss = 0.0 * out.cls_logits.sum()  # keeps every trainable parameter in the graph
+            if tc.w_cls > 0:
+                loss = loss + tc.w_cls * cls_sum / max(n_step, 1)
+            if tc.w_lm > 0 and t_step > 0:
+                loss = loss + tc.w_lm * lm_sum / t_step
+            # accelerate divides by grad_accum and DDP averages over processes: undo both, so the
+            # gradient is that of the step's sums divided by the step's counts
+            accelerator.backward(loss * tc.grad_accum * world)
+            sums += torch.stack([cls_sum.detach(), lm_sum.detach()])
+            if accelerator.sync_gradients:
+                grad_norm = accelerator.clip_grad_norm_(trainable, tc.max_grad_norm or float("inf"))
+                optimizer.step()
+                optimizer.zero_grad(set_to_none=True)
+    if not accelerator.sync_gradients:  # the plan gives every step exactly grad_accum micro-batches
+        raise RuntimeError("gradient accumulation went out of step with the batch plan")
+    return (accelerator.reduce(sums, reduction="sum") if world > 1 else sums), grad_norm
+
+
+def _select(accelerator: Any, model: Any, metrics: dict[str, Any], selection: str | None, state: _LoopState,
+            out_dir: Path) -> None:
+    """Keep the best model so far (dev AUROC, or dev LM loss for generation-only) in checkpoints/best."""
+    metrics["step"] = state.step
+    state.last_eval = dict(metrics)
+    value = metrics.get(selection) if selection else None
+    improved = value is not None and (state.best_value is None or (
+        value > state.best_value if selection == "dev_auroc" else value < state.best_value))
+    if improved:
+        state.best_value, state.best_step, state.evals_since_best = value, state.step, 0
+        _save_model(accelerator, model, _best_dir(out_dir, state.step), {"train": state.last_eval})
+    elif selection:
+        state.evals_since_best += 1
+    metrics["best"] = improved
+
+
+class _Window:
+    """Sums over the steps since the last log record."""
+
+    def __init__(self) -> None:
+        self.tokens, self.seconds, self.cls, self.lm, self.n, self.t, self.steps = 0, 0.0, 0.0, 0.0, 0, 0, 0
+
+    def add(self, real: list[int], enc: Sequence[Encoded], sums: torch.Tensor, seconds: float) -> None:
+        self.tokens += sum(len(enc[i]) for i in real)
+        self.n += len(real)
+        self.t += sum(enc[i].target_len for i in real)
+        self.cls += float(sums[0])
+        self.lm += float(sums[1])
+        self.seconds += seconds
+        self.steps += 1
+
+    def record(self, tc: Any, lrs: list[float], grad_norm: Any) -> dict[str, Any]:
+        cls = self.cls / max(self.n, 1) if tc.w_cls > 0 else None
+        lm = self.lm / self.t if self.t and tc.w_lm > 0 else None
+        return {"loss": tc.w_cls * (cls or 0.0) + tc.w_lm * (lm or 0.0), "cls_loss": cls, "lm_loss": lm,
+                "lr": lrs[0], "head_lr": lrs[1] if len(lrs) > 1 else None,
+                "grad_norm": float(grad_norm) if grad_norm is not None else None,
+                "tokens_per_s": self.tokens / max(self.seconds, 1e-9),
+                "seconds_per_step": self.seconds / max(self.steps, 1)}
 
 
 # ----------------------------------------------------------------------------- loss and schedule
@@ -613,7 +658,23 @@ def _save_checkpoint(accelerator: Any, model: Any, ckpt_root: Path, state: _Loop
         os.replace(tmp, final)
         for old in _checkpoints(ckpt_root)[:-max(1, keep)]:
             shutil.rmtree(old, ignore_errors=True)
+        _prune_best(ckpt_root, state.best_step)
     accelerator.wait_for_everyone()
+
+
+def _best_dir(out_dir: Path, step: int) -> Path:
+    return out_dir / CHECKPOINTS / f"{BEST}{step}"
+
+
+def _prune_best(ckpt_root: Path, current: int | None) -> None:
+    """Delete best-model folders that neither the run nor a kept checkpoint refers to (a checkpoint
+    refers to the best model of its own time, which a resumed run starts from)."""
+    wanted = {current}
+    for ckpt in _checkpoints(ckpt_root):
+        wanted.add(json.loads((ckpt / TRAINER_STATE).read_text()).get("best_step"))
+    for d in ckpt_root.glob(f"{BEST}*"):
+        if d.is_dir() and d.name[len(BEST):].isdigit() and int(d.name[len(BEST):]) not in wanted:
+            shutil.rmtree(d, ignore_errors=True)
 
 
 def _load_checkpoint(accelerator: Any, model: Any, path: Path, fingerprint: dict[str, Any]) -> _LoopState:
@@ -663,6 +724,22 @@ def _install_model(src: Path, out_dir: Path) -> None:
         tmp = out_dir / f".{p.name}.tmp"
         shutil.copyfile(p, tmp)
         os.replace(tmp, out_dir / p.name)
+
+
+def _configure_launcher(accelerator: Any, tc: Any) -> None:
+    """Make the launcher's settings agree with train.*: the batch plan is clsgen's, not accelerate's."""
+    from accelerate.utils import DistributedType
+
+    if accelerator.gradient_accumulation_steps != tc.grad_accum:
+        raise ClsgenError(f"the launcher sets gradient accumulation to {accelerator.gradient_accumulation_steps} "
+                          f"but train.grad_accum is {tc.grad_accum}; set train.grad_accum and leave the "
+                          "launcher's value unset ('auto' for DeepSpeed)")
+    if accelerator.distributed_type == DistributedType.DEEPSPEED:
+        ds = accelerator.state.deepspeed_plugin.deepspeed_config
+        for key, value in (("train_micro_batch_size_per_gpu", tc.batch_size),
+                           ("gradient_clipping", tc.max_grad_norm)):
+            if ds.get(key, "auto") == "auto":
+                ds[key] = value
 
 
 def _plain_parallel(accelerator: Any) -> bool:
@@ -734,19 +811,6 @@ def _truncate_log(path: Path, step: int) -> None:
     atomic_write_text(path, "".join(line + "\n" for line in keep))
 
 
-def _window_record(w: dict[str, float], tc: Any, scheduler: Any, grad_norm: Any) -> dict[str, Any]:
-    cls = w["cls"] / max(w["n"], 1)
-    lm = w["lm"] / w["t"] if w["t"] else None
-    loss = (tc.w_cls * cls if tc.w_cls > 0 else 0.0) + (tc.w_lm * lm if lm is not None and tc.w_lm > 0 else 0.0)
-    lrs = scheduler.get_last_lr()
-    rec = {"loss": loss, "cls_loss": cls if tc.w_cls > 0 else None, "lm_loss": lm, "lr": lrs[0],
-           "head_lr": lrs[1] if len(lrs) > 1 else None,
-           "grad_norm": float(grad_norm) if grad_norm is not None else None,
-           "tokens_per_s": w["tokens"] / max(w["seconds"], 1e-9),
-           "seconds_per_step": w["seconds"] / max(w["steps"], 1)}
-    return rec
-
-
 def _eval_line(m: dict[str, Any]) -> str:
     parts = [f"step {m['step']}"]
     for k in ("dev_auroc", "dev_cls_loss", "dev_lm_loss"):
@@ -772,6 +836,7 @@ def _summary(state: _LoopState, started: float, total_steps: int, steps_per_epoc
         "best_step": state.best_step, "best_value": state.best_value, "best_dev_auroc": None,
         "last_eval": state.last_eval,
         "train_seconds": round(state.train_seconds, 2), "wall_seconds": round(time.time() - started, 2),
+        "train_cpu_seconds": round(state.train_cpu_seconds, 2), "torch_threads": torch.get_num_threads(),
         "tokens": state.real_tokens, "tokens_per_s": round(state.real_tokens / max(state.train_seconds, 1e-9), 1),
         "padding_efficiency": round(state.real_tokens / max(state.padded_tokens, 1), 4),
         "peak_rss_mb": _peak_rss_mb(), "num_processes": world,

@@ -268,3 +268,24 @@ def test_importing_baselines_does_no_work():
             "print(sorted(m for m in ('torch', 'sklearn', 'transformers') if m in sys.modules))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"
+
+
+# ---------------------------------------------------------------------------- the real embedded model
+
+
+@pytest.mark.slow
+def test_prompting_with_embedded_model_scores_multi_token_verbalizers(embedded):
+    tok = embedded.tokenizer
+    _, conts = verbalizer_continuations(tok, DEFAULT_PREFIX, ("FALSE", "TRUE"))
+    assert tok.convert_ids_to_tokens(conts[1]) == ["ĠTR", "UE"]  # " TRUE" is two tokens in SmolLM2
+    assert len(conts[0]) == 3  # " FALSE": F, AL, SE
+    task = Task(name="short", system="Does the abstract support the claim? Answer TRUE or FALSE.",
+                template=TASK.template, verbalizers=("FALSE", "TRUE"))
+    examples = [Example("a", {"claim": "Drug X lowers blood pressure.",
+                              "abstract": "Drug X lowered systolic blood pressure by 12 mmHg versus placebo "
+                                          "(p < 0.001)."}),
+                Example("b", {"claim": "Drug Y improves survival.", "abstract": "No difference in survival."})]
+    batched = verbalizer_log_probs(embedded.model, tok, task, examples, batch_size=2)  # left-padded
+    want = [_manual_log_prob(embedded.model, tok, task, examples[1], DEFAULT_PREFIX, k) for k in (0, 1)]
+    np.testing.assert_allclose(batched[1], want, atol=1e-3)  # the shorter prompt: padded in the batch
+    assert np.all(np.isfinite(batched)) and np.all(batched < 0)

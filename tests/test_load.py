@@ -89,7 +89,7 @@ def test_load_200_requests_16_concurrent(capsys):
 
     def references():  # one request at a time, through the Python API
         single = {t: float(pred.predict_proba([t])[0]) for t in texts}
-        explained = {t: pred.predict([t])[0].explanation for t, e in zip(order, explain) if e}
+        explained = {t: pred.predict([t])[0].explanation for t, e in zip(order, explain, strict=True) if e}
         return single, explained
 
     # one torch thread, as the server below: on a busy 2-core machine a 2-thread OpenMP pool can
@@ -142,3 +142,29 @@ def test_load_200_requests_16_concurrent(capsys):
               f"p99 {percentile(latencies, 99) * 1000:.0f} ms, max {max(latencies) * 1000:.0f} ms, "
               f"{N_REQUESTS / wall:.0f} requests/s; {health['batches']} batches "
               f"(mean {health['jobs'] / health['batches']:.1f}, largest {health['largest_batch']})")
+
+
+def test_a_client_that_hangs_up_stops_its_generation():
+    """Closing a stream early cancels the model work: the worker is free again at once, not after
+    the thousands of tokens the request asked for."""
+    from clsgen.server import create_app
+
+    app = create_app(tiny_predictor(), max_tokens=5000, threads=1)
+    batcher = app.state.batcher
+    requests = [("/v1/classify", {"text": "a long story", "stream": True, "max_tokens": 3000}),
+                ("/v1/chat/completions", {"messages": [{"role": "user", "content": "talk"}], "stream": True,
+                                          "max_tokens": 3000, "temperature": 0})]
+    with ThreadServer(app) as srv, httpx.Client(base_url=srv.base, timeout=30) as client:
+        for path, body in requests:
+            with client.stream("POST", path, json=body) as r:
+                assert r.status_code == 200
+                for n, _ in enumerate(r.iter_lines()):
+                    if n >= 10:
+                        break
+            deadline = time.monotonic() + 5
+            while batcher.pending and time.monotonic() < deadline:
+                time.sleep(0.02)
+            assert batcher.pending == 0, path
+        started = time.monotonic()
+        assert client.post("/v1/classify", json={"text": "next", "explain": False}).status_code == 200
+        assert time.monotonic() - started < 5

@@ -200,6 +200,14 @@ def test_classify_with_explanation(client, note_model):
     assert body["probability"] == pytest.approx(expected.probability, abs=1e-6)
 
 
+def test_classify_explanation_length_defaults_to_the_predictor_setting(client, note_model):
+    text = "Default explanation length."
+    body = client.post("/v1/classify", json={"text": text}).json()
+    expected = off_main(predictor(note_model).predict, [text])[0]  # max_new_tokens=8
+    assert body["explanation"] == expected.explanation
+    assert client.get("/v1/task").json()["explain_tokens"] == 8
+
+
 def test_classify_max_tokens_is_capped(client, note_model):
     text = "Capped explanation length."
     body = client.post("/v1/classify", json={"text": text, "max_tokens": 10_000}).json()
@@ -232,7 +240,8 @@ def test_classify_stream_without_explanation(client):
 def test_classify_multi_field_task(pair_client, pair_model):
     fields = {"claim": "Drug X lowers HbA1c.", "article_abstract": "HbA1c fell by 1.2% vs placebo."}
     body = pair_client.post("/v1/classify", json={"fields": fields, "explain": False}).json()
-    assert body["probability"] == pytest.approx(float(off_main(predictor(pair_model).predict_proba, [fields])[0]), abs=1e-6)
+    expected = float(off_main(predictor(pair_model).predict_proba, [fields])[0])
+    assert body["probability"] == pytest.approx(expected, abs=1e-6)
     assert body["label_name"] in ("FALSE", "TRUE")
     page_config = pair_client.get("/").text
     assert '"fields": ["claim", "article_abstract"]' in page_config
@@ -319,6 +328,12 @@ def test_chat_stop_string_cuts_the_reply(client):
     streamed = sse(chat(client, max_tokens=12, temperature=0, stop=stop, stream=True).text)
     text = "".join(c["choices"][0]["delta"].get("content", "") for _, c in streamed[:-1] if c["choices"])
     assert text == full[:cut]
+
+
+def test_chat_beyond_the_model_context_is_422(note_model):
+    with make_client(note_model, max_tokens=5000) as c:
+        r = chat(c, max_tokens=5000)
+    assert r.status_code == 422 and "context of 4096 tokens" in error_of(r)["message"]
 
 
 def test_chat_accepts_content_parts_and_system_messages(client):
@@ -487,6 +502,7 @@ def test_inputs_never_logged_unless_asked(note_model, caplog):
     with make_client(note_model, max_text_chars=200) as c:
         _exercise(c)
     assert "classify status=200" in caplog.text and "chat status=200" in caplog.text
+    assert "classify status=422" in caplog.text
     assert "PATIENT-ZEBRA" not in caplog.text
     caplog.clear()
     with make_client(note_model, max_text_chars=200, log_inputs=True) as c:

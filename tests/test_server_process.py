@@ -96,7 +96,8 @@ def server(tmp_path_factory):
     root = tmp_path_factory.mktemp("serve")
     model_dir = tiny_model_dir(root / "tiny-note")
     srv = ServerProcess(model_dir, root / "server.log", "--api-key-env", "CLSGEN_TEST_API_KEY",
-                        "--explain-tokens", "6", "--max-tokens", "16", "--threads", "1", env={"CLSGEN_TEST_API_KEY": KEY})
+                        "--explain-tokens", "6", "--max-tokens", "16", "--threads", "1",
+                        env={"CLSGEN_TEST_API_KEY": KEY})
     try:
         srv.wait_ready()
         yield srv

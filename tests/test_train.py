@@ -129,6 +129,8 @@ def test_summary_files_and_checkpoints(joint):
             "tokenizer.json", "train_log.jsonl", "train_summary.json", "checkpoints"} <= names
     ckpt = out / "checkpoints" / "step-24"
     assert {"model", "optimizer.bin", "random_states_0.pkl", "trainer_state.json"} <= {p.name for p in ckpt.iterdir()}
+    assert (out / "checkpoints" / f"best-step-{result.best_step}" / "clsgen.json").is_file()
+    assert len(list((out / "checkpoints").glob("best-step-*"))) == 1
     assert not [p for p in (out / "checkpoints").iterdir() if p.name.startswith(".")]  # no half-written dirs
 
 
@@ -171,7 +173,10 @@ def test_resume_after_a_kill_reaches_the_same_weights(tmp_path):
 
     with pytest.raises(Killed):
         train(cfg, train_set, dev_set, tmp_path / "killed", progress=False, on_step=kill)
-    assert sorted(p.name for p in (tmp_path / "killed" / "checkpoints").iterdir()) == ["best", "step-3"]
+    # killed after step 5: the checkpoint of step 3 remains, with its best model (step 2); the best of
+    # step 4 belongs to the lost steps: the resumed run recomputes it
+    assert sorted(p.name for p in (tmp_path / "killed" / "checkpoints").iterdir()) == [
+        "best-step-2", "best-step-4", "step-3"]
     resumed = train(cfg, train_set, dev_set, tmp_path / "killed", resume=True, progress=False)
     a, b = trainable_state(whole.model), trainable_state(resumed.model)
     assert a.keys() == b.keys()
@@ -374,7 +379,7 @@ def test_cli_train_embedded_model_on_clinifact(tmp_path, data_dir):
     from clsgen.config import load_config
     from clsgen.datasets import load_dataset
 
-    cfg = load_config(overrides=[f"data.data_dir={data_dir}", "data.max_train=8"])
+    cfg = load_config(overrides=[f"data.data_dir={data_dir}", "data.max_train=4"])
     ds = load_dataset(cfg.data, cfg.task)
     synth = [{"id": ex.id, "label": ex.label, "fields": ex.fields, "verdict": ex.label,
               "explanation": ("The abstract reports a significant improvement in the primary outcome."
@@ -382,9 +387,11 @@ def test_cli_train_embedded_model_on_clinifact(tmp_path, data_dir):
              for ex in ds.train]
     (tmp_path / "synth.jsonl").write_text("".join(json.dumps(r) + "\n" for r in synth))
     proc = run_cli("train", "--dataset", "clinifact", "--data-dir", str(data_dir), "--data", "synth.jsonl",
-                   "--out", "model", "--max-steps", "2", "--set", "data.max_eval=8", "--set", "train.batch_size=4",
-                   "--set", "train.max_length=512", cwd=tmp_path)
+                   "--out", "model", "--max-steps", "2", "--no-progress", "--set", "data.max_eval=4",
+                   "--set", "train.batch_size=2", "--set", "task.max_prompt_tokens=256",
+                   "--set", "train.max_length=320", "--set", "lora.dropout=0", cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr
+    assert "tokens/s" in proc.stdout
     s = json.loads((tmp_path / "model" / "train_summary.json").read_text())
-    assert s["steps"] == 2 and s["tokens_per_s"] > 0 and s["n_dev"] == 8
+    assert s["steps"] == 2 and s["tokens_per_s"] > 0 and s["n_dev"] == 4 and s["n_with_explanation"] == 4
     assert (tmp_path / "model" / "adapter_model.safetensors").is_file()

@@ -5,7 +5,7 @@ a vocabulary built on the training split (words seen `min_freq` times; the rest 
 (100) -> one convolution per filter width (1, 2, 3; 100 filters each) + ReLU -> max over time (only
 over windows inside the text, so padding never changes a score) -> dropout -> one logit.
 
-Training: Adam, binary cross-entropy, shuffled mini-batches, early stopping on the validation set's
+Training: Adam, binary cross-entropy, shuffled mini-batches of similar lengths, early stopping on the validation set's
 AUROC with `patience` epochs, restoring the best epoch's weights. Deterministic given `seed` (the
 global torch RNG is left as it was).
 """
@@ -13,6 +13,7 @@ global torch RNG is left as it was).
 from __future__ import annotations
 
 import copy
+import logging
 import re
 from collections import Counter
 from typing import Any, Sequence
@@ -30,6 +31,8 @@ from ..task import Task
 from . import example_text, require_examples
 
 PAD, UNK = 0, 1
+_POOL = 8  # mini-batches per length-sorting pool
+log = logging.getLogger(__name__)
 _TOKEN = re.compile(r"[a-z]+|\d+(?:\.\d+)?|[^\w\s]")
 
 
@@ -126,6 +129,17 @@ class CnnClassifier:
                 logits[chosen] = self.model_(ids, lengths).double().numpy()
         return logits
 
+    def _buckets(self, lengths: Sequence[int], generator: torch.Generator) -> list[torch.Tensor]:
+        """Shuffled mini-batches of similar lengths (less padding, same result per seed): shuffle,
+        sort each pool of `_POOL` batches by length, cut into batches, shuffle the batches."""
+        order = torch.randperm(len(lengths), generator=generator).tolist()
+        pool = self.batch_size * _POOL
+        batches = []
+        for start in range(0, len(order), pool):
+            chunk = sorted(order[start:start + pool], key=lambda i: lengths[i])
+            batches += [chunk[j:j + self.batch_size] for j in range(0, len(chunk), self.batch_size)]
+        return [torch.tensor(batches[i]) for i in torch.randperm(len(batches), generator=generator).tolist()]
+
     # ------------------------------------------------------------------ fit / predict
     def fit(self, train: Sequence[Example], validation: Sequence[Example]) -> CnnClassifier:
         train = require_examples(train, "cnn fit", "pass a non-empty training split")
@@ -154,7 +168,7 @@ class CnnClassifier:
             for epoch in range(1, self.max_epochs + 1):
                 self.model_.train()
                 total = 0.0
-                for idx in torch.randperm(len(x), generator=generator).split(self.batch_size):
+                for idx in self._buckets([len(s) for s in x], generator):
                     ids, lengths = self._batch([x[i] for i in idx.tolist()])
                     loss = F.binary_cross_entropy_with_logits(self.model_(ids, lengths), targets[idx])
                     optimizer.zero_grad()
@@ -165,6 +179,8 @@ class CnnClassifier:
                 if early_stopping:
                     record["dev_auroc"] = auroc(y_dev, self._scores(x_dev))
                 self.history_.append(record)
+                log.info("cnn epoch %d: %s", epoch, ", ".join(f"{k} {v:.4f}" for k, v in record.items()
+                                                              if k != "epoch"))
                 if not early_stopping:
                     continue
                 if best is None or record["dev_auroc"] > best[0]:

@@ -13,13 +13,14 @@ Scoring from the shared prefix on is exact: the shared tokens' probability cance
 (When one verbalizer's tokens are a prefix of the other's, each keeps at least its last token.)
 
 Batches are left-padded with position ids from the attention mask, so a batched score equals the
-example's score alone. `verbalizer_log_probs` is also how the generation-only baseline (a training
+example's score alone. The prompt is run once per example; multi-token verbalizers continue from its
+KV cache. `verbalizer_log_probs` is also how the generation-only baseline (a training
 configuration) turns its verdict into a probability: pass it the fine-tuned causal LM.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import copy
 from typing import Any, Callable, Sequence
 
 import numpy as np
@@ -59,42 +60,19 @@ def verbalizer_continuations(tokenizer: Any, prefix: str, verbalizers: Sequence[
     return seqs[0][:shared], [s[shared:] for s in seqs]
 
 
-@dataclass(frozen=True)
-class _Row:
-    """One sequence to run: the logits after `ids[:context_len - 1]` on score `targets`."""
-
-    example: int
-    ids: list[int]
-    context_len: int
-    targets: tuple[tuple[int, tuple[int, ...]], ...]  # (label, continuation tokens) read off this row
-
-    @property
-    def tail(self) -> int:
-        """How many positions at the end of the row carry needed logits."""
-        return len(self.ids) - self.context_len + 1
-
-
-def _rows(tokenizer: Any, task: Task, examples: Sequence[Example],
-          prefix_text_fn: Callable[[Example], str] | None) -> list[_Row]:
-    """The fewest sequences that score both verbalizers: one per multi-token verbalizer (its tokens
-    but the last appended), or the bare context when both verbalizers are single tokens."""
+def _contexts(tokenizer: Any, task: Task, examples: Sequence[Example],
+              prefix_text_fn: Callable[[Example], str] | None) -> list[tuple[list[int], list[list[int]]]]:
+    """Per example: (prompt + tokens shared by the verbalizers, each verbalizer's continuation)."""
     cache: dict[str, tuple[list[int], list[list[int]]]] = {}
-    rows: list[_Row] = []
-    for i, ex in enumerate(examples):
+    out = []
+    for ex in examples:
         prompt = task.encode_prompt(tokenizer, ex.fields).input_ids
         prefix = DEFAULT_PREFIX if prefix_text_fn is None else prefix_text_fn(ex)
         if prefix not in cache:
             cache[prefix] = verbalizer_continuations(tokenizer, prefix, task.verbalizers)
         shared, conts = cache[prefix]
-        context = prompt + shared
-        singles = tuple((k, tuple(c)) for k, c in enumerate(conts) if len(c) == 1)
-        multis = [k for k, c in enumerate(conts) if len(c) > 1]
-        if not multis:
-            rows.append(_Row(i, context, len(context), singles))
-        for j, k in enumerate(multis):  # the single-token verbalizers ride on the first row
-            rows.append(_Row(i, context + conts[k][:-1], len(context),
-                             ((k, tuple(conts[k])),) + (singles if j == 0 else ())))
-    return rows
+        out.append((prompt + shared, conts))
+    return out
 
 
 def _device(model: Any) -> torch.device:
@@ -111,18 +89,8 @@ def _left_pad(seqs: Sequence[Sequence[int]], pad_id: int, device: torch.device) 
     return ids.to(device), mask.to(device)
 
 
-def _last_logits(model: Any, ids: torch.Tensor, mask: torch.Tensor, keep: int) -> torch.Tensor:
-    """LM logits at the last `keep` positions (computed only there when the model allows)."""
-    position_ids = (mask.cumsum(-1) - 1).clamp(min=0)
-    kwargs = dict(input_ids=ids, attention_mask=mask, position_ids=position_ids, use_cache=False)
-    try:
-        out = model(**kwargs, logits_to_keep=keep)
-    except TypeError as e:  # an older model class without logits_to_keep
-        if "logits_to_keep" not in str(e):
-            raise
-        out = model(**kwargs)
-    logits = out.logits if hasattr(out, "logits") else out[0]
-    return logits[:, -keep:]
+def _logits(out: Any) -> torch.Tensor:
+    return out.logits if hasattr(out, "logits") else out[0]
 
 
 def verbalizer_log_probs(model: Any, tokenizer: Any, task: Task, examples: Sequence[Example],
@@ -130,34 +98,60 @@ def verbalizer_log_probs(model: Any, tokenizer: Any, task: Task, examples: Seque
                          batch_size: int = 8) -> np.ndarray:
     """Log-probability of each verbalizer's full token sequence after prompt + assistant prefix.
 
-    model: a causal LM (a HF ``*ForCausalLM``, or one wrapped by PEFT) returning ``.logits``.
+    model: a causal LM (a HF ``*ForCausalLM``, or one wrapped by PEFT) returning ``.logits`` and a
+        KV cache.
     prefix_text_fn: the assistant text before the verbalizer for an example (default: ``"Answer: "``;
-        after an explanation: ``explanation + "\\n\\nAnswer: "``).
+        after an explanation: ``explanation + "\\n\\nAnswer: "``, see `explanation_prefix`).
     Returns an (n, 2) float64 array, columns in label order (task.verbalizers[0], [1]). Each entry is
     the sum of the verbalizer's token log-probabilities from the first token where the two
     verbalizers' sequences differ.
+
+    One left-padded pass over the contexts (position ids from the attention mask) scores every
+    verbalizer's first token and keeps the KV cache; each multi-token verbalizer then costs one short
+    pass over its remaining tokens from a copy of that cache.
     """
     examples = require_examples(examples, "verbalizer scoring", "pass at least one example")
     if batch_size < 1:
         raise ClsgenError(f"batch_size must be at least 1, got {batch_size}")
-    rows = _rows(tokenizer, task, examples, prefix_text_fn)
+    items = _contexts(tokenizer, task, examples, prefix_text_fn)
     scores = np.zeros((len(examples), 2), dtype=np.float64)
-    order = sorted(range(len(rows)), key=lambda r: len(rows[r].ids))  # similar lengths pad less
+    order = sorted(range(len(items)), key=lambda i: len(items[i][0]))  # similar lengths pad less
     device, pad_id = _device(model), _pad_id(tokenizer)
     was_training = getattr(model, "training", False)
     model.eval()
     try:
         with torch.inference_mode():
             for start in range(0, len(order), batch_size):
-                batch = [rows[r] for r in order[start:start + batch_size]]
-                ids, mask = _left_pad([r.ids for r in batch], pad_id, device)
-                keep = max(r.tail for r in batch)
-                logp = torch.log_softmax(_last_logits(model, ids, mask, keep).float(), dim=-1).cpu()
-                for b, row in enumerate(batch):
-                    first = keep - row.tail  # kept position predicting the first continuation token
-                    for label, cont in row.targets:
-                        at = torch.arange(first, first + len(cont))
-                        scores[row.example, label] = float(logp[b, at, torch.tensor(cont)].sum())
+                chosen = order[start:start + batch_size]
+                ids, mask = _left_pad([items[i][0] for i in chosen], pad_id, device)
+                positions = (mask.cumsum(-1) - 1).clamp(min=0)
+                out = model(input_ids=ids, attention_mask=mask, position_ids=positions, use_cache=True,
+                            logits_to_keep=1)
+                first = torch.log_softmax(_logits(out)[:, -1].float(), dim=-1).cpu()
+                for b, i in enumerate(chosen):
+                    for k, cont in enumerate(items[i][1]):
+                        scores[i, k] += float(first[b, cont[0]])
+                for k in range(2):
+                    rests = [items[i][1][k] for i in chosen]
+                    width = max(len(r) for r in rests) - 1
+                    if width < 1:
+                        continue
+                    # the verbalizer's tokens but its last as input (right-padded), each reading
+                    # the log-prob of the next one
+                    step = torch.full((len(chosen), width), pad_id, dtype=torch.long)
+                    step_mask = torch.zeros((len(chosen), width), dtype=torch.long)
+                    for b, r in enumerate(rests):
+                        step[b, :len(r) - 1] = torch.tensor(r[:-1], dtype=torch.long)
+                        step_mask[b, :len(r) - 1] = 1
+                    step, step_mask = step.to(device), step_mask.to(device)
+                    step_positions = positions[:, -1:] + 1 + torch.arange(width, device=device)[None, :]
+                    past = copy.deepcopy(out.past_key_values)
+                    logp = torch.log_softmax(_logits(model(
+                        input_ids=step, attention_mask=torch.cat([mask, step_mask], dim=1),
+                        position_ids=step_positions, past_key_values=past, use_cache=True)).float(), dim=-1).cpu()
+                    for b, (i, r) in enumerate(zip(chosen, rests)):
+                        for j in range(1, len(r)):
+                            scores[i, k] += float(logp[b, j - 1, r[j]])
     finally:
         model.train(was_training)
     return scores

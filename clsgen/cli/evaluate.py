@@ -212,7 +212,7 @@ def run_evaluate(args: argparse.Namespace) -> int:
     info = {"model": args.model + (" (untrained head)" if meta is None else ""), "dataset": ds.name,
             "split": split, "calibration": mode, "max_new_tokens": cfg.eval.max_new_tokens,
             "decoding": f"sample T={args.temperature} top_p={args.top_p}" if args.sample else "greedy",
-            "stored calibration": (meta or {}).get("calibration")}
+            "stored calibration": _describe_calibration((meta or {}).get("calibration"))}
     result = evaluate(classifier, examples, out, validation=validation, explain=cfg.eval.explain,
                       n_bootstrap=cfg.eval.n_bootstrap, threshold_method=cfg.eval.threshold,
                       fixed_threshold=cfg.eval.fixed_threshold, calibrate=cfg.eval.calibrate,
@@ -227,6 +227,13 @@ def run_evaluate(args: argparse.Namespace) -> int:
     print(f"{len(examples)} examples, {result.summary['n_explained']} explained, "
           f"{time.perf_counter() - started:.1f}s")
     return 0
+
+
+def _describe_calibration(cal: dict[str, Any] | None) -> str | None:
+    if not cal:
+        return None
+    return (f"temperature {cal.get('temperature', 1.0):.4g}, threshold {cal.get('threshold', 0.5):.4g} "
+            f"({cal.get('threshold_method')}, fitted on {cal.get('split')} n={cal.get('n')}, {cal.get('fitted_at')})")
 
 
 def format_metrics(metrics: dict, uncalibrated: dict | None = None) -> str:
@@ -263,13 +270,18 @@ def _parse_fields(pairs: list[str], names: list[str]) -> dict[str, str]:
 
 
 def _task_for_predict(args: argparse.Namespace, meta: dict[str, Any] | None):
-    from ..datasets import load_dataset
+    from ..datasets import CLINIFACT_TASK, LCD_TASK, PUBMEDQA_TASK
     from ..task import Task
 
     if meta is not None:
         t = meta["task"]
         return Task(**{**t, "verbalizers": tuple(t["verbalizers"])})
-    return load_dataset(args.dataset or "clinifact").task
+    tasks = {"clinifact": CLINIFACT_TASK, "pubmedqa": PUBMEDQA_TASK, "lcd": LCD_TASK}
+    name = args.dataset or "clinifact"
+    if name not in tasks:
+        raise ClsgenError(f"--dataset {name!r}: with --untrained-head, predict takes the task of a built-in "
+                          f"dataset ({', '.join(tasks)})")
+    return tasks[name]
 
 
 def run_predict(args: argparse.Namespace) -> int:

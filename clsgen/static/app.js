@@ -18,7 +18,7 @@
     $("positive-name").textContent = config.verbalizers[1];
     const box = $("fields");
     const single = config.fields.length === 1;
-    config.fields.forEach((name, i) => {
+    config.fields.forEach((name) => {
       const wrap = document.createElement("div");
       wrap.className = "field" + (single || /abstract|text|context|note/i.test(name) ? " big" : "");
       const id = "field-" + name;
@@ -30,24 +30,16 @@
       area.name = name;
       area.dataset.field = name;
       area.spellcheck = false;
-      area.setAttribute("aria-describedby", id + "-count");
-      if (i === 0) area.autofocus = true;
-      const count = document.createElement("p");
-      count.id = id + "-count";
-      count.className = "counter";
-      const update = () => {
-        const n = totalChars();
-        document.querySelectorAll(".counter").forEach((c) => {
-          c.textContent = `${n.toLocaleString()} / ${config.max_text_chars.toLocaleString()} characters` +
-            (config.fields.length > 1 ? " (all fields)" : "");
-          c.classList.toggle("over", n > config.max_text_chars);
-        });
-      };
-      area.addEventListener("input", update);
-      wrap.append(label, area, count);
+      area.setAttribute("aria-describedby", "char-count");
+      area.addEventListener("input", updateCount);
+      wrap.append(label, area);
       box.append(wrap);
-      update();
     });
+    const count = document.createElement("p");
+    count.id = "char-count";
+    count.className = "counter";
+    box.append(count);
+    updateCount();
     if (config.auth) {
       $("auth-row").hidden = false;
       const saved = sessionStorage.getItem("clsgen-api-key");
@@ -57,6 +49,15 @@
     $("threshold-marker").style.left = `${t * 100}%`;
     $("threshold-label").style.left = `${t * 100}%`;
     $("threshold-label").textContent = `threshold ${t.toFixed(2)}`;
+    box.querySelector("textarea").focus();
+  }
+
+  function updateCount() {
+    const n = totalChars();
+    const count = $("char-count");
+    count.textContent = `${n.toLocaleString("en")} / ${config.max_text_chars.toLocaleString("en")} characters` +
+      (config.fields.length > 1 ? " (all fields together)" : "");
+    count.classList.toggle("over", n > config.max_text_chars);
   }
 
   function totalChars() {

@@ -95,6 +95,8 @@ def judge(reply: Reply, label: int, task: Task, fields: Mapping[str, str],
     def reject(reason: str) -> Judgement:
         return Judgement(False, verdict, None, reason)
 
+    if reply.finish == "loop":
+        return reject("degenerate")
     if reply.finish == "length":
         return reject("too_long")
     if verdict is None:
@@ -183,21 +185,25 @@ class SynthStore:
     def existing(self) -> list[dict[str, Any]]:
         return read_synth(self.path) if self.path.exists() else []
 
-    def check_settings(self, settings: dict[str, Any], digest: str, force_new: bool) -> str | None:
-        """Refuse records made with other settings (naming them); with `force_new` move them aside.
-        Returns the archive path when the old file was moved."""
+    def archive(self) -> str:
+        """Move the file and its sidecars aside (renamed with a timestamp, never deleted)."""
+        stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
+        archive = self.path.with_name(f"{self.path.stem}.{stamp}{self.path.suffix}")
+        os.replace(self.path, archive)
+        for p in (self.settings_path, self.report_path):
+            if p.exists():
+                os.replace(p, archive.with_name(archive.name + p.name[len(self.path.name):]))
+        return str(archive)
+
+    def stale(self, settings: dict[str, Any], digest: str, force_new: bool) -> bool:
+        """True when the file holds records made with other settings and `force_new` allows moving it
+        aside; without `force_new` such records stop the run with an error naming the settings."""
         records = self.existing()
         old_hashes = {r.get("teacher") for r in records}
         if not records or old_hashes == {digest}:
-            return None
+            return False
         if force_new:
-            stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
-            archive = self.path.with_name(f"{self.path.stem}.{stamp}{self.path.suffix}")
-            os.replace(self.path, archive)
-            for p in (self.settings_path, self.report_path):
-                if p.exists():
-                    os.replace(p, archive.with_name(archive.name + p.name[len(self.path.name):]))
-            return str(archive)
+            return True
         old: dict[str, Any] = {}
         if self.settings_path.exists():
             try:
@@ -411,7 +417,7 @@ def synthesize(
     prompt: TeacherPrompt | str | None = None,
     demos: bool = True,
     max_attempts: int | None = None,
-    acceptance: Acceptance = Acceptance(),
+    acceptance: Acceptance | None = None,
     force_new: bool = False,
     progress: bool = True,
     n_samples: int = 4,
@@ -421,8 +427,9 @@ def synthesize(
 
     `teacher` is a `Teacher` or a `TeacherConfig` (then `prompt`, `demos` and `max_attempts` default
     to its `prompt`, `demos` and `max_attempts`). `prompt` is a `TeacherPrompt` or an instruction
-    string (see `prompts.py`). A rerun skips examples already in the file. The report is also written
-    to `<out_path>.report.json`.
+    string (see `prompts.py`). `acceptance` defaults to `Acceptance()`, without the grounded-numbers
+    rule for the reference teacher (a human rationale may cite what the input leaves out). A rerun
+    skips examples already in the file. The report is also written to `<out_path>.report.json`.
     """
     if isinstance(teacher, TeacherConfig):
         cfg = teacher
@@ -435,6 +442,8 @@ def synthesize(
         raise ClsgenError(f"max_attempts (teacher.max_attempts) must be >= 1, got {max_attempts}")
     if not isinstance(prompt, TeacherPrompt):
         prompt = TeacherPrompt.for_task(task, prompt, demos=demos)
+    if acceptance is None:
+        acceptance = Acceptance(grounded_numbers=teacher.kind != "reference")
     _check_examples(examples)
     out = Path(out_path)
     settings = {"teacher": teacher.settings(), "prompt": prompt.describe(), "max_attempts": max_attempts,
@@ -444,10 +453,8 @@ def synthesize(
     digest = settings_hash(settings)
     store = SynthStore(out)
     notes: list[str] = []
-    archived = store.check_settings(settings, digest, force_new)
-    if archived:
-        notes.append(f"records made with other settings were moved to {archived}")
-    done = {r["id"]: r for r in store.existing()}
+    stale = store.stale(settings, digest, force_new)
+    done = {} if stale else {r["id"]: r for r in store.existing()}
     _check_labels(examples, done, out)
     todo = [ex for ex in examples if ex.id not in done]
     started = time.perf_counter()
@@ -458,6 +465,8 @@ def synthesize(
         if todo:
             teacher.check(todo)  # fail fast: before the file is touched
             notes.extend(getattr(teacher, "notes", []))
+        if stale:
+            notes.append(f"records made with other settings were moved to {store.archive()}")
         done = {r["id"]: r for r in store.open(settings, digest)}
         if store.torn_bytes:
             notes.append(f"cut a torn last line ({store.torn_bytes} bytes) left by an interrupted run")

@@ -65,7 +65,7 @@ class Reply:
     tokens: int = 0
     """Tokens generated (as counted by the model or the server)."""
     finish: str = "stop"
-    """'stop' (ended by itself) or 'length' (cut at max_new_tokens)."""
+    """'stop' (ended by itself), 'length' (cut at max_new_tokens) or 'loop' (stopped in a repetition loop)."""
     seconds: float = 0.0
     """Wall time spent on this request (a share of the batch for batched teachers)."""
     faults: Counter = field(default_factory=Counter)
@@ -195,19 +195,57 @@ class LocalTeacher:
             kwargs.update(temperature=None, top_p=None, top_k=None)
         else:
             kwargs.update(temperature=self.temperature, top_p=self.top_p, top_k=None)
+        loops = _LoopStop(width)
         with torch.inference_mode(), torch.random.fork_rng(devices=[]):
             torch.manual_seed(_seed(requests, self.seed))
             out = model.generate(input_ids=input_ids.to(device), attention_mask=attention.to(device),
-                                 **kwargs)
+                                 stopping_criteria=[loops.criterion()], **kwargs)
         share = (time.perf_counter() - started) / len(requests)
         replies = []
-        for row in out[:, width:].tolist():
-            end = next((i for i, t in enumerate(row) if t in eos_ids), None)
-            new = row if end is None else row[: end + 1]
+        for i, row in enumerate(out[:, width:].tolist()):
+            if i in loops.stopped:  # cut short in a repetition loop: rejected as degenerate
+                new, finish = row[: loops.stopped[i]], "loop"
+            else:
+                end = next((k for k, t in enumerate(row) if t in eos_ids), None)
+                new, finish = (row, "length") if end is None else (row[: end + 1], "stop")
             text = tok.decode(new, skip_special_tokens=True)
-            replies.append(Reply(text=text, tokens=len(new), seconds=share,
-                                 finish="stop" if end is not None else "length"))
+            replies.append(Reply(text=text, tokens=len(new), seconds=share, finish=finish))
         return replies
+
+
+class _LoopStop:
+    """Stops a sequence whose last `window` new tokens repeat with a period of at most `max_period`
+    tokens (at least three turns of the same unit): it would be rejected as degenerate anyway, and
+    would otherwise hold the whole batch until max_new_tokens."""
+
+    def __init__(self, prompt_width: int, window: int = 48, max_period: int = 16):
+        self.prompt_width, self.window, self.max_period = prompt_width, window, max_period
+        self.stopped: dict[int, int] = {}
+
+    def criterion(self) -> Any:
+        from transformers import StoppingCriteria
+
+        outer = self
+
+        class Criterion(StoppingCriteria):
+            def __call__(self, input_ids: Any, scores: Any, **kwargs: Any) -> Any:
+                return outer(input_ids)
+
+        return Criterion()
+
+    def __call__(self, input_ids: Any) -> Any:
+        import torch
+
+        new = input_ids[:, self.prompt_width:]
+        done = torch.zeros(input_ids.shape[0], dtype=torch.bool, device=input_ids.device)
+        if new.shape[1] < self.window:
+            return done
+        tail = new[:, -self.window:]
+        for p in range(1, self.max_period + 1):
+            done |= (tail[:, p:] == tail[:, :-p]).all(dim=1)
+        for i in done.nonzero().flatten().tolist():
+            self.stopped.setdefault(i, new.shape[1])
+        return done
 
 
 def _water_fill(lengths: dict[str, int], budget: int) -> dict[str, int]:
