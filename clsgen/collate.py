@@ -173,7 +173,8 @@ def plan_epoch(lengths: Sequence[int], batch_size: int, grad_accum: int, num_pro
         sorted_order: list[int] = []
         for start in range(0, n, window):
             chunk = order[start: start + window]
-            sorted_order.extend(sorted(chunk.tolist(), key=lambda i: -lengths[i]))  # stable: ties keep the shuffle
+            # a stable sort: ties keep the shuffled order
+            sorted_order.extend(sorted(chunk.tolist(), key=lambda i: -lengths[i]))
         chunks = [sorted_order[i: i + global_mb] for i in range(0, n, global_mb)]
         full = [c for c in chunks if len(c) == global_mb]
         tail = [c for c in chunks if len(c) < global_mb]

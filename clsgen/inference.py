@@ -151,7 +151,7 @@ class Predictor:
     # ------------------------------------------------------------------ inputs
     def fields_of(self, item: Item) -> dict[str, str]:
         """The task's text fields of one input, validated; raises ClsgenError with a fix."""
-        return _fields_of(item, self.task)
+        return fields_of(item, self.task)
 
     def encode(self, item: Item) -> PromptIds:
         """The input's prompt token ids, long fields truncated inside per the task."""
@@ -432,7 +432,9 @@ def _id_of(item: Item) -> str | None:
     return None
 
 
-def _fields_of(item: Item, task: Task) -> dict[str, str]:
+def fields_of(item: Item, task: Task) -> dict[str, str]:
+    """The task's text fields of one input (Example, dict or a bare text), validated: each present,
+    text and non-empty; a ClsgenError says how to fix the input otherwise."""
     names = task.fields
     if isinstance(item, Example):
         given: Mapping[str, Any] = item.fields

@@ -40,7 +40,9 @@ import torch
 import torch.nn.functional as F
 import yaml
 
-from .collate import Encoded, collate_prompts, collate_train, encode_example, padding_stats, plan_epoch, training_task
+from .collate import (
+    Encoded, collate_prompts, collate_train, encode_example, padding_stats, plan_epoch, training_task,
+)
 from .config import Config
 from .data import Example, map_label, read_rows, rows_from_records
 from .errors import ClsgenError, ConfigError, DataError, Problem
@@ -83,6 +85,8 @@ def load_training_examples(source: str | Path | Iterable[Any]) -> list[TrainExam
     record states a verdict other than the gold label is dropped (the example trains the head only).
     Every problem is reported together.
     """
+    if source is None:
+        raise ClsgenError("no training examples given; pass the synth JSONL (--data)")
     if isinstance(source, (str, Path)):
         rows, name = read_rows(source), str(source)
     else:
@@ -194,10 +198,14 @@ class _LoopState:
 
 
 def train(cfg: Config, train_examples: Sequence[Any] | str | Path,
-          dev_examples: Sequence[Any] | str | Path = (), out_dir: str | Path = "runs/model",
+          dev_examples: Sequence[Any] | str | Path | None, out_dir: str | Path,
           resume: bool | str | Path = False, *, task: Task | None = None,
           progress: bool = True, on_step: Callable[[int, dict[str, Any]], None] | None = None) -> TrainResult:
     """Train the dual-head model on `train_examples`, select on `dev_examples`, save to `out_dir`.
+
+    Examples: a file (synth JSONL, JSONL/CSV/Parquet of examples) or a list of synth records, example
+    dicts, `Example`s or `TrainExample`s (see `load_training_examples`). No dev examples (None or
+    empty): no evaluation, the last weights are saved.
 
     `resume`: True continues from the latest checkpoint in `out_dir/checkpoints` (a fresh start when
     there is none), a path continues from that checkpoint. `task`: default `task_from_config(cfg)`.
@@ -211,7 +219,7 @@ def train(cfg: Config, train_examples: Sequence[Any] | str | Path,
     out_dir = Path(out_dir)
     task = task or task_from_config(cfg)
     train_set = load_training_examples(train_examples)
-    dev_set = load_training_examples(dev_examples) if dev_examples else []
+    dev_set = load_training_examples(dev_examples) if dev_examples is not None else []
     if not train_set:
         raise ClsgenError("no training examples")
     ckpt_root = out_dir / CHECKPOINTS
@@ -370,7 +378,10 @@ def _train(accelerator: Any, cfg: Config, task: Task, train_set: list[TrainExamp
                                   f"{tc.early_stopping} evaluations")
         state.finished = last or state.stopped_early
         if state.step % tc.save_every == 0 or state.finished:
-            _save_checkpoint(accelerator, model, out_dir / CHECKPOINTS, state, fingerprint, tc.keep_checkpoints)
+            position = dict(zip(("epoch", "step_in_epoch"), divmod(state.step, steps_per_epoch)),
+                            steps_per_epoch=steps_per_epoch)
+            _save_checkpoint(accelerator, model, out_dir / CHECKPOINTS, state,
+                             {"fingerprint": fingerprint, "data_position": position}, tc.keep_checkpoints)
         if on_step is not None:
             on_step(state.step, record)
     bar.close()
@@ -566,7 +577,8 @@ def _evaluate(accelerator: Any, model: Any, dev_enc: Sequence[Encoded], pad_id: 
     lm_sum, lm_tokens = 0.0, 0
     for g in range(rank, len(batches), world):
         idx = batches[g]
-        batch = {k: v.to(accelerator.device) for k, v in collate_train([dev_enc[i] for i in idx], pad_id).items()}
+        rows = collate_train([dev_enc[i] for i in idx], pad_id)
+        batch = {k: v.to(accelerator.device) for k, v in rows.items()}
         out = model(batch["input_ids"], batch["attention_mask"], batch["cls_index"],
                     labels=batch["labels"] if w_lm > 0 else None, w_lm=w_lm)
         if g >= n_real:
@@ -640,8 +652,11 @@ def _register_checkpoint_hooks(accelerator: Any) -> None:
 
 
 def _save_checkpoint(accelerator: Any, model: Any, ckpt_root: Path, state: _LoopState,
-                     fingerprint: dict[str, Any], keep: int) -> None:
-    """Write `step-N/` atomically: into a temporary folder, renamed once every process has written."""
+                     extra: dict[str, Any], keep: int) -> None:
+    """Write `step-N/` atomically: into a temporary folder, renamed once every process has written.
+
+    `trainer_state.json` holds the loop state, the data position (epoch, step in epoch: the batch
+    plan of an epoch is a function of the seed and the epoch) and the run's fingerprint."""
     final = ckpt_root / f"step-{state.step}"
     tmp = ckpt_root / f".step-{state.step}.tmp"
     if accelerator.is_main_process:
@@ -652,7 +667,7 @@ def _save_checkpoint(accelerator: Any, model: Any, ckpt_root: Path, state: _Loop
     accelerator.save_state(str(tmp))
     accelerator.wait_for_everyone()
     if accelerator.is_main_process:
-        atomic_write_json(tmp / TRAINER_STATE, {**dataclasses.asdict(state), "fingerprint": fingerprint})
+        atomic_write_json(tmp / TRAINER_STATE, {**dataclasses.asdict(state), **extra})
         if final.exists():
             shutil.rmtree(final)
         os.replace(tmp, final)
@@ -731,9 +746,9 @@ def _configure_launcher(accelerator: Any, tc: Any) -> None:
     from accelerate.utils import DistributedType
 
     if accelerator.gradient_accumulation_steps != tc.grad_accum:
-        raise ClsgenError(f"the launcher sets gradient accumulation to {accelerator.gradient_accumulation_steps} "
-                          f"but train.grad_accum is {tc.grad_accum}; set train.grad_accum and leave the "
-                          "launcher's value unset ('auto' for DeepSpeed)")
+        raise ClsgenError(f"the launcher sets gradient accumulation to "
+                          f"{accelerator.gradient_accumulation_steps} but train.grad_accum is {tc.grad_accum}; "
+                          "set train.grad_accum and leave the launcher's value unset ('auto' for DeepSpeed)")
     if accelerator.distributed_type == DistributedType.DEEPSPEED:
         ds = accelerator.state.deepspeed_plugin.deepspeed_config
         for key, value in (("train_micro_batch_size_per_gpu", tc.batch_size),
@@ -763,7 +778,8 @@ def _fingerprint_changes(old: dict[str, Any], new: dict[str, Any]) -> list[str]:
     changes = []
     for key in ("data", "num_processes"):
         if old.get(key) != new.get(key):
-            what = "the training data (or task, tokenizer or max_length)" if key == "data" else "the number of processes"
+            what = ("the training data (or task, tokenizer or max_length)" if key == "data"
+                    else "the number of processes")
             changes.append(f"{what}: {old.get(key)} -> {new.get(key)}")
     for section in ("model", "lora", "train"):
         a, b = old.get(section, {}), new.get(section, {})
@@ -837,7 +853,8 @@ def _summary(state: _LoopState, started: float, total_steps: int, steps_per_epoc
         "last_eval": state.last_eval,
         "train_seconds": round(state.train_seconds, 2), "wall_seconds": round(time.time() - started, 2),
         "train_cpu_seconds": round(state.train_cpu_seconds, 2), "torch_threads": torch.get_num_threads(),
-        "tokens": state.real_tokens, "tokens_per_s": round(state.real_tokens / max(state.train_seconds, 1e-9), 1),
+        "tokens": state.real_tokens,
+        "tokens_per_s": round(state.real_tokens / max(state.train_seconds, 1e-9), 1),
         "padding_efficiency": round(state.real_tokens / max(state.padded_tokens, 1), 4),
         "peak_rss_mb": _peak_rss_mb(), "num_processes": world,
         "global_batch": tc.batch_size * tc.grad_accum * world, **data_info,
@@ -852,7 +869,9 @@ def _summary(state: _LoopState, started: float, total_steps: int, steps_per_epoc
 
 
 def _summary_line(s: dict[str, Any], out_dir: Path) -> str:
-    best = f", best dev AUROC {s['best_dev_auroc']:.4f} at step {s['best_step']}" if s.get("best_dev_auroc") is not None else ""
+    best = ""
+    if s.get("best_dev_auroc") is not None:
+        best = f", best dev AUROC {s['best_dev_auroc']:.4f} at step {s['best_step']}"
     return (f"trained {s['steps']} steps in {s['train_seconds']:.1f} s ({s['tokens_per_s']:.0f} tokens/s, "
             f"padding efficiency {s['padding_efficiency']:.2f}, peak RSS {s['peak_rss_mb']} MB){best}; "
             f"model saved to {out_dir}")
@@ -862,7 +881,8 @@ def _data_info(train_set: Sequence[TrainExample], enc: Sequence[Encoded], dev_se
                pos_weight: float | None, selection: str | None) -> dict[str, Any]:
     return {
         "n_train": len(train_set), "n_train_positive": sum(ex.label for ex in train_set),
-        "n_with_explanation": sum(1 for e in enc if e.target_len), "n_targets_cut": sum(e.target_cut for e in enc),
+        "n_with_explanation": sum(1 for e in enc if e.target_len),
+        "n_targets_cut": sum(e.target_cut for e in enc),
         "n_dev": len(dev_set), "pos_weight": pos_weight, "selection": selection,
     }
 

@@ -9,6 +9,7 @@ refused before training. One slow test runs the real embedded model on CliniFact
 from __future__ import annotations
 
 import dataclasses
+import importlib.util
 import json
 import os
 import random
@@ -130,6 +131,9 @@ def test_summary_files_and_checkpoints(joint):
     ckpt = out / "checkpoints" / "step-24"
     assert {"model", "optimizer.bin", "random_states_0.pkl", "trainer_state.json"} <= {p.name for p in ckpt.iterdir()}
     assert (out / "checkpoints" / f"best-step-{result.best_step}" / "clsgen.json").is_file()
+    state = json.loads((ckpt / "trainer_state.json").read_text())
+    assert state["step"] == 24 and state["finished"] is True
+    assert state["data_position"] == {"epoch": 12, "step_in_epoch": 0, "steps_per_epoch": 2}
     assert len(list((out / "checkpoints").glob("best-step-*"))) == 1
     assert not [p for p in (out / "checkpoints").iterdir() if p.name.startswith(".")]  # no half-written dirs
 
@@ -260,6 +264,27 @@ def test_classification_only_and_generation_only_baselines(tmp_path):
     init = DualHeadModel.from_backbone(tiny_model(), gen_only.model.task, cfg.lora, seed=cfg.train.seed)
     assert torch.equal(init.head.linear.weight, gen_only.model.head.linear.weight)  # the head is not trained
     assert any(p.abs().sum() > 0 for n, p in gen_only.model.named_parameters() if "lora_B" in n)
+
+
+def test_bf16_base_with_mixed_precision_and_gradient_checkpointing(tmp_path):
+    cfg = make_cfg(max_steps=2, batch_size=4, mixed_precision="bf16", gradient_checkpointing=True)
+    cfg.model.dtype = "bfloat16"
+    result = train(cfg, toy(8, 11), toy(4, 12), tmp_path / "m", progress=False)
+    rec = read_log(tmp_path / "m")[0]
+    assert np.isfinite(rec["loss"]) and np.isfinite(rec["grad_norm"]) and rec["grad_norm"] > 0
+    trainable = dict(result.model.trainable_parameters())
+    assert {p.dtype for p in trainable.values()} == {torch.float32}  # LoRA and head stay float32
+    assert any(p.abs().sum() > 0 for n, p in trainable.items() if "lora_B" in n)
+    assert json.loads((tmp_path / "m" / "clsgen.json").read_text())["dtype"] == "bfloat16"
+
+
+def test_early_stopping_and_missing_trackers(tmp_path, caplog):
+    cfg = make_cfg(max_steps=6, lr=0.0, head_lr=0.0, eval_every=1, early_stopping=1, log_with=["wandb"])
+    with caplog.at_level("WARNING"):
+        result = train(cfg, toy(8, 13), toy(4, 14), tmp_path / "m", progress=False)
+    assert "wandb is not installed" in caplog.text or importlib.util.find_spec("wandb")
+    # nothing learns (lr 0): the second evaluation does not improve, and the run stops there
+    assert result.steps == 2 and result.summary["stopped_early"] and result.best_step == 1
 
 
 def test_configs_that_cannot_work_are_refused_before_training(tmp_path):

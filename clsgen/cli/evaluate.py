@@ -304,11 +304,15 @@ def run_predict(args: argparse.Namespace) -> int:
 
         items = examples_from_rows(read_rows(args.input), source=args.input, text_fields=task.fields,
                                    label_field=None, require_label=False)
+    from ..inference import fields_of
+
+    for it in items:  # fail before the model is loaded on a bad input
+        fields_of(it, task)
     predictor = load_predictor(args, task, meta, batch_size=args.batch_size or 8,
                                max_new_tokens=256 if args.max_new_tokens is None else args.max_new_tokens,
                                do_sample=args.sample, temperature=args.temperature, top_p=args.top_p,
                                seed=args.seed, progress=len(items) > 1)
-    for it in items:  # fail before any model work on a bad input
+    for it in items:  # a prompt that cannot fit fails before any model work
         predictor.encode(it)
     explain = not args.no_explain
     words = predictor.task.verbalizers
