@@ -21,6 +21,12 @@ def cache_dir(*parts: str) -> Path:
     return Path(root, *parts)
 
 
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
 def _writable_parent(path: Path) -> None:
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -42,6 +48,7 @@ def atomic_write_bytes(path: str | Path, data: bytes) -> None:
             f.write(data)
             f.flush()
             os.fsync(f.fileno())
+        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp's 0600 would hide results from other users
         os.replace(tmp, path)
     except OSError as e:
         with contextlib.suppress(OSError):
@@ -65,6 +72,7 @@ def atomic_dir(path: str | Path) -> Iterator[Path]:
     _writable_parent(path)
     tmp = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp"))
     try:
+        os.chmod(tmp, 0o777 & ~_umask())
         yield tmp
         old = None
         if path.exists():
