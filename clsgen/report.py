@@ -35,6 +35,7 @@ METRIC_LABELS = {
     "flesch": ("Flesch", "reading ease of explanations"),
 }
 COLORS = {"calibrated": "#1f77b4", "uncalibrated": "#ff7f0e"}
+STYLES = {"uncalibrated": "--"}  # dashed, so an identical calibrated curve (ROC, PR) stays visible
 
 CSS = """
 body{font-family:-apple-system,Segoe UI,Helvetica,Arial,sans-serif;margin:2em auto;max-width:1150px;
@@ -80,7 +81,7 @@ def _curves(y: np.ndarray, series: Mapping[str, np.ndarray], kind: str) -> str:
         if both:
             for name, p in series.items():
                 fpr, tpr, _ = roc_curve(y, p)
-                ax.plot(fpr, tpr, color=COLORS.get(name), lw=2, label=f"{name} (AUROC {roc_auc_score(y, p):.3f})")
+                ax.plot(fpr, tpr, color=COLORS.get(name), ls=STYLES.get(name, "-"), lw=2, label=f"{name} (AUROC {roc_auc_score(y, p):.3f})")
         else:
             _undefined(ax, "undefined: only one class present")
     else:
@@ -89,7 +90,7 @@ def _curves(y: np.ndarray, series: Mapping[str, np.ndarray], kind: str) -> str:
             ax.axhline(y.mean(), ls=":", color="#999", lw=1, label=f"prevalence {y.mean():.2f}")
             for name, p in series.items():
                 prec, rec, _ = precision_recall_curve(y, p)
-                ax.step(rec, prec, where="post", color=COLORS.get(name), lw=2,
+                ax.step(rec, prec, where="post", color=COLORS.get(name), ls=STYLES.get(name, "-"), lw=2,
                         label=f"{name} (AP {average_precision_score(y, p):.3f})")
         else:
             _undefined(ax, "undefined: no positive labels")
@@ -126,11 +127,11 @@ def _reliability(y: np.ndarray, series: Mapping[str, np.ndarray], n_bins: int = 
 def _histogram(p: np.ndarray, groups: Mapping[str, np.ndarray], threshold: float) -> str:
     fig, ax = _figure()
     edges = np.linspace(0.0, 1.0, 21)
-    palette = ["#b3261e", "#16794c", "#9e9e9e", "#d0d0d0"]
-    data = [(name, p[mask]) for name, mask in groups.items() if mask.any()]
+    palette = ["#b3261e", "#16794c", "#9e9e9e", "#d0d0d0"]  # verdict 0, verdict 1, none, not explained
+    data = [(name, p[mask], color) for (name, mask), color in zip(groups.items(), palette) if mask.any()]
     if data:
-        ax.hist([d for _, d in data], bins=edges, stacked=True, label=[f"{n} ({len(d)})" for n, d in data],
-                color=palette[: len(data)] if len(data) <= len(palette) else None)
+        ax.hist([d for _, d, _ in data], bins=edges, stacked=True, color=[c for _, _, c in data],
+                label=[f"{n} ({len(d)})" for n, d, _ in data])
     ax.axvline(threshold, color="#222", ls="--", lw=1, label=f"threshold {threshold:.3f}")
     ax.set(xlabel="Probability of label 1", ylabel="rows", title="Probability by explanation verdict",
            xlim=(0, 1))

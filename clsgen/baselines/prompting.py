@@ -93,6 +93,14 @@ def _logits(out: Any) -> torch.Tensor:
     return out.logits if hasattr(out, "logits") else out[0]
 
 
+def _cache_name(model: Any) -> str:
+    """The forward argument (and output field) naming the KV cache: 'cache' in newer transformers."""
+    import inspect
+
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model  # PEFT forwards **kwargs
+    return "cache" if "cache" in inspect.signature(base.forward).parameters else "past_key_values"
+
+
 def verbalizer_log_probs(model: Any, tokenizer: Any, task: Task, examples: Sequence[Example],
                          prefix_text_fn: Callable[[Example], str] | None = None,
                          batch_size: int = 8) -> np.ndarray:
@@ -116,7 +124,7 @@ def verbalizer_log_probs(model: Any, tokenizer: Any, task: Task, examples: Seque
     items = _contexts(tokenizer, task, examples, prefix_text_fn)
     scores = np.zeros((len(examples), 2), dtype=np.float64)
     order = sorted(range(len(items)), key=lambda i: len(items[i][0]))  # similar lengths pad less
-    device, pad_id = _device(model), _pad_id(tokenizer)
+    device, pad_id, cache_name = _device(model), _pad_id(tokenizer), _cache_name(model)
     was_training = getattr(model, "training", False)
     model.eval()
     try:
@@ -127,6 +135,7 @@ def verbalizer_log_probs(model: Any, tokenizer: Any, task: Task, examples: Seque
                 positions = (mask.cumsum(-1) - 1).clamp(min=0)
                 out = model(input_ids=ids, attention_mask=mask, position_ids=positions, use_cache=True,
                             logits_to_keep=1)
+                cache = getattr(out, cache_name)
                 first = torch.log_softmax(_logits(out)[:, -1].float(), dim=-1).cpu()
                 for b, i in enumerate(chosen):
                     for k, cont in enumerate(items[i][1]):
@@ -145,10 +154,10 @@ def verbalizer_log_probs(model: Any, tokenizer: Any, task: Task, examples: Seque
                         step_mask[b, :len(r) - 1] = 1
                     step, step_mask = step.to(device), step_mask.to(device)
                     step_positions = positions[:, -1:] + 1 + torch.arange(width, device=device)[None, :]
-                    past = copy.deepcopy(out.past_key_values)
                     logp = torch.log_softmax(_logits(model(
                         input_ids=step, attention_mask=torch.cat([mask, step_mask], dim=1),
-                        position_ids=step_positions, past_key_values=past, use_cache=True)).float(), dim=-1).cpu()
+                        position_ids=step_positions, use_cache=True,
+                        **{cache_name: copy.deepcopy(cache)})).float(), dim=-1).cpu()
                     for b, (i, r) in enumerate(zip(chosen, rests)):
                         for j in range(1, len(r)):
                             scores[i, k] += float(logp[b, j - 1, r[j]])
