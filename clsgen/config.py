@@ -90,6 +90,9 @@ class DataConfig:
     """Use at most this many training examples (stratified sample; None = all)."""
     max_eval: int | None = None
     """Use at most this many validation/test examples each (stratified sample; None = all)."""
+    max_validation: int | None = None
+    """Use at most this many validation examples (stratified; None = max_eval): a smaller dev split
+    keeps calibration cheap while the test split stays complete."""
     seed: int = 0
     """Seed for subsampling and re-splitting."""
 

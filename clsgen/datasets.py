@@ -368,9 +368,10 @@ def load_dataset(data: DataConfig | str, task: TaskConfig | None = None) -> Data
                     template=task_cfg.template, verbalizers=tuple(task_cfg.verbalizers or ("NO", "YES")))
         ds = _file_dataset(cfg, base.with_overrides(**overrides))
     ds.train = stratified_sample(ds.train, cfg.max_train, seed=cfg.seed)
-    ds.validation = stratified_sample(ds.validation, cfg.max_eval, seed=cfg.seed)
+    max_validation = cfg.max_validation if cfg.max_validation is not None else cfg.max_eval
+    ds.validation = stratified_sample(ds.validation, max_validation, seed=cfg.seed)
     ds.test = stratified_sample(ds.test, cfg.max_eval, seed=cfg.seed)
-    ds.info.update(max_train=cfg.max_train, max_eval=cfg.max_eval)
+    ds.info.update(max_train=cfg.max_train, max_validation=max_validation, max_eval=cfg.max_eval)
     return ds
 
 

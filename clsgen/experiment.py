@@ -90,8 +90,8 @@ def run_experiment(cfg: Config, out_dir: str | Path | None = None, *, methods: l
     _check_run(cfg, out)
     ds = load_dataset(cfg.data, cfg.task)
     log(f"[data] {ds.name}: train {len(ds.train)}, validation {len(ds.validation)}, test {len(ds.test)}"
-        + (f" (subsampled: max_train={cfg.data.max_train}, max_eval={cfg.data.max_eval})"
-           if cfg.data.max_train or cfg.data.max_eval else ""))
+        + (f" (subsampled: max_train={cfg.data.max_train}, max_validation={ds.info.get('max_validation')}, "
+           f"max_eval={cfg.data.max_eval})" if cfg.data.max_train or ds.info.get("max_validation") else ""))
 
     synth_path = None
     if any(m in LLM_TRAINED for m in methods):

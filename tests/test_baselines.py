@@ -104,6 +104,18 @@ def test_batched_scores_equal_single_example_scores(lm, task):
     np.testing.assert_allclose(batched, single, atol=1e-5)
 
 
+def test_scores_a_peft_wrapped_model_like_its_base(lm):
+    """The generation-only baseline scores its fine-tuned (PEFT) LM with the same function."""
+    import copy
+
+    from peft import LoraConfig, get_peft_model
+
+    peft_lm = get_peft_model(copy.deepcopy(lm.model), LoraConfig(r=2, target_modules=["q_proj", "v_proj"]))
+    examples = _examples(3)
+    np.testing.assert_allclose(verbalizer_log_probs(peft_lm, lm.tokenizer, LONG_TASK, examples),
+                               verbalizer_log_probs(lm.model, lm.tokenizer, LONG_TASK, examples), atol=1e-5)
+
+
 def test_prompting_predict_proba_shape_range_and_softmax(lm):
     clf = PromptingClassifier(lm, TASK, batch_size=3)
     assert isinstance(clf, Classifier) and isinstance(clf, Explainer)
