@@ -22,6 +22,8 @@ $(STAMP): pyproject.toml Makefile
 	touch $(STAMP)
 
 test: install
+	# The web-page test drives Debian's Chromium (installed here when missing; never a downloaded browser).
+	-bash scripts/ensure_chromium.sh
 	$(PY) -m pytest -q $(PYTEST_ARGS)
 
 demo: install
