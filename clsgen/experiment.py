@@ -9,7 +9,6 @@ refused instead of mixing results (use another out_dir).
 from __future__ import annotations
 
 import copy
-import dataclasses
 import hashlib
 import json
 import time

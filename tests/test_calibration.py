@@ -30,13 +30,6 @@ TASK = Task(name="toy", system="Is the note positive?", template="Note: {text}",
 WORDS = ["improved", "worse", "stable", "discharged", "placebo", "treatment", "outcome", "significant"]
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
 
 def _overconfident(n: int = 400, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
     """Labels drawn from sigmoid(z), reported as 4 z: a model four times too confident."""

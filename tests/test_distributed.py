@@ -77,12 +77,7 @@ def test_two_cpu_processes_match_one_process(tmp_path):
     r0, r1 = (load_file(str(tmp_path / f"rank{r}.safetensors")) for r in (0, 1))
     assert r0.keys() == r1.keys() and all(torch.equal(r0[k], r1[k]) for k in r0)
 
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        single = train(make_cfg(batch_size=4), toy(*TRAIN), toy(*DEV), tmp_path / "one", progress=False)
-    finally:
-        torch.set_num_threads(before)
+    single = train(make_cfg(batch_size=4), toy(*TRAIN), toy(*DEV), tmp_path / "one", progress=False)
     one = _trainable(single.model)
     for k, v in r0.items():
         torch.testing.assert_close(v, one[k], rtol=1e-4, atol=1e-5, msg=k)

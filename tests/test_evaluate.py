@@ -29,13 +29,6 @@ PAIR_TASK = Task(name="pair", system="Check the claim.", template="Claim: {claim
 SECRET = "Patient Jane Roe"
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
 
 def _examples(n: int, seed: int = 0, prefix: str = "t") -> list[Example]:
     rng = np.random.default_rng(seed)

@@ -29,15 +29,6 @@ ITEMS = [  # three different prompt lengths: the batch is left padded
 N_NEW = 24
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny matrices gain nothing from threads, and on a shared, busy CPU OpenMP barriers make each
-    op wait for descheduled threads (measured here: 11 s vs 0.25 s for one predict)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
 
 def _lively(model: DualHeadModel, seed: int = 1) -> DualHeadModel:
     """Randomise every weight (LoRA B included) so greedy decoding produces varied tokens; the fresh

@@ -27,14 +27,6 @@ TEXTS = ["Patients improved.", "No significant difference was observed in the pr
 EXPLANATIONS = ["The outcome improved.", None, "Survival improved with treatment, significantly.", "No effect."]
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Tiny matrices: one thread is fastest, and on a shared CPU extra threads only wait for each other."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
 
 def _perturb(model: DualHeadModel, seed: int = 1) -> DualHeadModel:
     """LoRA B starts at zero (the adapter is a no-op); give it weights so the tests see the adapter."""

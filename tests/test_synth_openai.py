@@ -91,11 +91,12 @@ class FakeServer:
                 with server.lock:
                     server.in_flight += 1
                     server.max_in_flight = max(server.max_in_flight, server.in_flight)
+                counted = [True]
                 try:
-                    server.handle(self, body)
+                    server.handle(self, body, counted)
                 finally:
                     with server.lock:
-                        server.in_flight -= 1
+                        server.in_flight -= counted[0]
 
         self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
         self.httpd.daemon_threads = True
@@ -110,7 +111,7 @@ class FakeServer:
         self.httpd.shutdown()
         self.httpd.server_close()
 
-    def handle(self, h, body):
+    def handle(self, h, body, counted):
         user = body["messages"][-1]["content"]
         with self.lock:
             self.bodies.append(body)
@@ -121,6 +122,9 @@ class FakeServer:
         if "[500]" in user and n == 1 or "[down]" in user:
             return h._send(500, b'{"error": "internal"}')
         if "[timeout]" in user and n == 1:
+            with self.lock:  # the client gives up on this one: it no longer holds a slot
+                self.in_flight -= 1
+                counted[0] = False
             time.sleep(self.slow)
         if "[badjson]" in user and n == 1:
             return h._send(200, b'{"choices": [{"message": ')
@@ -171,6 +175,8 @@ def test_faults_are_retried_counted_and_output_is_complete(tmp_path):
         if tag in ("[wrong]", "[loop]"):  # kept, with no explanation, after every attempt failed
             assert r["explanation"] is None and r["attempts"] == 3
             assert r["rejections"] == ["wrong_verdict" if tag == "[wrong]" else "degenerate"] * 3
+            assert len(r["rejected_texts"]) == 3 and r["rejected_texts"][0].endswith("Answer: " + (
+                TASK.verbalizers[1 - ex.label] if tag == "[wrong]" else TASK.verbalizers[ex.label]))
         else:
             assert r["explanation"] == GOOD and r["attempts"] == 1
             assert r["text"].endswith(f"Answer: {TASK.verbalizers[ex.label]}")

@@ -34,14 +34,6 @@ NEG = ["placebo", "difference", "no", "outcome"]
 REPO = Path(__file__).resolve().parent.parent
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Tiny matrices: one thread is fastest, and on a shared CPU extra threads only wait for each other."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
 
 def toy(n: int, seed: int, null_every: int = 0) -> list[TrainExample]:
     rng = random.Random(seed)

@@ -5,7 +5,7 @@
 `max_attempts`, and appends one record per example to `out_path`:
 
     {"id", "label", "explanation", "verdict", "text", "attempts", "teacher", "fields", "seconds",
-     "tokens", "rejections", "faults", "created"}
+     "tokens", "rejections", "rejected_texts", "faults", "created"}
 
 `explanation` is the accepted reply's body (the verdict line removed) or null when every attempt was
 rejected: the example is kept, so training still uses its label. `teacher` is the hash of the
@@ -381,6 +381,7 @@ class _State:
     tokens: int = 0
     seconds: float = 0.0
     rejections: list[str] = field(default_factory=list)
+    rejected_texts: list[str | None] = field(default_factory=list)
     faults: Counter = field(default_factory=Counter)
     last: Reply | None = None
     last_verdict: int | None = None
@@ -392,7 +393,8 @@ def _record(s: _State, j: Judgement | None, digest: str) -> dict[str, Any]:
     return {"id": ex.id, "label": ex.label, "explanation": j.explanation if j else None,
             "verdict": j.verdict if j else s.last_verdict, "text": text, "attempts": s.attempts,
             "teacher": digest, "fields": dict(ex.fields), "seconds": round(s.seconds, 3),
-            "tokens": s.tokens, "rejections": s.rejections, "faults": dict(s.faults),
+            "tokens": s.tokens, "rejections": s.rejections, "rejected_texts": s.rejected_texts,
+            "faults": dict(s.faults),
             "created": datetime.now(timezone.utc).isoformat(timespec="seconds")}
 
 
@@ -555,6 +557,7 @@ def _run(todo: list[Example], prompt: TeacherPrompt, teacher: Teacher, task: Tas
                     accepted += 1
                     continue
                 s.rejections.append(j.reason or "rejected")
+                s.rejected_texts.append(reply.text)  # paid for: kept for audit and prompt tuning
                 if not reply.faults.get(j.reason):  # an http_4xx is already counted by the teacher
                     faults[j.reason or "rejected"] += 1
                 if s.attempts < max_attempts and not reply.final:
