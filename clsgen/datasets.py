@@ -309,19 +309,29 @@ def _file_dataset(cfg: DataConfig, task: Task) -> DatasetSplits:
     """A user's data: a file (with an optional 'split' column) or a folder of train/validation/test files."""
     path = Path(cfg.dataset)
     text_fields = cfg.text_fields or task.fields
-    common = dict(text_fields=text_fields, label_field=cfg.label_field, id_field=cfg.id_field,
-                  label_map=cfg.label_map)
+    common: dict[str, Any] = dict(text_fields=text_fields, label_field=cfg.label_field, id_field=cfg.id_field,
+                                  label_map=cfg.label_map)
+
+    def other_columns(rows: Sequence[Any]) -> list[str]:
+        """Columns besides text, label, id and split stay with the example as metadata (e.g. a
+        reference rationale for `teacher.kind: reference`)."""
+        used = {*text_fields, cfg.label_field, cfg.id_field, "split"}
+        return sorted({k for r in rows for k in r.values} - used)
+
     splits: dict[str, list[Example]] = {s: [] for s in SPLITS}
     if path.is_dir():
         for split in SPLITS:
             names = [split] + (["dev"] if split == "validation" else [])
             found = [p for n in names for p in sorted(path.glob(f"{n}.*"))]
             if found:
-                splits[split] = examples_from_rows(read_rows(found[0]), source=str(found[0]), **common)
+                rows = read_rows(found[0])
+                splits[split] = examples_from_rows(rows, source=str(found[0]), meta_fields=other_columns(rows),
+                                                   **common)
         if not splits["train"] and not splits["test"]:
             raise ClsgenError(f"{path} has no train.* or test.* file (jsonl, csv or parquet)")
     else:
         rows = read_rows(path)
+        common["meta_fields"] = other_columns(rows)
         if rows and "split" in rows[0].values:
             bad = [Problem(f"split {r.values.get('split')!r} is not train, validation (or dev) or test",
                            str(path), r.number, "split") for r in rows

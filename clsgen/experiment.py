@@ -185,8 +185,8 @@ def _method_step(cfg: Config, ds: DatasetSplits, method: str, out: Path, synth_p
 
 
 def _summary(metrics_json: dict[str, Any], eval_dir: Path) -> dict[str, Any]:
-    return {"metrics": metrics_json.get("metrics", {}), "info": metrics_json.get("info", {}),
-            "timing_s": metrics_json.get("timing_s", {}), "n_explained": metrics_json.get("n_explained"), "report": str(eval_dir / "report.html")}
+    keys = ("metrics", "info", "timing_s", "n_explained")
+    return {**{k: metrics_json.get(k) for k in keys}, "report": str(eval_dir / "report.html")}
 
 
 # ---------------------------------------------------------------------------- table
@@ -207,10 +207,10 @@ def results_table(results: dict[str, dict[str, Any]], cfg: Config, ds: DatasetSp
     head = "| method | " + " | ".join(TABLE_METRICS) + " |"
     lines = [head, "|" + "---|" * (len(TABLE_METRICS) + 1)]
     for method, r in results.items():
-        m = r["metrics"]
+        m = r["metrics"] or {}
         cells = [_fmt(m.get(k), with_ci=k in ("auroc", "f1", "alignment_auroc", "readability")) for k in TABLE_METRICS]
         lines.append(f"| {method} | " + " | ".join(cells) + " |")
-    n_expl = {meth: (r["metrics"].get("readability") or {}).get("n") for meth, r in results.items()}
+    n_expl = {meth: ((r["metrics"] or {}).get("readability") or {}).get("n") for meth, r in results.items()}
     note = (f"\nTest split: {len(ds.test)} examples of {ds.name}"
             f" ({ds.info.get('binarization', '')}, {ds.info.get('split', 'official')} split); "
             f"training examples: {len(ds.train)}; validation: {len(ds.validation)}. "

@@ -140,11 +140,10 @@ def verbalizer_log_probs(model: Any, tokenizer: Any, task: Task, examples: Seque
                 for b, i in enumerate(chosen):
                     for k, cont in enumerate(items[i][1]):
                         scores[i, k] += float(first[b, cont[0]])
-                for k in range(2):
+                passes = [k for k in range(2) if max(len(items[i][1][k]) for i in chosen) > 1]
+                for k in passes:
                     rests = [items[i][1][k] for i in chosen]
                     width = max(len(r) for r in rests) - 1
-                    if width < 1:
-                        continue
                     # the verbalizer's tokens but its last as input (right-padded), each reading
                     # the log-prob of the next one
                     step = torch.full((len(chosen), width), pad_id, dtype=torch.long)
@@ -157,7 +156,8 @@ def verbalizer_log_probs(model: Any, tokenizer: Any, task: Task, examples: Seque
                     logp = torch.log_softmax(_logits(model(
                         input_ids=step, attention_mask=torch.cat([mask, step_mask], dim=1),
                         position_ids=step_positions, use_cache=True,
-                        **{cache_name: copy.deepcopy(cache)})).float(), dim=-1).cpu()
+                        **{cache_name: cache if k == passes[-1] else copy.deepcopy(cache)})).float(),
+                        dim=-1).cpu()
                     for b, (i, r) in enumerate(zip(chosen, rests)):
                         for j in range(1, len(r)):
                             scores[i, k] += float(logp[b, j - 1, r[j]])
