@@ -50,8 +50,8 @@ def _examples(n: int) -> list[Example]:
     texts = ["patients improved", "no significant difference in the primary outcome was observed",
              "treatment versus placebo", "the abstract does not support the claim at all, p < 0.05",
              "improved", "randomised patients improved versus placebo (p < 0.05) and more"]
-    return [Example(str(i), {"claim": texts[i % len(texts)], "abstract": texts[(i * 5 + 1) % len(texts)] * (1 + i % 3)})
-            for i in range(n)]
+    return [Example(str(i), {"claim": texts[i % len(texts)],
+                             "abstract": texts[(i * 5 + 1) % len(texts)] * (1 + i % 3)}) for i in range(n)]
 
 
 def _manual_log_prob(model, tokenizer, task: Task, ex: Example, prefix: str, label: int) -> float:
@@ -77,12 +77,13 @@ def test_verbalizer_tokens_come_from_joint_tokenization(lm):
     joint = tok("Answer: TRUE", add_special_tokens=False)["input_ids"]
     assert shared + conts[1] == joint
     assert tok.decode(conts[1]) == " TRUE"  # the space merged into the verbalizer's first token
-    separate = tok("Answer: ", add_special_tokens=False)["input_ids"] + tok("TRUE", add_special_tokens=False)["input_ids"]
+    separate = [*tok("Answer: ", add_special_tokens=False)["input_ids"],
+                *tok("TRUE", add_special_tokens=False)["input_ids"]]
     assert separate != joint  # why pieces must not be tokenized separately
 
 
 def test_multi_token_verbalizers_match_manual_full_sequence_scores(lm):
-    shared, conts = verbalizer_continuations(lm.tokenizer, DEFAULT_PREFIX, LONG_TASK.verbalizers)
+    _, conts = verbalizer_continuations(lm.tokenizer, DEFAULT_PREFIX, LONG_TASK.verbalizers)
     assert len(conts[0]) != len(conts[1]) and max(map(len, conts)) > 2
     examples = _examples(3)
     got = verbalizer_log_probs(lm.model, lm.tokenizer, LONG_TASK, examples, batch_size=2)
@@ -90,7 +91,7 @@ def test_multi_token_verbalizers_match_manual_full_sequence_scores(lm):
             for ex in examples]
     np.testing.assert_allclose(got, want, atol=1e-4)
     # and with a per-example prefix (the path used after an explanation)
-    fn = lambda ex: f"Because {ex.fields['claim']}.\n\n{DEFAULT_PREFIX}"  # noqa: E731
+    fn = lambda ex: f"Because {ex.fields['claim']}.\n\n{DEFAULT_PREFIX}"
     got = verbalizer_log_probs(lm.model, lm.tokenizer, TASK, examples[:2], prefix_text_fn=fn)
     want = [[_manual_log_prob(lm.model, lm.tokenizer, TASK, ex, fn(ex), k) for k in (0, 1)] for ex in examples[:2]]
     np.testing.assert_allclose(got, want, atol=1e-4)
@@ -186,8 +187,9 @@ def test_prompting_errors_are_clear(lm):
 
 # ---------------------------------------------------------------------------- cnn and tfidf
 
-FILLER = ("the patients were randomised to treatment or placebo and followed for twelve months with outcomes "
-          "measured at baseline visits trial results showed changes in scores across groups").split()
+FILLER = ["the", "patients", "were", "randomised", "to", "treatment", "or", "placebo", "and", "followed", "for",
+          "twelve", "months", "with", "outcomes", "measured", "at", "baseline", "visits", "trial", "results",
+          "showed", "changes", "in", "scores", "across", "groups"]
 
 
 def _keyword_split(n: int, seed: int) -> list[Example]:

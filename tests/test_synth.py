@@ -65,9 +65,10 @@ def test_a_reply_stopped_in_a_loop_is_degenerate_and_the_loop_detector_is_exact(
     from clsgen.synth.teachers import _LoopStop
 
     assert verdict(f"{BODY}\nAnswer: TRUE", finish="loop").reason == "degenerate"
-    stop = _LoopStop(prompt_width=2, window=12, max_period=4)
-    ids = torch.tensor([[9, 9] + [1, 2, 3] * 5, [9, 9] + list(range(15)), [9, 9] + [5] * 15])
-    assert stop(ids).tolist() == [True, False, True] and stop.stopped == {0: 15, 2: 15}
+    stop = _LoopStop(prompt_width=2, eos_ids=[0], window=12, max_period=4)
+    ids = torch.tensor([[9, 9] + [1, 2, 3] * 5, [9, 9] + list(range(1, 16)), [9, 9] + [5] * 15,
+                        [9, 9] + [7, 8] + [0] * 13])  # the last one ended (eos = pad = 0): not a loop
+    assert stop(ids).tolist() == [True, False, True, False] and stop.stopped == {0: 15, 2: 15}
     assert not _LoopStop(2, window=12)(ids[:, :10]).any()  # too few new tokens to judge
 
 
@@ -96,7 +97,9 @@ def test_prompt_is_label_conditioned_with_the_task_and_its_demos():
 
     demo = TeacherPrompt.for_task(CLINIFACT_TASK).messages({"claim": "c", "article_abstract": "a"}, 1)
     assert [m["role"] for m in demo] == ["system", "user", "assistant", "user", "assistant", "user"]
-    assert demo[2]["content"].endswith("Answer: TRUE") and demo[4]["content"].endswith("Answer: FALSE")
+    assert demo[2]["content"].endswith("Answer: FALSE") and demo[4]["content"].endswith("Answer: TRUE")
+    demo0 = TeacherPrompt.for_task(CLINIFACT_TASK).messages({"claim": "c", "article_abstract": "a"}, 0)
+    assert demo0[2]["content"].endswith("Answer: TRUE") and demo0[4]["content"].endswith("Answer: FALSE")
     assert len(TeacherPrompt.for_task(CLINIFACT_TASK, demos=False).messages({"claim": "c", "article_abstract": "a"}, 1)) == 2
 
     custom = TeacherPrompt.for_task(TASK, "Explain to a nurse why it is {verbalizers}. Context: {task}")
@@ -241,6 +244,7 @@ def test_local_synth_keeps_rejected_examples_with_null_explanations(tiny, tmp_pa
     assert report.accepted == 0 and report.per_class["0"]["rate"] == 0.0 and report.attempts["total_run"] == 10
     assert report.tokens == sum(r["tokens"] for r in records) > 0
     assert report.teacher["model"] == "tiny" and report.teacher["first_attempt"] == "greedy"
+    assert report.teacher["dtype"] == "float32"
 
 
 # ---------------------------------------------------------------------------- CLI
@@ -265,17 +269,21 @@ def test_cli_synth_reference_and_a_clear_error(tmp_path, data_dir, capsys):
 
 
 @pytest.mark.slow
-def test_embedded_teacher_on_clinifact(embedded, data_dir, tmp_path):
+def test_embedded_teacher_on_clinifact(data_dir, tmp_path):
     from clsgen.config import DataConfig
     from clsgen.datasets import load_dataset
+    from clsgen.verdict import parse_verdict
 
     ds = load_dataset(DataConfig(dataset="clinifact", data_dir=str(data_dir)))
     exs = [next(ex for ex in ds.train if ex.label == y) for y in (0, 1)]
     out = tmp_path / "s.jsonl"
-    report = synthesize(exs, ds.task, LocalTeacher(backbone=embedded, max_new_tokens=128, batch_size=2), out,
-                        max_attempts=1, progress=False)
+    teacher = LocalTeacher("smollm2-135m", max_new_tokens=96, batch_size=2)  # bf16: the fast path on CPU
+    report = synthesize(exs, ds.task, teacher, out, max_attempts=1, progress=False)
     records = read_synth(out)
-    assert len(records) == 2 and report.attempts["total_run"] == 2
+    assert sorted(r["id"] for r in records) == sorted(ex.id for ex in exs) and report.attempts["total_run"] == 2
+    assert report.tokens > 0 and report.teacher["model"] == "smollm2-135m"
     for r in records:
+        assert r["text"]  # the model wrote something, accepted or not
         if r["explanation"] is not None:
-            assert r["text"].rstrip().endswith(f"Answer: {ds.task.verbalizers[r['label']]}") or r["verdict"] == r["label"]
+            last = r["text"].strip().splitlines()[-1]
+            assert parse_verdict(last, ds.task.verbalizers) == r["label"] == r["verdict"]

@@ -16,7 +16,8 @@ import copy
 import logging
 import re
 from collections import Counter
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 import torch
@@ -74,9 +75,9 @@ class CnnClassifier:
                  batch_size: int = 32, max_tokens: int = 512, min_freq: int = 2, seed: int = 0,
                  task: Task | None = None):
         problems = [f"{k} must be at least 1, got {v}" for k, v in
-                    dict(embedding_dim=embedding_dim, n_filters=n_filters, max_epochs=max_epochs,
-                         patience=patience, batch_size=batch_size, max_tokens=max_tokens,
-                         min_freq=min_freq).items() if v < 1]
+                    {"embedding_dim": embedding_dim, "n_filters": n_filters, "max_epochs": max_epochs,
+                     "patience": patience, "batch_size": batch_size, "max_tokens": max_tokens,
+                     "min_freq": min_freq}.items() if v < 1]
         if not filter_widths or any(w < 1 for w in filter_widths):
             problems.append(f"filter_widths must be positive widths, got {tuple(filter_widths)!r}")
         if not 0 <= dropout < 1:

@@ -21,7 +21,8 @@ configuration) turns its verdict into a probability: pass it the fine-tuned caus
 from __future__ import annotations
 
 import copy
-from typing import Any, Callable, Sequence
+from collections.abc import Callable, Sequence
+from typing import Any
 
 import numpy as np
 import torch
@@ -42,7 +43,8 @@ SCORINGS = ("prefix", "explanation")
 # ---------------------------------------------------------------------------- scoring
 
 
-def verbalizer_continuations(tokenizer: Any, prefix: str, verbalizers: Sequence[str]) -> tuple[list[int], list[list[int]]]:
+def verbalizer_continuations(tokenizer: Any, prefix: str,
+                             verbalizers: Sequence[str]) -> tuple[list[int], list[list[int]]]:
     """(tokens shared by every ``prefix + verbalizer``, each verbalizer's own continuation tokens).
 
     Each text is tokenized whole, so merges across the prefix/verbalizer boundary (a leading space
@@ -230,7 +232,7 @@ def _eos_ids(model: Any, tokenizer: Any) -> list[int]:
     config = getattr(model, "generation_config", None)
     extra = getattr(config, "eos_token_id", None) if config is not None else None
     ids += extra if isinstance(extra, list) else ([extra] if extra is not None else [])
-    return sorted(set(int(i) for i in ids))
+    return sorted({int(i) for i in ids})
 
 
 # ---------------------------------------------------------------------------- classifier
@@ -283,7 +285,7 @@ class PromptingClassifier:
         fn = None
         if self.scoring == "explanation":
             texts = {id(ex): t for ex, t in zip(examples, self.explain(examples))}
-            fn = lambda ex: explanation_prefix(texts[id(ex)])  # noqa: E731
+            fn = lambda ex: explanation_prefix(texts[id(ex)])
         bb = self.backbone
         return verbalizer_log_probs(bb.model, bb.tokenizer, self.task, examples, fn, self.batch_size)
 

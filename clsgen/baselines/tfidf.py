@@ -7,7 +7,8 @@ AUROC (ties go to the smaller C, the stronger regularization), then the model tr
 
 from __future__ import annotations
 
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 

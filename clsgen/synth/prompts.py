@@ -6,7 +6,8 @@ A teacher conversation is
   placeholders ``{task}`` (the task's own system instruction) and ``{verbalizers}`` (e.g. ``FALSE or
   TRUE``);
 * optionally, worked demonstrations of the task (built in for clinifact and pubmedqa; `teacher.demos`),
-  each a user turn and the assistant turn a teacher should write;
+  each a user turn and the assistant turn a teacher should write, the one with the example's own
+  label last (small teachers copy the style of the latest one);
 * the user turn: the example's input rendered with the task template, then `REQUEST`, which names the
   correct answer and asks for the verdict line ``Answer: <verbalizer>`` at the end.
 
@@ -114,7 +115,7 @@ class TeacherPrompt:
     def messages(self, fields: Mapping[str, Any], label: int) -> list[dict[str, str]]:
         """The chat messages for one example with its gold label."""
         msgs = [{"role": "system", "content": self.system()}]
-        for d in self.demos:
+        for d in sorted(self.demos, key=lambda d: d.label == label):  # the same label's demo last
             msgs.append({"role": "user", "content": self.user(d.fields, d.label)})
             msgs.append({"role": "assistant", "content": self.task.target_text(d.explanation, d.label)})
         msgs.append({"role": "user", "content": self.user(fields, label)})
@@ -124,7 +125,8 @@ class TeacherPrompt:
         """Everything that shapes the prompt, for the teacher settings hash."""
         return {"system": self.system(), "request": REQUEST, "template": self.task.template,
                 "verbalizers": list(self.task.verbalizers),
-                "demos": [[dict(d.fields), d.label, d.explanation] for d in self.demos]}
+                "demos": [[dict(d.fields), d.label, d.explanation] for d in self.demos],
+                "demo_order": "same label last"}
 
 
 def settings_hash(settings: Mapping[str, Any]) -> str:

@@ -116,7 +116,8 @@ class LocalTeacher:
             raise ClsgenError(f"teacher.temperature must be > 0 for sampled retries, got {temperature}")
         self.model_spec = backbone.spec if backbone is not None else model
         self.backbone = backbone
-        self.dtype = dtype
+        self._loaded = False  # close() frees only a model this teacher loaded itself
+        self.dtype = dtype if backbone is None else str(backbone.model.dtype).replace("torch.", "")
         self.temperature, self.top_p = temperature, top_p
         self.max_new_tokens, self.batch_size, self.seed = max_new_tokens, batch_size, seed
 
@@ -131,9 +132,11 @@ class LocalTeacher:
             from ..backbones import load_model
 
             self.backbone = load_model(self.model_spec, dtype=self.dtype)
+            self._loaded = True
 
     def close(self) -> None:
-        self.backbone = None
+        if self._loaded:
+            self.backbone, self._loaded = None, False
 
     # ---------------------------------------------------------------- prompts
     def _encode(self, text: str) -> list[int]:
@@ -195,7 +198,7 @@ class LocalTeacher:
             kwargs.update(temperature=None, top_p=None, top_k=None)
         else:
             kwargs.update(temperature=self.temperature, top_p=self.top_p, top_k=None)
-        loops = _LoopStop(width)
+        loops = _LoopStop(width, eos_ids)
         with torch.inference_mode(), torch.random.fork_rng(devices=[]):
             torch.manual_seed(_seed(requests, self.seed))
             out = model.generate(input_ids=input_ids.to(device), attention_mask=attention.to(device),
@@ -203,11 +206,13 @@ class LocalTeacher:
         share = (time.perf_counter() - started) / len(requests)
         replies = []
         for i, row in enumerate(out[:, width:].tolist()):
-            if i in loops.stopped:  # cut short in a repetition loop: rejected as degenerate
+            end = next((k for k, t in enumerate(row) if t in eos_ids), None)
+            if end is not None:
+                new, finish = row[: end + 1], "stop"
+            elif i in loops.stopped:  # cut short in a repetition loop: rejected as degenerate
                 new, finish = row[: loops.stopped[i]], "loop"
             else:
-                end = next((k for k, t in enumerate(row) if t in eos_ids), None)
-                new, finish = (row, "length") if end is None else (row[: end + 1], "stop")
+                new, finish = row, "length"
             text = tok.decode(new, skip_special_tokens=True)
             replies.append(Reply(text=text, tokens=len(new), seconds=share, finish=finish))
         return replies
@@ -216,10 +221,12 @@ class LocalTeacher:
 class _LoopStop:
     """Stops a sequence whose last `window` new tokens repeat with a period of at most `max_period`
     tokens (at least three turns of the same unit): it would be rejected as degenerate anyway, and
-    would otherwise hold the whole batch until max_new_tokens."""
+    would otherwise hold the whole batch until max_new_tokens. Sequences that already ended (an
+    end-of-sequence token among their new tokens, then padding) are left alone."""
 
-    def __init__(self, prompt_width: int, window: int = 48, max_period: int = 16):
+    def __init__(self, prompt_width: int, eos_ids: Any = (), window: int = 48, max_period: int = 16):
         self.prompt_width, self.window, self.max_period = prompt_width, window, max_period
+        self.eos_ids = sorted(i for i in eos_ids if i is not None)
         self.stopped: dict[int, int] = {}
 
     def criterion(self) -> Any:
@@ -243,6 +250,8 @@ class _LoopStop:
         tail = new[:, -self.window:]
         for p in range(1, self.max_period + 1):
             done |= (tail[:, p:] == tail[:, :-p]).all(dim=1)
+        if self.eos_ids:
+            done &= ~torch.isin(new, torch.tensor(self.eos_ids, device=new.device)).any(dim=1)
         for i in done.nonzero().flatten().tolist():
             self.stopped.setdefault(i, new.shape[1])
         return done
