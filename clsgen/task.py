@@ -109,16 +109,22 @@ class Task:
         if spare < 1:
             raise ClsgenError(f"task.max_prompt_tokens={self.max_prompt_tokens} is below the prompt's "
                               f"fixed part ({fixed} tokens for the instruction and template); raise it")
-        field_ids = {f: _encode(tokenizer, str(fields[f])) for f in self.fields}
         budget = spare
         for _ in range(_MAX_REFITS):
-            quotas = _water_fill({f: len(v) for f, v in field_ids.items()}, budget)
-            cut = {f: self._cut(tokenizer, field_ids[f], quotas[f]) for f in self.fields}
+            cut = self.cut_fields(tokenizer, fields, budget)
             ids = _encode(tokenizer, self.render_prompt(tokenizer, {**fields, **cut}))
             if len(ids) <= self.max_prompt_tokens:
                 return PromptIds(ids, truncated=True)
             budget -= len(ids) - self.max_prompt_tokens  # merges across the cut changed the count
         raise ClsgenError(f"could not fit the prompt in task.max_prompt_tokens={self.max_prompt_tokens}")
+
+    def cut_fields(self, tokenizer: Any, fields: Mapping[str, Any], budget: int) -> dict[str, str]:
+        """The template's fields cut to `budget` tokens in all (this task's truncation side): short
+        fields keep everything, long ones share the rest. Also used by teachers, whose prompts carry
+        the same fields."""
+        field_ids = {f: _encode(tokenizer, str(fields[f])) for f in self.fields}
+        quotas = _water_fill({f: len(v) for f, v in field_ids.items()}, budget)
+        return {f: self._cut(tokenizer, field_ids[f], quotas[f]) for f in self.fields}
 
     def encode_target(self, tokenizer: Any, fields: Mapping[str, Any], text: str) -> list[int]:
         """Token ids of the assistant turn `text` including the end-of-turn token."""

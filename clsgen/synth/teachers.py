@@ -158,10 +158,9 @@ class LocalTeacher:
         limit = teacher_fixed + max(task.max_prompt_tokens - student_fixed, 16)
         if len(ids) <= limit:
             return ids
-        field_ids = {f: self._encode(str(ex.fields[f])) for f in task.fields}
         budget = limit - teacher_fixed - len(task.fields) * len(self._encode(ELLIPSIS))
         for _ in range(6):
-            cut = _cut_fields(self.backbone.tokenizer, field_ids, budget, task.truncation)
+            cut = task.cut_fields(self.backbone.tokenizer, ex.fields, max(budget, len(task.fields)))
             ids = self._encode(self._render(prompt, {**ex.fields, **cut}, request.label))
             if len(ids) <= limit:
                 return ids
@@ -255,35 +254,6 @@ class _LoopStop:
         for i in done.nonzero().flatten().tolist():
             self.stopped.setdefault(i, new.shape[1])
         return done
-
-
-def _water_fill(lengths: dict[str, int], budget: int) -> dict[str, int]:
-    """Share `budget` tokens among fields: short fields keep everything, long ones split the rest."""
-    quotas, left = {}, budget
-    remaining = sorted(lengths, key=lambda f: lengths[f])
-    while remaining:
-        share = max(left // len(remaining), 0)
-        f = remaining.pop(0)
-        quotas[f] = min(lengths[f], share)
-        left -= quotas[f]
-    return quotas
-
-
-def _cut_fields(tok: Any, field_ids: dict[str, list[int]], budget: int, how: str) -> dict[str, str]:
-    quotas = _water_fill({f: len(v) for f, v in field_ids.items()}, max(budget, len(field_ids)))
-    out = {}
-    for f, ids in field_ids.items():
-        keep = quotas[f]
-        if len(ids) <= keep:
-            out[f] = tok.decode(ids)
-        elif how == "head":
-            out[f] = tok.decode(ids[:keep]) + ELLIPSIS.rstrip()
-        elif how == "tail":
-            out[f] = ELLIPSIS.lstrip() + tok.decode(ids[len(ids) - keep:])
-        else:
-            head = (keep + 1) // 2
-            out[f] = tok.decode(ids[:head]) + ELLIPSIS + tok.decode(ids[len(ids) - (keep - head):])
-    return out
 
 
 # ============================================================================ OpenAI-compatible server
