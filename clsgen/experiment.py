@@ -181,7 +181,19 @@ def _method_step(cfg: Config, ds: DatasetSplits, method: str, out: Path, synth_p
                       max_new_tokens=ev.max_new_tokens, verbalizers=ds.task.verbalizers,
                       title=f"{method} — {ds.name}", info={"method": method, "fit_seconds": round(fit_seconds, 1)})
     log(f"[{method}] AUROC {_fmt(result.summary.get('metrics', {}).get('auroc'))} -> {eval_dir}")
+    if method in ("clsgen", "classification-only") and result.temperature is not None:
+        _store_calibration(out / "models" / method, result, ds, ev.threshold)
     return _summary(result.summary, eval_dir)
+
+
+def _store_calibration(model_dir: Path, result: Any, ds: DatasetSplits, method: str) -> None:
+    """Keep the threshold and temperature that evaluation fitted on the dev split with the model, so
+    `clsgen predict` and `clsgen serve` use them."""
+    from .calibration import Calibration, store_calibration
+
+    positives = sum(1 for ex in ds.validation if ex.label == 1)
+    store_calibration(model_dir, Calibration(threshold=result.threshold, temperature=result.temperature,
+                                             method=method, n=len(ds.validation), positives=positives))
 
 
 def _summary(metrics_json: dict[str, Any], eval_dir: Path) -> dict[str, Any]:

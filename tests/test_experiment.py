@@ -55,6 +55,11 @@ def test_experiment_runs_every_method_and_reruns_from_cache(tmp_path):
         assert result.methods[method]["metrics"]["readability"]["n"] == 2
     for method in ("cnn", "tfidf"):
         assert result.methods[method]["metrics"]["readability"]["value"] is None
+    # the threshold and temperature fitted on dev are stored with the CLSGen model for predict/serve
+    stored = json.loads((result.out_dir / "models" / "clsgen" / "clsgen.json").read_text())
+    evaluated = json.loads((result.out_dir / "eval" / "clsgen" / "metrics.json").read_text())
+    assert stored["threshold"] == evaluated["threshold"]
+    assert stored["temperature"] == evaluated["temperature"]
     saved = json.loads((result.out_dir / "results.json").read_text())
     assert set(saved["methods"]) == set(METHODS)
     assert "<table>" in (result.out_dir / "results.html").read_text()
