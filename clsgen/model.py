@@ -8,11 +8,13 @@ right padding and pad == eos all pool and attend exactly as an unpadded single e
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Iterator, Literal
 
 import torch
 import torch.nn.functional as F
@@ -99,7 +101,8 @@ class DualHeadModel(nn.Module):
         peft_cfg = PeftLoraConfig(r=lora.r, lora_alpha=lora.alpha, lora_dropout=lora.dropout,
                                   target_modules=targets, task_type="CAUSAL_LM")
         try:
-            lm = get_peft_model(backbone.model, peft_cfg)
+            with _quiet_peft():
+                lm = get_peft_model(backbone.model, peft_cfg)
         except ValueError as e:
             raise ClsgenError(f"lora.target_modules={targets!r} cannot be applied: {e}") from None
         head = ClassificationHead(backbone.model.config.hidden_size)
@@ -235,6 +238,14 @@ class DualHeadModel(nn.Module):
         return Path(path)
 
 
+@contextlib.contextmanager
+def _quiet_peft() -> Iterator[None]:
+    """Silence a deprecation warning that PEFT triggers inside transformers on every wrap."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*")
+        yield
+
+
 def _cache_argument(decoder: nn.Module) -> str:
     """The decoder's name for the KV cache argument ('cache' in newer transformers)."""
     import inspect
@@ -285,7 +296,8 @@ def load_pretrained(path: str | Path, dtype: str | torch.dtype | None = None,
         from peft import PeftModel
 
         backbone = load_model(meta["base_model"], dtype=dtype, trust_remote_code=trust_remote_code)
-        lm = PeftModel.from_pretrained(backbone.model, str(path))
+        with _quiet_peft():
+            lm = PeftModel.from_pretrained(backbone.model, str(path))
     head_file = path / HEAD_FILE
     if not head_file.is_file():
         raise ClsgenError(f"{path} has no {HEAD_FILE}: the classification head is missing, so the "
