@@ -116,7 +116,7 @@ def _synth_step(cfg: Config, ds: DatasetSplits, out: Path, log: Callable[[str], 
 
     examples = [ex for split in cfg.experiment.synth_splits for ex in ds.split(split)]
     path = out / "synth" / "train.jsonl"
-    log(f"[synth] teacher {cfg.teacher.kind}:{cfg.teacher.model} explains {len(examples)} examples "
+    log(f"[synth] teacher {_teacher_name(cfg)} explains {len(examples)} examples "
         f"-> {path}")
     report = synthesize(examples, ds.task, cfg.teacher, path)
     log(f"[synth] {report.summary_line()}" if hasattr(report, "summary_line") else "[synth] done")
@@ -228,9 +228,14 @@ def results_table(results: dict[str, dict[str, Any]], cfg: Config, ds: DatasetSp
             f"training examples: {len(ds.train)}; validation: {len(ds.validation)}. "
             f"Explanation metrics computed on: "
             + ", ".join(f"{k} {v}" for k, v in n_expl.items() if v) + " rows. "
-            f"Base model: {cfg.model.name}; teacher: {cfg.teacher.kind}:{cfg.teacher.model}. "
+            f"Base model: {cfg.model.name}; teacher: {_teacher_name(cfg)}. "
             "Intervals: bootstrap 95%.")
     return "\n".join(lines) + "\n" + note
+
+
+def _teacher_name(cfg: Config) -> str:
+    t = cfg.teacher
+    return f"reference field '{t.reference_field}'" if t.kind == "reference" else f"{t.kind}:{t.model}"
 
 
 def _html_page(title: str, table_md: str, results: dict[str, dict[str, Any]]) -> str:
