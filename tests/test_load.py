@@ -10,13 +10,13 @@ from __future__ import annotations
 
 import asyncio
 import random
-import socket
-import threading
 import time
 
 import httpx
 import numpy as np
 import pytest
+
+from servers import ThreadServer
 
 N_REQUESTS = 200
 CONCURRENCY = 16
@@ -42,32 +42,6 @@ def tiny_predictor():
             if "lora_B" in name:
                 p.copy_(torch.randn(p.shape, generator=g) * 0.5)
     return Predictor(model, max_new_tokens=4, stop_token_ids=[])
-
-
-class ThreadServer:
-    """uvicorn serving `app` on 127.0.0.1 and a free port, in a daemon thread."""
-
-    def __init__(self, app):
-        import uvicorn
-
-        with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            self.port = s.getsockname()[1]
-        self.base = f"http://127.0.0.1:{self.port}"
-        self.server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=self.port, log_level="warning"))
-        self.thread = threading.Thread(target=self.server.run, name="uvicorn", daemon=True)
-
-    def __enter__(self):
-        self.thread.start()
-        deadline = time.monotonic() + 30
-        while not self.server.started:
-            assert self.thread.is_alive() and time.monotonic() < deadline, "uvicorn did not start"
-            time.sleep(0.05)
-        return self
-
-    def __exit__(self, *exc):
-        self.server.should_exit = True
-        self.thread.join(15)
 
 
 def percentile(values, q):
