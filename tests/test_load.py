@@ -16,7 +16,7 @@ import httpx
 import numpy as np
 import pytest
 
-from servers import ThreadServer
+from helpers import ThreadServer, randomize_lora
 
 N_REQUESTS = 200
 CONCURRENCY = 16
@@ -26,7 +26,6 @@ WALL_LIMIT_S = 60
 
 
 def tiny_predictor():
-    import torch
 
     from clsgen.backbones import tiny_model
     from clsgen.inference import Predictor
@@ -36,11 +35,7 @@ def tiny_predictor():
     task = Task(name="note", system="Decide whether the patient dies within 30 days.",
                 template="Note: {text}", verbalizers=("NO", "YES"))
     model = DualHeadModel.from_backbone(tiny_model(), task).eval()
-    g = torch.Generator().manual_seed(0)
-    with torch.no_grad():  # random LoRA B: greedy text varies from input to input
-        for name, p in model.lm.named_parameters():
-            if "lora_B" in name:
-                p.copy_(torch.randn(p.shape, generator=g) * 0.5)
+    randomize_lora(model)
     return Predictor(model, max_new_tokens=4, stop_token_ids=[])
 
 

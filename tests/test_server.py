@@ -22,6 +22,8 @@ from clsgen.batcher import Batcher, QueueFull
 from clsgen.errors import ClsgenError
 from clsgen.task import Task
 
+from helpers import randomize_lora
+
 NOTE_TASK = Task(name="note", system="Decide whether the patient dies within 30 days.",
                  template="Note: {text}", verbalizers=("NO", "YES"))
 PAIR_TASK = Task(name="pair", system="Does the abstract support the claim?",
@@ -36,17 +38,12 @@ CONFIDENTIAL = "PATIENT-ZEBRA-7731 has a confidential history"
 def _model(task: Task):
     """The tiny model with random (not zero) LoRA B weights, so that greedy text varies: a fresh
     adapter leaves the random base LM repeating one whitespace token."""
-    import torch
 
     from clsgen.backbones import tiny_model
     from clsgen.model import DualHeadModel
 
     model = DualHeadModel.from_backbone(tiny_model(), task)
-    g = torch.Generator().manual_seed(0)
-    with torch.no_grad():
-        for name, p in model.lm.named_parameters():
-            if "lora_B" in name:
-                p.copy_(torch.randn(p.shape, generator=g) * 0.5)
+    randomize_lora(model)
     return model
 
 

@@ -18,6 +18,8 @@ from pathlib import Path
 import httpx
 import pytest
 
+from helpers import randomize_lora
+
 REPO = Path(__file__).resolve().parent.parent
 KEY = "process-test-key-4471"
 CONFIDENTIAL = "PATIENT-OKAPI-5520 confidential history"
@@ -31,7 +33,6 @@ def free_port() -> int:
 
 def tiny_model_dir(path: Path) -> Path:
     """A saved tiny model whose LoRA B weights are random, so that its greedy text varies."""
-    import torch
 
     from clsgen.backbones import tiny_model
     from clsgen.model import DualHeadModel
@@ -40,11 +41,7 @@ def tiny_model_dir(path: Path) -> Path:
     task = Task(name="note", system="Decide whether the patient dies within 30 days.",
                 template="Note: {text}", verbalizers=("NO", "YES"))
     model = DualHeadModel.from_backbone(tiny_model(), task)
-    g = torch.Generator().manual_seed(0)
-    with torch.no_grad():
-        for name, p in model.lm.named_parameters():
-            if "lora_B" in name:
-                p.copy_(torch.randn(p.shape, generator=g) * 0.5)
+    randomize_lora(model)
     return model.save_pretrained(path)
 
 

@@ -18,7 +18,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from servers import ThreadServer
+from helpers import ThreadServer, randomize_lora
 
 REPO = Path(__file__).resolve().parent.parent
 CHROMIUM = "/usr/bin/chromium"
@@ -44,7 +44,6 @@ def chromium() -> str:
 
 @pytest.fixture(scope="module")
 def server():
-    import torch
 
     from clsgen.backbones import tiny_model
     from clsgen.inference import Predictor
@@ -55,11 +54,7 @@ def server():
     task = Task(name="pair", system="Does the abstract support the claim?",
                 template="Claim: {claim}\nAbstract: {article_abstract}", verbalizers=("FALSE", "TRUE"))
     model = DualHeadModel.from_backbone(tiny_model(), task).eval()
-    g = torch.Generator().manual_seed(0)
-    with torch.no_grad():  # random LoRA B: the greedy explanation is visible text, not whitespace
-        for name, p in model.lm.named_parameters():
-            if "lora_B" in name:
-                p.copy_(torch.randn(p.shape, generator=g) * 0.5)
+    randomize_lora(model)
     predictor = Predictor(model, max_new_tokens=32, stop_token_ids=[])
     app = create_app(predictor, api_key=KEY, model_name="tiny-pair", threads=1)
     with ThreadServer(app) as srv:

@@ -1,4 +1,4 @@
-"""Helpers shared by the tests that need a real HTTP server on loopback."""
+"""Helpers shared by several test modules: a loopback HTTP server and a tiny model that talks."""
 
 from __future__ import annotations
 
@@ -31,3 +31,15 @@ class ThreadServer:
     def __exit__(self, *exc):
         self.server.should_exit = True
         self.thread.join(15)
+
+
+def randomize_lora(model, seed: int = 0, scale: float = 0.5):
+    """Random LoRA B weights, so the (otherwise silent) tiny model's greedy text varies with the input."""
+    import torch
+
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, p in model.lm.named_parameters():
+            if "lora_B" in name:
+                p.copy_(torch.randn(p.shape, generator=g) * scale)
+    return model
