@@ -1,0 +1,84 @@
+"""Run every benchmark in this folder and write docs/benchmarks.md and docs/benchmarks.json.
+
+    python benchmarks/run_all.py            # the full run (< 30 minutes on a 2-core CPU)
+    python benchmarks/run_all.py --quick    # a smoke run with small sizes
+    python benchmarks/run_all.py --only hardware training
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import json
+import sys
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
+sys.path.insert(0, str(HERE.parent))
+
+from common import machine  # noqa: E402
+
+# In the order they run and appear in the document.
+BENCHMARKS = ["hardware", "training", "inference", "scoring", "server", "synth"]
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--quick", action="store_true")
+    p.add_argument("--only", nargs="*", choices=BENCHMARKS)
+    p.add_argument("--out", default=str(HERE.parent / "docs" / "benchmarks.md"))
+    args = p.parse_args()
+
+    from clsgen.files import atomic_write_text
+
+    names = args.only or BENCHMARKS
+    started = time.perf_counter()
+    info = machine()
+    sections = []
+    for name in names:
+        print(f"== {name}", flush=True)
+        t0 = time.perf_counter()
+        section = importlib.import_module(name).run(quick=args.quick)
+        section.seconds = time.perf_counter() - t0
+        print(section.render(), flush=True)
+        sections.append((name, section))
+    total = time.perf_counter() - started
+
+    command = "python benchmarks/run_all.py" + (" --quick" if args.quick else "")
+    if args.only:
+        command += " --only " + " ".join(args.only)
+    targets = [(s.title, t) for _, s in sections for t in s.targets]
+    lines = [
+        "# Benchmarks",
+        "",
+        f"Produced by `{command}` on {datetime.now(timezone.utc):%Y-%m-%d} in {total / 60:.1f} minutes.",
+        "Every comparison runs both sides in one process, alternately, and reports medians of repeated",
+        "runs; ratios are what to read (absolute figures move with the machine's load).",
+        "",
+        "Machine: " + ", ".join(f"{k} {v}" for k, v in info.items() if v is not None) + ".",
+        "",
+        "## Targets",
+        "",
+        "| benchmark | target | ratio | bound | |",
+        "|---|---|---|---|---|",
+    ]
+    lines += [f"| {title} | {t.name} | {t.ratio:.3f} | {t.bound} | {'met' if t.met else 'missed'} |"
+              for title, t in targets]
+    lines.append("")
+    body = "\n".join(lines) + "\n" + "\n".join(s.render() for _, s in sections)
+    out = Path(args.out)
+    atomic_write_text(out, body)
+    atomic_write_text(out.with_suffix(".json"), json.dumps(
+        {"command": command, "machine": info, "minutes": total / 60,
+         "benchmarks": {n: {"figures": s.figures, "seconds": s.seconds,
+                            "targets": [{"name": t.name, "ratio": t.ratio, "bound": t.bound, "met": t.met}
+                                        for t in s.targets]} for n, s in sections}},
+        indent=2, default=str))
+    print(f"wrote {out} ({total / 60:.1f} minutes)")
+
+
+if __name__ == "__main__":
+    main()
