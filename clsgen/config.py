@@ -8,6 +8,7 @@ together, each naming its key, as a `ConfigError`.
 from __future__ import annotations
 
 import dataclasses
+import math
 import re
 import types
 import typing
@@ -17,6 +18,7 @@ from typing import Any, Literal
 
 import yaml
 
+from .data import short_repr
 from .errors import ConfigError, Problem
 
 
@@ -266,6 +268,10 @@ class Config:
         ):
             p.append(Problem(f"need two different non-empty words (label 0, label 1), got "
                              f"{self.task.verbalizers!r}", field="task.verbalizers"))
+        bad_labels = {k: v for k, v in (self.data.label_map or {}).items() if v not in (0, 1)}
+        if bad_labels:
+            p.append(Problem(f"must map labels to 0 or 1, got {_short_repr(bad_labels)}",
+                             field="data.label_map"))
         if self.teacher.max_attempts < 1:
             p.append(Problem("must be >= 1", field="teacher.max_attempts"))
         if not 0 <= self.eval.fixed_threshold <= 1:
@@ -304,19 +310,28 @@ def _type_name(tp: Any) -> str:
     return "null" if tp is type(None) else getattr(tp, "__name__", str(tp))
 
 
+def _short_repr(value: Any, limit: int = 80) -> str:
+    """A bounded repr: a value built from YAML aliases can be exponentially large when printed."""
+    return short_repr(value, limit)
+
+
 def _coerce(value: Any, tp: Any, key: str, problems: list[Problem]) -> Any:
     """Check `value` against the annotation `tp`; return it (ints widened to floats) or record a problem."""
     origin = typing.get_origin(tp)
-    bad = Problem(f"expected {_type_name(tp)}, got {value!r} ({type(value).__name__})", field=key)
+
+    def bad() -> Problem:  # built only when recorded: printing a value can be costly (see _short_repr)
+        return Problem(f"expected {_type_name(tp)}, got {_short_repr(value)} ({type(value).__name__})",
+                       field=key)
+
     if dataclasses.is_dataclass(tp):
         if not isinstance(value, dict):
-            problems.append(bad)
+            problems.append(bad())
             return tp()
         return _from_dict(tp, value, key, problems)
     if origin is Literal:
         if value in typing.get_args(tp):
             return value
-        problems.append(bad)
+        problems.append(bad())
         return None
     if origin in (typing.Union, types.UnionType):
         for arg in typing.get_args(tp):
@@ -324,44 +339,63 @@ def _coerce(value: Any, tp: Any, key: str, problems: list[Problem]) -> Any:
             out = _coerce(value, arg, key, trial)
             if not trial:
                 return out
-        problems.append(bad)
+        problems.append(bad())
         return None
     if tp is type(None):
         if value is None:
             return None
-        problems.append(bad)
+        problems.append(bad())
         return None
     if origin is list:
         (item_tp,) = typing.get_args(tp)
         if not isinstance(value, list):
-            problems.append(bad)
+            problems.append(bad())
             return []
         return [_coerce(v, item_tp, f"{key}[{i}]", problems) for i, v in enumerate(value)]
     if origin is dict:
         k_tp, v_tp = typing.get_args(tp)
         if not isinstance(value, dict):
-            problems.append(bad)
+            problems.append(bad())
             return {}
         return {str(k): _coerce(v, v_tp, f"{key}.{k}", problems) for k, v in value.items()}
     if tp is float:
+        number = None
         if isinstance(value, (int, float)) and not isinstance(value, bool):
-            return float(value)
-        if isinstance(value, str):  # YAML reads '1e-4' (no dot) as a string
             try:
-                return float(value)
+                number = float(value)
+            except OverflowError:  # an int too large for a float
+                number = math.inf
+        elif isinstance(value, str):  # YAML reads '1e-4' (no dot) as a string
+            try:
+                number = float(value)
             except ValueError:
                 pass
-        problems.append(bad)
+        if number is not None and not math.isfinite(number):
+            problems.append(Problem(f"must be a finite number, got {_short_repr(value)}", field=key))
+            return None
+        if number is not None:
+            return number
+        problems.append(bad())
         return None
     if tp is int:
         if isinstance(value, int) and not isinstance(value, bool):
+            if abs(value) >= 2**63:  # numpy and torch would overflow on it later
+                problems.append(Problem(f"must fit in 64 bits, got {_short_repr(value)}", field=key))
+                return None
             return value
-        problems.append(bad)
+        problems.append(bad())
         return None
+    if tp is str and isinstance(value, str):
+        try:  # YAML's "\ud83d\ude00" escapes (as json.dumps writes an emoji) give a surrogate pair: join it
+            return value.encode("utf-16-le", "surrogatepass").decode("utf-16-le")
+        except UnicodeDecodeError as e:
+            problems.append(Problem(f"not valid Unicode text (a lone surrogate at character {e.start // 2})",
+                                    field=key))
+            return None
     if tp is str or tp is bool:
         if isinstance(value, tp):
             return value
-        problems.append(bad)
+        problems.append(bad())
         return None
     raise TypeError(f"unsupported config annotation {tp!r} for {key}")  # a bug in this module
 
@@ -371,7 +405,8 @@ def _from_dict(cls: type, data: dict[str, Any], prefix: str, problems: list[Prob
     names = {f.name for f in dataclasses.fields(cls)}
     kwargs = {}
     for key, value in data.items():
-        full = f"{prefix}.{key}" if prefix else str(key)
+        name = key if isinstance(key, str) and key.strip() == key and key else repr(key)  # '', ' x', None
+        full = f"{prefix}.{name}" if prefix else name
         if key not in names:
             known = ", ".join(sorted(names))
             problems.append(Problem(f"unknown key; known keys here: {known}", field=full))
@@ -385,18 +420,27 @@ def _allows_none(tp: Any) -> bool:
 
 
 def parse_override(text: str) -> tuple[list[str], Any]:
-    """'train.lr=1e-4' -> (['train', 'lr'], 0.0001); the value is read as YAML."""
+    """'train.lr=1e-4' -> (['train', 'lr'], 0.0001); the value is read as YAML, except for a text
+    setting ('task.system=...'), which takes the text as given unless it is quoted or null."""
     if "=" not in text:
         raise ConfigError([Problem(f"override {text!r} is not of the form section.key=value",
                                    field="--set")])
     key, raw = text.split("=", 1)
     keys = key.strip().split(".")
+    if not all(k.strip() for k in keys):
+        raise ConfigError([Problem(f"override {_short_repr(text)} has an empty key; write section.key=value",
+                                   field="--set")])
+    text_key = _is_text_key(keys)
+    if text_key and raw.strip()[:1] not in ("'", '"') and raw.strip() not in ("null", "~"):
+        # A text setting takes the text as given: YAML would read 'Note: {text}' as a mapping, fold a
+        # line break into a space and drop '# ...' as a comment. Quote it to use YAML escapes.
+        return keys, raw.strip()
     try:
         value = _load_yaml(raw) if raw.strip() else ""
-    except yaml.YAMLError:
+    except (yaml.YAMLError, ValueError, RecursionError):  # not YAML (or too deep, or huge ints): the text
         value = raw
-    if value is not None and not isinstance(value, str) and _is_text_key(keys):
-        value = raw.strip()  # 'task.template=Note: {text}' is text, not a YAML mapping
+    if value is not None and not isinstance(value, str) and text_key:
+        value = raw.strip()
     return keys, value
 
 
@@ -431,13 +475,15 @@ def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str
     if path is not None:
         source = str(path)
         try:
-            text = Path(path).read_text(encoding="utf-8")
+            text = Path(path).read_text(encoding="utf-8-sig")
         except OSError as e:
-            raise ConfigError([Problem(f"cannot read: {e.strerror}", file=source)]) from None
-        try:
-            data = _load_yaml(text) or {}
-        except yaml.YAMLError as e:
-            raise ConfigError([Problem(f"not valid YAML: {e}", file=source)]) from None
+            raise ConfigError([Problem(f"cannot read: {e.strerror or e}", file=source)]) from None
+        except ValueError as e:  # UnicodeDecodeError; an embedded NUL byte in the path
+            why = f"not UTF-8 text (byte {e.start})" if isinstance(e, UnicodeDecodeError) else str(e)
+            raise ConfigError([Problem(f"cannot read: {why}; save it as UTF-8", file=source)]) from None
+        data = _parse_yaml_file(text, source)
+    if overrides and not isinstance(data, dict):
+        raise ConfigError([Problem(f"expected a mapping of sections, got {type(data).__name__}", file=source)])
     for text in overrides:
         keys, value = parse_override(text)
         node = data
@@ -449,6 +495,25 @@ def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str
         if path is not None:
             source = f"{path} (with overrides)"
     return config_from_dict(data, source)
+
+
+def _parse_yaml_file(text: str, source: str) -> Any:
+    """The YAML document in `text` ({} when empty); a `ConfigError` saying where it is not YAML."""
+    try:
+        data = _load_yaml(text)
+    except yaml.MarkedYAMLError as e:
+        mark = e.problem_mark or e.context_mark
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
+        what = e.problem or e.context or "syntax error"
+        raise ConfigError([Problem(f"not valid YAML{where}: {what}", file=source)]) from None
+    except yaml.YAMLError as e:
+        first = (str(e).strip().splitlines() or [type(e).__name__])[0]
+        raise ConfigError([Problem(f"not valid YAML: {first}", file=source)]) from None
+    except RecursionError:
+        raise ConfigError([Problem("not valid YAML: nested too deeply", file=source)]) from None
+    except ValueError:  # an integer with more digits than Python converts
+        raise ConfigError([Problem("not valid YAML: a number with too many digits", file=source)]) from None
+    return {} if data is None else data
 
 
 def save_config(cfg: Config, path: str | Path) -> None:

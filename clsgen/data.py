@@ -6,13 +6,16 @@ text, a label outside the mapping, a duplicate id, a line that is not JSON, an u
 
 from __future__ import annotations
 
+import csv
+import gzip
 import json
 import math
+import numbers
 import random
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterable, Mapping, Sequence
+from typing import IO, Any, Iterable, Mapping, Sequence
 
 from .errors import DataError, Problem
 
@@ -51,25 +54,31 @@ def read_rows(path: str | Path) -> list[Row]:
     """Read a JSONL, JSON (list of objects), CSV or Parquet file into rows; raise `DataError`."""
     path = Path(path)
     name = str(path)
-    if not path.is_file():
+    try:
+        is_file = path.is_file()
+    except (OSError, ValueError):  # a name too long for the file system, an embedded NUL byte
+        is_file = False
+    if not is_file:
         raise DataError([Problem("file not found (or not a file)", file=name)])
     suffix = "".join(s for s in path.suffixes[-2:] if s != ".gz").lower() or path.suffix.lower()
     try:
+        if suffix.endswith((".jsonl", ".json", ".csv", ".tsv")):
+            _check_not_utf16(path, name)
         if suffix.endswith(".jsonl"):
             return _read_jsonl(path)
         if suffix.endswith(".json"):
-            data = json.loads(path.read_text(encoding="utf-8"))
+            try:
+                with _open_text(path) as f:
+                    data = json.loads(f.read())
+            except RecursionError:
+                raise DataError([Problem("JSON nested too deeply to be a list of records", file=name)]) from None
             if isinstance(data, dict) and isinstance(data.get("data"), list):
                 data = data["data"]
             if not isinstance(data, list):
                 raise DataError([Problem("expected a JSON list of objects (or {'data': [...]})", file=name)])
             return _check_objects(data, name, first_row=1)
         if suffix.endswith((".csv", ".tsv")):
-            import pandas as pd
-
-            frame = pd.read_csv(path, dtype=str, keep_default_na=False,
-                                sep="\t" if suffix.endswith(".tsv") else ",")
-            return [Row(i + 1, r) for i, r in enumerate(frame.to_dict("records"))]
+            return _read_delimited(path, "\t" if suffix.endswith(".tsv") else ",")
         if suffix.endswith(".parquet"):
             import pandas as pd
 
@@ -94,9 +103,90 @@ def _first_line(e: Exception) -> str:
     return (str(e).strip().splitlines() or [type(e).__name__])[0][:300]
 
 
+def _open_text(path: Path, newline: str | None = None) -> IO[str]:
+    """A UTF-8 text file (gzip-compressed when it ends in .gz); a leading byte-order mark is skipped."""
+    if path.suffix.lower() == ".gz":
+        return gzip.open(path, "rt", encoding="utf-8-sig", newline=newline)
+    return path.open(encoding="utf-8-sig", newline=newline)
+
+
+def _csv_records(path: Path, sep: str, strict: bool) -> list[list[str]]:
+    limit = csv.field_size_limit()
+    csv.field_size_limit(2**31 - 1)  # a long discharge summary is one field
+    try:
+        with _open_text(path, newline="") as f:
+            return [r for r in csv.reader(f, delimiter=sep, strict=strict) if r]  # blank lines are skipped
+    finally:
+        csv.field_size_limit(limit)
+
+
+def _read_delimited(path: Path, sep: str) -> list[Row]:
+    """CSV/TSV rows as text. A row whose field count differs from the header's is a problem (pandas
+    would shift or pad it silently), as is a quote left open to the end of the file."""
+    name = str(path)
+    try:
+        records = _csv_records(path, sep, strict=True)
+    except csv.Error as e:
+        if "unexpected end of data" not in str(e):  # e.g. '"a"b': read as pandas does, leniently
+            try:
+                records = _csv_records(path, sep, strict=False)
+            except csv.Error as e2:
+                raise DataError([Problem(f"cannot be read as CSV: {_first_line(e2)}", file=name)]) from None
+        else:
+            raise DataError([Problem("a quoted field is never closed (a stray '\"'?): the file ends inside it",
+                                     file=name)]) from None
+    if not records:
+        raise DataError([Problem("is empty: no header line", file=name)])
+    header, problems, rows = _unique_names(records[0]), [], []
+    for number, record in enumerate(records[1:], start=1):
+        if len(record) != len(header):
+            problems.append(Problem(f"has {len(record)} fields, the header has {len(header)} (a delimiter, "
+                                    "quote or line break in an unquoted field?)", file=name, row=number))
+            continue
+        rows.append(Row(number, dict(zip(header, record))))
+    if problems:
+        raise DataError(problems)
+    return rows
+
+
+def _unique_names(header: list[str]) -> list[str]:
+    """Column names as pandas makes them: an empty one is 'Unnamed: <i>', a repeated one 'name.1'."""
+    out: list[str] = []
+    for i, h in enumerate(header):
+        h = h or f"Unnamed: {i}"
+        base, k = h, 0
+        while h in out:
+            k += 1
+            h = f"{base}.{k}"
+        out.append(h)
+    return out
+
+
+def _check_not_utf16(path: Path, name: str) -> None:
+    """A UTF-16 (or UTF-32) text file, as some editors save, gets a message that says so."""
+    with path.open("rb") as f:
+        head = f.read(4)
+    if head.startswith((b"\xff\xfe", b"\xfe\xff", b"\x00\x00\xfe\xff")):
+        raise DataError([Problem("is UTF-16/UTF-32 text (it starts with that byte-order mark); re-save it as "
+                                 "UTF-8", file=name)])
+
+
+def short_repr(value: Any, limit: int = 40) -> str:
+    """`repr(value)` cut to `limit` characters, for error messages that must stay short (and must not
+    echo a long text, which may be clinical)."""
+    import reprlib
+
+    r = reprlib.Repr()
+    r.maxstring = r.maxother = limit
+    r.maxlist = r.maxdict = r.maxtuple = r.maxset = 3
+    r.maxlevel = 2
+    text = r.repr(value)
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
 def _read_jsonl(path: Path) -> list[Row]:
     rows, problems = [], []
-    with path.open(encoding="utf-8") as f:
+    with _open_text(path) as f:
         for number, line in enumerate(f, start=1):
             if not line.strip():
                 continue
@@ -105,6 +195,12 @@ def _read_jsonl(path: Path) -> list[Row]:
             except json.JSONDecodeError as e:
                 problems.append(Problem(f"not valid JSON ({e.msg} at column {e.colno}); a truncated "
                                         "or partly written line?", file=str(path), row=number))
+                continue
+            except RecursionError:
+                problems.append(Problem("JSON nested too deeply", file=str(path), row=number))
+                continue
+            except ValueError as e:  # e.g. an integer with more digits than Python converts
+                problems.append(Problem(f"not valid JSON ({_first_line(e)[:120]})", file=str(path), row=number))
                 continue
             if not isinstance(obj, dict):
                 problems.append(Problem(f"expected a JSON object, got {type(obj).__name__}",
@@ -134,20 +230,66 @@ def rows_from_records(records: Iterable[Mapping[str, Any]]) -> list[Row]:
 
 
 def _is_missing(value: Any) -> bool:
-    return value is None or (isinstance(value, float) and math.isnan(value))
+    """None, a NaN of any float type, pandas' NA and NaT."""
+    if value is None or type(value).__name__ in ("NAType", "NaTType"):
+        return True
+    if isinstance(value, numbers.Real) and not isinstance(value, numbers.Integral):
+        try:
+            return math.isnan(value)
+        except (TypeError, ValueError, OverflowError):
+            return False
+    return False
+
+
+def _is_scalar(value: Any) -> bool:
+    """Text, a number or a bool (Python's or numpy's): what a label or an id can be."""
+    return isinstance(value, (str, bool, numbers.Real)) or type(value).__name__ == "bool_"  # numpy's bool
+
+
+def _is_blank(value: Any) -> bool:
+    return _is_missing(value) or (isinstance(value, str) and not value.strip())
+
+
+def lone_surrogate_at(text: str) -> int | None:
+    """Position of the first lone surrogate in `text` (text that no UTF-8 file holds and tokenizers
+    refuse), else None."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as e:
+        return e.start
+    return None
 
 
 def map_label(value: Any, label_map: Mapping[str, int] | None) -> int | None:
-    """Map a raw label to 0/1 via `label_map` (keys compared as lower-case text); None if unmapped."""
-    if _is_missing(value):
+    """Map a raw label to 0/1 via `label_map` (keys compared as lower-case text); None if unmapped.
+
+    A bool is looked up as true/false, then as 1/0; a whole number written as a decimal ("1.0", 1.0,
+    as a CSV written from a float column holds) as its integer. Lists, objects and NaN map to None.
+    """
+    if _is_missing(value) or not _is_scalar(value):
         return None
-    if isinstance(value, bool):
-        value = int(value)
-    if isinstance(value, float) and value.is_integer():
-        value = int(value)
-    key = str(value).strip().lower()
     mapping = {str(k).strip().lower(): v for k, v in (label_map or DEFAULT_LABEL_MAP).items()}
-    return mapping.get(key)
+    keys: list[str] = []
+    if isinstance(value, bool) or type(value).__name__ == "bool_":
+        keys += [str(bool(value)).lower(), str(int(bool(value)))]
+    elif isinstance(value, numbers.Integral):
+        keys.append(str(int(value)))
+    elif isinstance(value, numbers.Real):
+        f = float(value)
+        keys += [str(int(f))] if f.is_integer() else [str(value).strip().lower()]
+    else:
+        key = str(value).strip().lower()
+        keys.append(key)
+        try:
+            f = float(key)
+        except (ValueError, OverflowError):
+            f = math.nan
+        if math.isfinite(f) and f.is_integer() and len(key) < 40:
+            keys.append(str(int(f)))
+    for key in keys:
+        if key in mapping:
+            return mapping[key]
+    return None
 
 
 def examples_from_rows(
@@ -164,7 +306,8 @@ def examples_from_rows(
 ) -> list[Example]:
     """Validate rows and build examples; every problem is collected and raised together.
 
-    `field_map` renames columns to task field names ({task_field: column}).
+    `field_map` renames columns to task field names ({task_field: column}). Messages name file, row
+    and field, and never quote a text field (it may be clinical text): at most a short label or id.
     """
     problems: list[Problem] = []
     examples: list[Example] = []
@@ -178,31 +321,56 @@ def examples_from_rows(
             value = values.get(column)
             if column not in values:
                 problems.append(Problem("missing field (column not present)", source, row.number, column))
-            elif _is_missing(value) or (isinstance(value, str) and not value.strip()):
+            elif _is_blank(value):
                 problems.append(Problem("empty text", source, row.number, column))
             elif not isinstance(value, (str, int, float)):
                 problems.append(Problem(f"expected text, got {type(value).__name__}", source, row.number,
                                         column))
             else:
-                fields[name] = str(value)
+                try:
+                    text = str(value)
+                except ValueError:  # an int with more digits than Python converts
+                    problems.append(Problem("expected text, got a number too long to convert", source,
+                                            row.number, column))
+                    continue
+                bad = lone_surrogate_at(text)
+                if bad is not None:
+                    problems.append(Problem(f"not valid Unicode text (a lone surrogate at character {bad}, "
+                                            "e.g. a \\ud800 escape); fix or re-save the file as UTF-8",
+                                            source, row.number, column))
+                    continue
+                fields[name] = text
         label: int | None = None
         if label_field is not None:
-            if label_field not in values or _is_missing(values.get(label_field)) or values.get(label_field) == "":
+            raw = values.get(label_field)
+            if label_field not in values or _is_blank(raw):
                 if require_label:
                     problems.append(Problem("missing label", source, row.number, label_field))
+            elif not _is_scalar(raw):
+                problems.append(Problem(f"expected a label (text or number), got {type(raw).__name__}",
+                                        source, row.number, label_field))
             else:
-                label = map_label(values[label_field], label_map)
+                label = map_label(raw, label_map)
                 if label is None:
-                    allowed = ", ".join(sorted((label_map or DEFAULT_LABEL_MAP).keys()))
-                    problems.append(Problem(f"label {values[label_field]!r} is not in the label mapping "
-                                            f"({allowed}); set data.label_map", source, row.number,
-                                            label_field))
-        if id_field is not None and id_field in values and not _is_missing(values[id_field]):
-            ex_id = str(values[id_field])
-        else:
+                    allowed = ", ".join(sorted(str(k) for k in (label_map or DEFAULT_LABEL_MAP)))
+                    problems.append(Problem(f"label {short_repr(raw)} is not in the label mapping "
+                                            f"({short_repr(allowed, 200)}); set data.label_map", source,
+                                            row.number, label_field))
+                elif label not in (0, 1):
+                    problems.append(Problem(f"data.label_map maps label {short_repr(raw)} to {label!r}; "
+                                            "labels must be 0 or 1", source, row.number, label_field))
+                    label = None
+        raw_id = values.get(id_field) if id_field is not None else None
+        if raw_id is None or _is_missing(raw_id):
             ex_id = str(row.number)
+        elif not _is_scalar(raw_id) or lone_surrogate_at(str(raw_id)) is not None:
+            problems.append(Problem(f"expected an id (text or number), got {type(raw_id).__name__}", source,
+                                    row.number, id_field))
+            ex_id = str(row.number)
+        else:
+            ex_id = str(raw_id)
         if ex_id in seen:
-            problems.append(Problem(f"duplicate id {ex_id!r} (first at row {seen[ex_id]})", source,
+            problems.append(Problem(f"duplicate id {short_repr(ex_id)} (first at row {seen[ex_id]})", source,
                                     row.number, id_field or "id"))
         seen.setdefault(ex_id, row.number)
         meta = {m: values[m] for m in meta_fields if m in values and not _is_missing(values[m])}

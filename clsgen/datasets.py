@@ -15,7 +15,14 @@ from pathlib import Path
 from typing import Any, Callable, Sequence
 
 from .config import DataConfig, TaskConfig
-from .data import Example, examples_from_rows, read_rows, rows_from_records, stratified_sample
+from .data import (
+    Example,
+    examples_from_rows,
+    read_rows,
+    rows_from_records,
+    short_repr,
+    stratified_sample,
+)
 from .errors import ClsgenError, DataError, Problem
 from .files import atomic_write_bytes, cache_dir
 from .task import Task
@@ -333,8 +340,8 @@ def _file_dataset(cfg: DataConfig, task: Task) -> DatasetSplits:
         rows = read_rows(path)
         common["meta_fields"] = other_columns(rows)
         if rows and "split" in rows[0].values:
-            bad = [Problem(f"split {r.values.get('split')!r} is not train, validation (or dev) or test",
-                           str(path), r.number, "split") for r in rows
+            bad = [Problem(f"split {short_repr(r.values.get('split'))} is not train, validation (or dev) or "
+                           "test", str(path), r.number, "split") for r in rows
                    if str(r.values.get("split")).strip().lower() not in {*SPLITS, "dev"}]
             if bad:  # a typo would otherwise drop the row silently
                 raise DataError(bad)
@@ -368,8 +375,12 @@ def load_dataset(data: DataConfig | str, task: TaskConfig | None = None) -> Data
         ds = LOADERS[cfg.dataset](cfg)
         ds.task = ds.task.with_overrides(**overrides)
     else:
-        if not Path(cfg.dataset).exists():
-            raise ClsgenError(f"data.dataset {cfg.dataset!r} is neither a built-in dataset "
+        try:
+            exists = Path(cfg.dataset).exists()
+        except (OSError, ValueError):  # a name too long for the file system, an embedded NUL byte
+            exists = False
+        if not exists:
+            raise ClsgenError(f"data.dataset {short_repr(cfg.dataset, 300)} is neither a built-in dataset "
                               f"({', '.join(BUILTIN)}) nor an existing file or folder")
         if task_cfg.template is None:
             raise ClsgenError("a data file needs task.template (e.g. 'Note: {text}') and, optionally, "

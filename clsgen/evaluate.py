@@ -24,7 +24,7 @@ import numpy as np
 from .classifier import Explainer, labels_of
 from .data import Example, stratified_sample
 from .errors import ClsgenError
-from .files import atomic_write_json, atomic_write_text
+from .files import atomic_write_files, check_writable
 from .metrics import (
     THRESHOLD_METHODS,
     MetricResult,
@@ -35,7 +35,7 @@ from .metrics import (
     fit_temperature,
     logit,
 )
-from .report import write_report
+from .report import render_report
 from .verdict import parse_verdict, split_verdict
 
 PREDICTIONS_FILE = "predictions.jsonl"
@@ -97,6 +97,7 @@ def evaluate(
     fixed_threshold: float = 0.5,
     calibrate: bool = True,
     show_inputs: bool = False,
+    show_examples: bool = False,
     max_new_tokens: int = 256,
     verbalizers: Sequence[str] | None = None,
     seed: int = 0,
@@ -108,6 +109,14 @@ def evaluate(
     explain: explain at most this many examples (a class-stratified sample; None: all; 0: none).
     verbalizers: the task's label words, to read the explanations' verdict lines (default: the
         classifier's `task.verbalizers`).
+    show_examples: put sample explanations (with ids) in report.html; off by default, because a
+        generated explanation can quote its (often clinical) input.
+    show_inputs: also put the input texts in report.html's samples and in predictions.jsonl
+        (`fields`); implies `show_examples`.
+
+    Privacy: without these, no text of the examples and no generated text reaches report.html or
+    metrics.json (only metrics and counts); predictions.jsonl, the output asked for, holds ids,
+    labels, probabilities and the generated explanations, never the input fields.
     """
     if threshold_method not in THRESHOLD_METHODS:
         raise ClsgenError(f"threshold_method {threshold_method!r} is not one of {', '.join(THRESHOLD_METHODS)}")
@@ -116,7 +125,7 @@ def evaluate(
     if explain is not None and explain < 0:
         raise ClsgenError(f"explain must be >= 0 (or None for all), got {explain}")
     name = str(getattr(classifier, "name", type(classifier).__name__))
-    out_dir = Path(out_dir)
+    out_dir = check_writable(out_dir)  # a read-only or misplaced --out fails now, not after the model ran
     y = labels_of(examples)
     timing: dict[str, float] = {}
 
@@ -213,12 +222,18 @@ def evaluate(
     }
     paths = {"predictions": out_dir / PREDICTIONS_FILE, "metrics": out_dir / METRICS_FILE,
              "report": out_dir / REPORT_FILE}
-    atomic_write_text(paths["predictions"], "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))
-    atomic_write_json(paths["metrics"], summary)
     report_info = {"classifier": name, **(info or {}), "threshold source": threshold_source,
                    "temperature (fitted on validation)": None if temperature is None else f"{temperature:.4g}"}
-    write_report(paths["report"], y=y, p=p_final, threshold=threshold, metrics=metrics, rows=rows,
-                 p_uncalibrated=p_raw, metrics_uncalibrated=metrics_uncal, verbalizers=verbalizers,
-                 info=report_info, title=title or f"clsgen evaluation: {name}", show_inputs=show_inputs)
+    page = render_report(y=y, p=p_final, threshold=threshold, metrics=metrics, rows=rows,
+                         p_uncalibrated=p_raw, metrics_uncalibrated=metrics_uncal, verbalizers=verbalizers,
+                         info=report_info, title=title or f"clsgen evaluation: {name}", show_inputs=show_inputs,
+                         show_examples=show_examples)
+    # one unit: a full disk leaves an earlier evaluation's three files as they were; metrics.json, which
+    # marks a finished evaluation (the experiment runner skips a method that has it), is renamed last
+    atomic_write_files([
+        (paths["predictions"], "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows).encode("utf-8")),
+        (paths["report"], page.encode("utf-8")),
+        (paths["metrics"], (json.dumps(summary, indent=2, ensure_ascii=False) + "\n").encode("utf-8")),
+    ])
     return EvalResult(metrics=metrics, predictions=rows, paths=paths, threshold=threshold,
                       temperature=temperature, metrics_uncalibrated=metrics_uncal, summary=summary)

@@ -19,11 +19,13 @@ from typing import Any, Callable
 from .config import Config
 from .datasets import DatasetSplits, load_dataset
 from .errors import ClsgenError
-from .files import atomic_write_json, atomic_write_text
+from .files import atomic_write_files, atomic_write_json, check_writable, write_error
 
 METHODS = ("clsgen", "classification-only", "generation-only", "prompting", "cnn", "tfidf")
 LLM_TRAINED = {"clsgen": {}, "classification-only": {"w_lm": 0.0}, "generation-only": {"w_cls": 0.0}}
 GENERATING = {"clsgen", "classification-only", "generation-only", "prompting"}
+CALIBRATED = ("clsgen", "classification-only")
+"""Methods whose model directory keeps the threshold and temperature fitted by evaluation."""
 TABLE_METRICS = ("auroc", "auprc", "f1", "ece", "brier", "alignment_auroc", "alignment_kappa",
                  "inconsistency_rate", "readability", "flesch")
 RUN_FILE = "experiment.json"
@@ -74,8 +76,13 @@ def _changed_keys(a: dict[str, Any], b: dict[str, Any], prefix: str = "") -> lis
 
 
 def run_experiment(cfg: Config, out_dir: str | Path | None = None, *, methods: list[str] | None = None,
-                   log: Callable[[str], None] = print) -> ExperimentResult:
-    """Run (or continue) the comparison described by `cfg`; returns every method's metrics."""
+                   log: Callable[[str], None] = print, show_examples: bool = False) -> ExperimentResult:
+    """Run (or continue) the comparison described by `cfg`; returns every method's metrics.
+
+    show_examples: put sample explanations in each method's report.html and the synth report (off by
+    default: generated text can quote the often clinical inputs; results.md/json/html never hold text).
+    Steps done by an earlier run keep the reports they wrote.
+    """
     methods = list(methods or cfg.experiment.methods)
     unknown = [m for m in methods if m not in METHODS]
     if unknown:
@@ -86,6 +93,7 @@ def run_experiment(cfg: Config, out_dir: str | Path | None = None, *, methods: l
 
         raise ConfigError(problems)
     out = Path(out_dir or cfg.experiment.out_dir)
+    check_writable(out, "experiment folder")  # read-only or misplaced: fail before any work
     _check_run(cfg, out)
     ds = load_dataset(cfg.data, cfg.task)
     log(f"[data] {ds.name}: train {len(ds.train)}, validation {len(ds.validation)}, test {len(ds.test)}"
@@ -94,31 +102,40 @@ def run_experiment(cfg: Config, out_dir: str | Path | None = None, *, methods: l
 
     synth_path = None
     if any(m in LLM_TRAINED for m in methods):
-        synth_path = _synth_step(cfg, ds, out, log)
+        synth_path = _synth_step(cfg, ds, out, log, show_examples)
 
     results: dict[str, dict[str, Any]] = {}
     for method in methods:
-        results[method] = _method_step(cfg, ds, method, out, synth_path, log)
+        results[method] = _method_step(cfg, ds, method, out, synth_path, log, show_examples)
 
     table = results_table(results, cfg, ds)
     paths = {"markdown": out / "results.md", "json": out / "results.json", "html": out / "results.html"}
-    atomic_write_text(paths["markdown"], table + "\n")
-    atomic_write_json(paths["json"], {"dataset": ds.name, "info": ds.info, "methods": results})
-    atomic_write_text(paths["html"], _html_page(cfg.experiment.title or f"clsgen — {ds.name}", table, results))
+    page = _html_page(cfg.experiment.title or f"clsgen — {ds.name}", table, results)
+    atomic_write_files([  # one unit: a full disk leaves the tables of an earlier run as they were
+        (paths["markdown"], (table + "\n").encode("utf-8")),
+        (paths["html"], page.encode("utf-8")),
+        (paths["json"], (json.dumps({"dataset": ds.name, "info": ds.info, "methods": results}, indent=2,
+                                    ensure_ascii=False) + "\n").encode("utf-8")),
+    ])
     return ExperimentResult(out, results, table, paths)
 
 
 # ---------------------------------------------------------------------------- steps
 
 
-def _synth_step(cfg: Config, ds: DatasetSplits, out: Path, log: Callable[[str], None]) -> Path:
+def _synth_step(cfg: Config, ds: DatasetSplits, out: Path, log: Callable[[str], None],
+                show_examples: bool = False) -> Path:
     from .synth import synthesize
 
     examples = [ex for split in cfg.experiment.synth_splits for ex in ds.split(split)]
     path = out / "synth" / "train.jsonl"
     log(f"[synth] teacher {_teacher_name(cfg)} explains {len(examples)} examples "
         f"-> {path}")
-    report = synthesize(examples, ds.task, cfg.teacher, path)
+    try:
+        report = synthesize(examples, ds.task, cfg.teacher, path, n_samples=4 if show_examples else 0)
+    except OSError as e:  # e.g. appending to the JSONL on a full disk: name the file, keep what is saved
+        raise write_error(e.filename or path, e, f"the records already in {path} are intact; rerun to "
+                          "resume") from None
     log(f"[synth] {report.summary_line()}" if hasattr(report, "summary_line") else "[synth] done")
     return path
 
@@ -157,14 +174,19 @@ def _classifier(cfg: Config, ds: DatasetSplits, method: str, out: Path, synth_pa
 
 
 def _method_step(cfg: Config, ds: DatasetSplits, method: str, out: Path, synth_path: Path | None,
-                 log: Callable[[str], None]) -> dict[str, Any]:
+                 log: Callable[[str], None], show_examples: bool = False) -> dict[str, Any]:
     from .evaluate import METRICS_FILE, evaluate
 
     eval_dir = out / "eval" / method
     done = eval_dir / METRICS_FILE
     if done.is_file():
         log(f"[{method}] done earlier: {done}")
-        return _summary(json.loads(done.read_text()), eval_dir)
+        summary = json.loads(done.read_text())
+        if method in CALIBRATED and summary.get("temperature") is not None:
+            # a run killed between writing metrics.json and storing the calibration: store it now
+            _store_calibration(out / "models" / method, summary["threshold"], summary["temperature"], ds,
+                               cfg.eval.threshold, only_if_missing=True)
+        return _summary(summary, eval_dir)
     started = time.perf_counter()
     clf = _classifier(cfg, ds, method, out, synth_path, log)
     if method not in LLM_TRAINED:
@@ -179,20 +201,26 @@ def _method_step(cfg: Config, ds: DatasetSplits, method: str, out: Path, synth_p
                       n_bootstrap=ev.n_bootstrap, threshold_method=ev.threshold,
                       fixed_threshold=ev.fixed_threshold, calibrate=ev.calibrate,
                       max_new_tokens=ev.max_new_tokens, verbalizers=ds.task.verbalizers,
-                      title=f"{method} — {ds.name}", info={"method": method, "fit_seconds": round(fit_seconds, 1)})
+                      show_examples=show_examples, title=f"{method} — {ds.name}", info={"method": method, "fit_seconds": round(fit_seconds, 1)})
     log(f"[{method}] AUROC {_fmt(result.summary.get('metrics', {}).get('auroc'))} -> {eval_dir}")
-    if method in ("clsgen", "classification-only") and result.temperature is not None:
-        _store_calibration(out / "models" / method, result, ds, ev.threshold)
+    if method in CALIBRATED and result.temperature is not None:
+        _store_calibration(out / "models" / method, result.threshold, result.temperature, ds, ev.threshold)
     return _summary(result.summary, eval_dir)
 
 
-def _store_calibration(model_dir: Path, result: Any, ds: DatasetSplits, method: str) -> None:
+def _store_calibration(model_dir: Path, threshold: float, temperature: float, ds: DatasetSplits, method: str,
+                       only_if_missing: bool = False) -> None:
     """Keep the threshold and temperature that evaluation fitted on the dev split with the model, so
     `clsgen predict` and `clsgen serve` use them."""
     from .calibration import Calibration, store_calibration
+    from .model import read_meta
 
+    if only_if_missing:
+        meta = read_meta(model_dir)
+        if meta.get("threshold") == threshold and meta.get("temperature") == temperature:
+            return
     positives = sum(1 for ex in ds.validation if ex.label == 1)
-    store_calibration(model_dir, Calibration(threshold=result.threshold, temperature=result.temperature,
+    store_calibration(model_dir, Calibration(threshold=threshold, temperature=temperature,
                                              method=method, n=len(ds.validation), positives=positives))
 
 

@@ -1,14 +1,18 @@
-"""Files that are never half-written: atomic writes, atomic directories and the user cache."""
+"""Files that are never half-written (atomic writes, atomic directories, several files as one unit),
+clear errors when the storage fails (full disk, read-only folder), and the user cache."""
 
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
 import os
+import re
 import shutil
 import tempfile
+from collections.abc import Iterator, Sequence
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 from .errors import ClsgenError
 
@@ -42,7 +46,7 @@ def atomic_write_bytes(path: str | Path, data: bytes) -> None:
     try:
         fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     except OSError as e:
-        raise ClsgenError(f"cannot write {path}: {e.strerror}; check permissions and free space") from None
+        raise write_error(path, e) from None
     try:
         with os.fdopen(fd, "wb") as f:
             f.write(data)
@@ -53,8 +57,44 @@ def atomic_write_bytes(path: str | Path, data: bytes) -> None:
     except OSError as e:
         with contextlib.suppress(OSError):
             os.unlink(tmp)
-        raise ClsgenError(f"cannot write {path}: {e.strerror}; check permissions and free space; "
-                          "the previous file, if any, is intact") from None
+        raise write_error(path, e, "the previous file, if any, is intact") from None
+
+
+def atomic_write_files(files: Sequence[tuple[str | Path, bytes]]) -> None:
+    """Write several files as one unit: every one to a temporary file first, then all renamed in order.
+
+    A failure while writing (full disk, read-only folder) leaves every old file as it was and no
+    temporary file behind. A kill during the renames (microseconds) can leave the first files new and
+    the last ones old, so put the file whose presence marks the set as complete last.
+    """
+    staged: list[tuple[str, Path]] = []
+    try:
+        for path, data in files:
+            path = Path(path)
+            _writable_parent(path)
+            try:
+                fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+            except OSError as e:
+                raise write_error(path, e) from None
+            staged.append((tmp, path))
+            try:
+                with os.fdopen(fd, "wb") as f:
+                    f.write(data)
+                    f.flush()
+                    os.fsync(f.fileno())
+                os.chmod(tmp, 0o666 & ~_umask())
+            except OSError as e:
+                raise write_error(path, e, "the previous files, if any, are intact") from None
+        for tmp, path in staged:
+            try:
+                os.replace(tmp, path)
+            except OSError as e:
+                raise write_error(path, e) from None
+        staged = []
+    finally:
+        for tmp, _ in staged:
+            with contextlib.suppress(OSError):
+                os.unlink(tmp)
 
 
 def atomic_write_text(path: str | Path, text: str) -> None:
@@ -70,7 +110,10 @@ def atomic_dir(path: str | Path) -> Iterator[Path]:
     """Yield a temporary directory beside `path`; on success it replaces `path` in one rename."""
     path = Path(path)
     _writable_parent(path)
-    tmp = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp"))
+    try:
+        tmp = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp"))
+    except OSError as e:
+        raise write_error(path, e) from None
     try:
         os.chmod(tmp, 0o777 & ~_umask())
         yield tmp
@@ -85,3 +128,102 @@ def atomic_dir(path: str | Path) -> Iterator[Path]:
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+
+
+# ----------------------------------------------------------------------------- write failures
+
+_NO_SPACE = (errno.ENOSPC, errno.EDQUOT, errno.EFBIG)
+_NOT_WRITABLE = (errno.EROFS, errno.EACCES, errno.EPERM)
+STORAGE_ERRNOS = frozenset(_NO_SPACE + _NOT_WRITABLE + (errno.EIO, errno.ENOTDIR, errno.EISDIR, errno.EEXIST,
+                                                       errno.ENAMETOOLONG))
+"""errno values that mean the output location, not clsgen, is at fault."""
+
+
+def storage_cause(exc: BaseException) -> tuple[str, int | None] | None:
+    """Why a write failed, as (words, errno), when `exc` says that the storage is at fault; else None.
+
+    Besides `OSError`, this reads the errors of writers that do not raise one: safetensors
+    ("I/O error: No space left on device (os error 28)") and torch.save ("unexpected pos 576 vs 534",
+    a short write; "open file failed with strerror: Read-only file system")."""
+    if isinstance(exc, OSError):
+        if exc.errno is not None:
+            return (exc.strerror or os.strerror(exc.errno)), exc.errno
+        return None
+    text = str(exc)
+    m = re.search(r"os error (\d+)", text)
+    if m:
+        return os.strerror(int(m.group(1))), int(m.group(1))
+    m = re.search(r"strerror: ([^\n]+)", text)
+    if m:
+        words = m.group(1).strip().rstrip(".")
+        code = next((c for c in STORAGE_ERRNOS if os.strerror(c) == words), None)
+        return words, code
+    if re.search(r"unexpected pos \d+ vs \d+|file write failed|failed writing", text):
+        return ("the write came up short (no space left on device, or the file size limit `ulimit -f` was "
+                "reached)"), errno.ENOSPC
+    return None
+
+
+def storage_hint(path: Path, code: int | None) -> str:
+    """What to do about a storage failure with errno `code` at `path`."""
+    if code == errno.EFBIG:
+        limit = ""
+        with contextlib.suppress(ImportError, OSError, ValueError):
+            import resource
+
+            soft = resource.getrlimit(resource.RLIMIT_FSIZE)[0]
+            if soft != resource.RLIM_INFINITY:
+                limit = f", {soft} bytes here"
+        return (f"a file would outgrow the file size limit (`ulimit -f`{limit}) or the file system's largest "
+                "file; raise the limit or choose another output folder, then rerun")
+    if code in _NO_SPACE:
+        free = ""
+        with contextlib.suppress(OSError):
+            st = os.statvfs(next((p for p in (path, *path.parents) if p.exists()), Path(".")))
+            free = f" ({st.f_bavail * st.f_frsize / 2**20:.1f} MiB free there now)"
+        return f"free some space{free} or choose another output folder, then rerun"
+    if code in _NOT_WRITABLE:
+        return "choose a writable output folder (--out) or fix its permissions"
+    if code in (errno.ENOTDIR, errno.EEXIST):
+        return "a file stands where a folder is expected; remove it or choose another output folder"
+    return "check the output folder, its permissions and free space"
+
+
+def write_error(path: str | Path, exc: BaseException, intact: str | None = None) -> ClsgenError:
+    """A `ClsgenError` for a failed write of `path`: the path, the cause and what to do."""
+    path = Path(path)
+    cause = storage_cause(exc)
+    words, code = cause if cause is not None else (str(exc).strip().splitlines()[0] if str(exc).strip()
+                                                   else type(exc).__name__, None)
+    msg = f"cannot write {path}: {words}; {storage_hint(path, code)}"
+    return ClsgenError(msg + (f"; {intact}" if intact else ""))
+
+
+@contextlib.contextmanager
+def writing(path: str | Path, intact: str | None = None) -> Iterator[None]:
+    """Turn a storage failure inside the block (full disk, read-only folder, file size limit) into one
+    clear `ClsgenError` naming `path`; any other error passes unchanged."""
+    try:
+        yield
+    except ClsgenError:
+        raise
+    except Exception as e:  # only storage failures are rewritten
+        if storage_cause(e) is None:
+            raise
+        raise write_error(path, e, intact) from None
+
+
+def check_writable(folder: str | Path, what: str = "output folder") -> Path:
+    """Create `folder` (and parents) and prove that a file can be created in it, before slow work."""
+    folder = Path(folder)
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        fd, probe = tempfile.mkstemp(dir=folder, prefix=".clsgen-probe.", suffix=".tmp")
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as e:
+        where, top = Path(os.path.abspath(e.filename or folder)), Path(os.path.abspath(folder))
+        shown = f" ({e.filename})" if where != top and top not in where.parents else ""  # not the probe's name
+        raise ClsgenError(f"the {what} {folder} is not writable: {e.strerror or e}{shown}; "
+                          f"{storage_hint(folder, e.errno)}") from None
+    return folder

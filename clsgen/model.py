@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import json
+import re
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,7 +22,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from . import __version__
-from .backbones import Backbone, load_model, prepare_tokenizer
+from .backbones import EMBEDDED, TINY, Backbone, load_model, prepare_tokenizer
 from .config import LoraConfig
 from .errors import ClsgenError
 from .files import atomic_dir
@@ -106,7 +107,7 @@ class DualHeadModel(nn.Module):
         except ValueError as e:
             raise ClsgenError(f"lora.target_modules={targets!r} cannot be applied: {e}") from None
         head = ClassificationHead(backbone.model.config.hidden_size)
-        meta = {"base_model": backbone.spec, "lora": dataclasses.asdict(lora),
+        meta = {"base_model": _recorded_spec(backbone.spec), "lora": dataclasses.asdict(lora),
                 "dtype": str(next(backbone.model.parameters()).dtype).removeprefix("torch.")}
         return cls(lm, head, backbone.tokenizer, task, meta)
 
@@ -253,6 +254,41 @@ def _cache_argument(decoder: nn.Module) -> str:
     return "cache" if "cache" in inspect.signature(decoder.forward).parameters else "past_key_values"
 
 
+def _recorded_spec(spec: str) -> str:
+    """The base model as clsgen.json records it: a local directory by its absolute path (a relative
+    one would depend on the working directory, and `load_pretrained` follows no relative paths)."""
+    if spec in (EMBEDDED, TINY) or not Path(spec).is_dir():
+        return spec
+    return str(Path(spec).resolve())
+
+
+_HUB_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*(/[A-Za-z0-9][A-Za-z0-9._-]*)?")
+
+
+def base_model_spec(meta: dict[str, Any], path: str | Path) -> str:
+    """The base model a clsgen.json names, if it is one `load_pretrained` may follow.
+
+    A model directory may come from anyone, so what it names is checked: the embedded or tiny model,
+    a hub id ('org/name'), or an absolute local directory (as `save_pretrained` records one). A
+    relative path (e.g. '../../x') is refused: it would be resolved against the working directory,
+    outside the model directory. Whatever is named is loaded by `load_model` with the same rules
+    (safetensors only, no remote code). Pass `base_model=` to `load_pretrained` to choose it yourself.
+    """
+    spec = meta.get("base_model")
+    if not isinstance(spec, str) or not spec.strip():
+        raise ClsgenError(f"{Path(path) / META_FILE} has no base_model; pass base_model= to load it")
+    if spec in (EMBEDDED, TINY):
+        return spec
+    if Path(spec).is_absolute() and ".." not in Path(spec).parts:
+        return spec
+    if _HUB_ID.fullmatch(spec) and not Path(spec).is_dir():
+        return spec
+    raise ClsgenError(
+        f"{Path(path) / META_FILE} names base_model {spec!r}: a relative path, which clsgen does not follow "
+        "from a model directory (it could point anywhere, e.g. '../../'); give the base model yourself: "
+        "load_pretrained(path, base_model=...) or --base-model")
+
+
 def _save_full(model: nn.Module, path: Path) -> None:
     from safetensors.torch import save_model
 
@@ -278,32 +314,57 @@ def read_meta(path: str | Path) -> dict[str, Any]:
 
 
 def load_pretrained(path: str | Path, dtype: str | torch.dtype | None = None,
-                    trust_remote_code: bool = False) -> DualHeadModel:
-    """Restore a saved model; its outputs equal the saved one's. Weights load through safetensors only."""
+                    trust_remote_code: bool = False, base_model: str | None = None) -> DualHeadModel:
+    """Restore a saved model; its outputs equal the saved one's.
+
+    A model directory is data: weights load through safetensors only (a directory with pickled
+    weights only is refused), no code in it runs unless `trust_remote_code=True`, and the paths it
+    names stay inside it (see `base_model_spec`, `backbones.check_model_dir`). `base_model` (the
+    caller's choice, e.g. after moving a local base model) overrides clsgen.json's `base_model`.
+    """
     from safetensors.torch import load_file
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
+    from .backbones import check_model_dir, remote_code_error, resolve_dtype
+
     path = Path(path)
     meta = read_meta(path)
-    task = Task(**{**meta["task"], "verbalizers": tuple(meta["task"]["verbalizers"])})
+    try:
+        task = Task(**{**meta["task"], "verbalizers": tuple(meta["task"]["verbalizers"])})
+    except (KeyError, TypeError) as e:
+        raise ClsgenError(f"{path / META_FILE} has no valid task ({type(e).__name__}: {e}); re-save the "
+                          "model") from None
     dtype = dtype or meta.get("dtype", "auto")
-    if meta.get("merged"):
-        from .backbones import resolve_dtype
+    check_model_dir(path, weights=bool(meta.get("merged")))
+    remote = bool(trust_remote_code)  # never None: transformers would ask on stdin
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(str(path), trust_remote_code=remote)
+        if meta.get("merged"):
+            lm = AutoModelForCausalLM.from_pretrained(str(path), dtype=resolve_dtype(dtype),
+                                                      use_safetensors=True, trust_remote_code=remote)
+        else:
+            from peft import PeftModel
 
-        lm = AutoModelForCausalLM.from_pretrained(str(path), dtype=resolve_dtype(dtype),
-                                                  use_safetensors=True, trust_remote_code=trust_remote_code)
-    else:
-        from peft import PeftModel
-
-        backbone = load_model(meta["base_model"], dtype=dtype, trust_remote_code=trust_remote_code)
-        with _quiet_peft():
-            lm = PeftModel.from_pretrained(backbone.model, str(path))
+            if not (path / "adapter_model.safetensors").is_file():
+                pickled = [n for n in ("adapter_model.bin", "adapter_model.pt") if (path / n).is_file()]
+                raise ClsgenError(f"{path} has no adapter_model.safetensors" + (
+                    f" (only the pickled {pickled[0]}, which clsgen never unpickles: a pickle can run any "
+                    "code)" if pickled else "") + "; re-save the model with clsgen")
+            spec = base_model or base_model_spec(meta, path)
+            backbone = load_model(spec, dtype=dtype, trust_remote_code=remote)
+            with _quiet_peft():
+                lm = PeftModel.from_pretrained(backbone.model, str(path))
+    except ValueError as e:
+        if "trust_remote_code" in str(e) or "custom code" in str(e):
+            raise remote_code_error(str(path)) from None
+        raise
+    except OSError as e:
+        raise ClsgenError(f"cannot load {path}: {str(e).splitlines()[0]}") from None
     head_file = path / HEAD_FILE
     if not head_file.is_file():
         raise ClsgenError(f"{path} has no {HEAD_FILE}: the classification head is missing, so the "
                           "probabilities would be random; re-save the model")
     head = ClassificationHead(meta["hidden_size"])
     head.load_state_dict(load_file(str(head_file)))
-    tokenizer = AutoTokenizer.from_pretrained(str(path))
     model = DualHeadModel(lm, head, tokenizer, task, meta)
     return model.eval()

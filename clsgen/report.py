@@ -2,9 +2,14 @@
 external assets, so it opens anywhere and can be archived or mailed as one file.
 
 Contents: the metric table with bootstrap intervals and row counts, ROC and PR curves, a
-reliability diagram, the probability histogram split by the explanation's verdict, and a sample of
-explanations (the most confident right and wrong predictions). Input texts (often clinical) are
-left out unless `show_inputs=True`: by default only ids and the model's explanations are shown.
+reliability diagram, the probability histogram split by the explanation's verdict and, when asked
+for, a sample of explanations (the most confident right and wrong predictions).
+
+Privacy: a report is made to be shared, and the data is often clinical. By default it holds no text
+of the data and no generated text (an explanation can quote its input): only metrics, plots and
+counts. `show_examples=True` (CLI --show-examples) adds the sample explanations with their ids;
+`show_inputs=True` (CLI --show-inputs) adds the input texts to those samples (and implies
+`show_examples`).
 """
 
 from __future__ import annotations
@@ -166,10 +171,15 @@ def _metric_table(metrics: Mapping[str, MetricResult],
 
 
 def _samples(rows: Sequence[Mapping[str, Any]], verbalizers: Sequence[str] | None, show_inputs: bool,
-             k: int) -> str:
+             k: int, show_examples: bool = True) -> str:
     explained = [r for r in rows if r.get("explained")]
     if not explained:
         return "<p class=note>No explanations were generated (the classifier cannot explain, or --explain 0).</p>"
+    if not (show_examples or show_inputs):
+        return (f"<p class=note>{len(explained)} explanations were generated; none is shown here, because "
+                "generated text can quote its input, which is often clinical. Pass --show-examples "
+                "(Python: show_examples=True) to include the most confident right and wrong ones; "
+                "predictions.jsonl holds every explanation.</p>")
 
     def confidence(r: Mapping[str, Any]) -> float:
         return r["probability"] if r["prediction"] == 1 else 1.0 - r["probability"]
@@ -203,11 +213,13 @@ def render_report(*, y: Sequence[int], p: Sequence[float], threshold: float,
                   p_uncalibrated: Sequence[float] | None = None,
                   metrics_uncalibrated: Mapping[str, MetricResult] | None = None,
                   verbalizers: Sequence[str] | None = None, info: Mapping[str, Any] | None = None,
-                  title: str = "clsgen evaluation", show_inputs: bool = False, n_samples: int = 5) -> str:
+                  title: str = "clsgen evaluation", show_inputs: bool = False, n_samples: int = 5,
+                  show_examples: bool = False) -> str:
     """The report as one HTML string.
 
     `rows` are the evaluation's prediction rows (id, label, probability, prediction, correct,
-    explained, verdict, explanation and, with `show_inputs`, fields).
+    explained, verdict, explanation and, with `show_inputs`, fields). Sample explanations appear
+    only with `show_examples` (or `show_inputs`, which adds the input texts to them).
     """
     y = np.asarray(y, dtype=np.int64)
     p = np.asarray(p, dtype=np.float64)
@@ -239,9 +251,13 @@ def render_report(*, y: Sequence[int], p: Sequence[float], threshold: float,
                         for k, v in info.items() if v is not None)
     figures = "".join(f"<figure><img alt='{html.escape(cap)}' src='data:image/png;base64,{png}'>"
                       f"<figcaption>{html.escape(cap)}</figcaption></figure>" for cap, png in plots)
-    privacy = ("Input texts are shown (--show-inputs)." if show_inputs else
-               "Input texts are not shown: only ids and the model's explanations (pass --show-inputs to "
-               "include them).")
+    if show_inputs:
+        privacy = "Input texts are shown (--show-inputs). Confidence is the probability of the predicted label."
+    elif show_examples:
+        privacy = ("Input texts are not shown: only ids and the model's explanations (pass --show-inputs to "
+                   "include them). Confidence is the probability of the predicted label.")
+    else:
+        privacy = "Neither input texts nor generated explanations are shown (privacy default)."
     return f"""<!DOCTYPE html>
 <html lang="en"><head><meta charset="utf-8">
 <meta name="viewport" content="width=device-width, initial-scale=1">
@@ -256,8 +272,8 @@ def render_report(*, y: Sequence[int], p: Sequence[float], threshold: float,
 <h2>Plots</h2>
 <div class=grid>{figures}</div>
 <h2>Explanations</h2>
-<p class=note>{privacy} Confidence is the probability of the predicted label.</p>
-{_samples(rows, verbalizers, show_inputs, n_samples)}
+<p class=note>{privacy}</p>
+{_samples(rows, verbalizers, show_inputs, n_samples, show_examples)}
 </body></html>
 """
 

@@ -8,8 +8,10 @@ Endpoints (see docs/serving.md):
 
 All model work runs in one worker thread behind a micro-batching queue (`batcher.Batcher`); the
 event loop only parses, validates, waits and streams. Limits answer early, before any model work:
-401 without the API key, 413 for a body over `max_body_bytes`, 422 for a text over `max_text_chars`
-or a bad request, 503 with Retry-After when `max_queue` requests wait, 504 past `request_timeout`.
+401 without the API key, 413 for a body over `max_body_bytes`, 415 for a body not sent as JSON, 422 for
+a text over `max_text_chars` or a bad request (invalid JSON, a wrong field, text that is not valid
+Unicode, messages the chat template refuses), 503 with Retry-After when `max_queue` requests wait, 504
+past `request_timeout`. Every error is JSON; a 5xx means a bug (tests/test_fuzz_http.py).
 Request texts never reach the logs unless `log_inputs=True`.
 """
 
@@ -44,6 +46,11 @@ STATIC_DIR = Path(__file__).parent / "static"
 DEFAULT_MAX_BODY_BYTES = 1 << 20
 DEFAULT_MAX_TEXT_CHARS = 100_000
 DEFAULT_MAX_TOKENS = 512
+GREEDY_BELOW = 1e-5
+"""A chat temperature below this decodes greedily (as vLLM does): dividing the logits by a tinier one
+overflows to inf and sampling fails."""
+SEED_RANGE = (-(2**63), 2**64 - 1)
+"""The seeds torch's generator takes."""
 CSP = ("default-src 'none'; script-src 'self'; style-src 'self'; connect-src 'self'; img-src 'self' data:; "
        "form-action 'none'; frame-ancestors 'none'; base-uri 'none'")
 
@@ -144,13 +151,13 @@ class ChatRequest(BaseModel):
     messages: list[ChatMessage] = Field(min_length=1)
     max_tokens: int | None = Field(None, ge=1)
     max_completion_tokens: int | None = Field(None, ge=1)
-    temperature: float | None = Field(None, ge=0, le=2)
+    temperature: float | None = Field(None, ge=0, le=2, description=f"0 (or below {GREEDY_BELOW:g}): greedy.")
     top_p: float | None = Field(None, gt=0, le=1)
     n: int = Field(1, ge=1, le=1, description="Only 1 is supported.")
     stream: bool = False
     stream_options: StreamOptions | None = None
     stop: str | list[str] | None = None
-    seed: int | None = None
+    seed: int | None = Field(None, ge=SEED_RANGE[0], le=SEED_RANGE[1])
 
 
 # ============================================================================ model-side work (worker thread)
@@ -208,7 +215,7 @@ class _Engine:
         req = job.item.payload if isinstance(job.item, _StreamItem) else job.item
         streaming = isinstance(job.item, _StreamItem)
         tok = self.tokenizer
-        text = tok.apply_chat_template(req["messages"], add_generation_prompt=True, tokenize=False)
+        text = _render_chat(tok, req["messages"])
         ids = {k: v.to(self.model.device) for k, v in tok(text, return_tensors="pt", add_special_tokens=False).items()}
         prompt_len = ids["input_ids"].shape[1]
         context = getattr(self.model.causal_lm.config, "max_position_embeddings", None)
@@ -241,7 +248,7 @@ class _Engine:
                 done = state["stopped"] or job.cancelled.is_set()
                 return torch.full((input_ids.shape[0],), done, dtype=torch.bool, device=input_ids.device)
 
-        sample = req["temperature"] > 0
+        sample = req["temperature"] >= GREEDY_BELOW
         gen_kw: dict[str, Any] = dict(max_new_tokens=max_new, do_sample=sample,
                                       pad_token_id=tok.pad_token_id, eos_token_id=sorted(eos) or None,
                                       stopping_criteria=StoppingCriteriaList([_Watch()]))
@@ -275,6 +282,18 @@ class _Engine:
                            "total_tokens": prompt_len + completion_tokens}}]
 
 
+def _render_chat(tokenizer: Any, messages: list[dict[str, str]]) -> str:
+    """The chat prompt; 422 when the model's chat template refuses the messages (many templates raise
+    on roles that do not alternate, or on a system message)."""
+    from jinja2.exceptions import TemplateError
+
+    try:
+        return tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
+    except TemplateError as e:
+        raise ApiError(422, f"this model's chat template refuses these messages: {e}", param="messages",
+                       code="invalid_messages") from None
+
+
 class _generation:
     """Temporarily set the predictor's explanation length (only the worker thread uses it)."""
 
@@ -298,6 +317,61 @@ def _stream_event(event: Any) -> tuple[str, Any]:
     if event.type == "delta":
         return "delta", event.delta or ""
     return "first", event
+
+
+def _validation_error(errors: Sequence[dict[str, Any]], request: Request) -> ApiError:
+    """A request-validation failure as one clear error: the body as a whole (not JSON, not an object,
+    missing, the wrong content type) or the fields at fault, the first of them as `param`."""
+    first = errors[0] if errors else {}
+    where = [x for x in first.get("loc", ()) if x != "body"]
+    if first.get("type") == "json_invalid":
+        at = f" at character {where[0]}" if where and isinstance(where[0], int) else ""
+        reason = (first.get("ctx") or {}).get("error") or "JSON decode error"
+        return ApiError(422, f"invalid request: the body is not valid JSON ({reason}{at})", code="invalid_json")
+    kind = first.get("type")
+    if not where and kind == "missing":
+        return ApiError(422, "invalid request: the body is empty; send a JSON object", code="missing_body")
+    if not where and kind in ("model_attributes_type", "model_type", "dict_type"):  # not an object
+        content_type = request.headers.get("content-type") or ""
+        media = content_type.split(";")[0].strip().lower()
+        if media != "application/json" and not media.endswith("+json"):
+            got = f"got {content_type[:80]!r}" if content_type else "the request has none"
+            return ApiError(415, f"send the body as JSON with the header 'Content-Type: application/json' "
+                            f"({got})", code="unsupported_media_type")
+        return ApiError(422, "invalid request: the body must be a JSON object ({...}), got "
+                        f"{_json_kind(first.get('input'))}", code="invalid_body")
+    if kind == "string_unicode":  # a key with an unpaired surrogate (values are checked by the routes)
+        name = ".".join(str(x) for x in where)
+        return ApiError(422, f"invalid request: a field name {'in ' + name + ' ' if name else ''}holds an "
+                        "unpaired UTF-16 surrogate; send valid Unicode", param=name or None, code="invalid_unicode")
+    parts, param = [], None
+    for err in errors:
+        loc = [str(x) for x in err.get("loc", ()) if x != "body"]
+        name = ".".join(loc)
+        param = param or (name or None)
+        if err.get("type") == "extra_forbidden":
+            parts.append(f"unknown field {name!r}")
+        else:
+            parts.append(f"{name or 'body'}: {err.get('msg', 'invalid')}")
+    return ApiError(422, "invalid request: " + "; ".join(parts), param=param)
+
+
+def _json_kind(value: Any) -> str:
+    for kinds, word in (((bytes, bytearray), "a non-JSON body"), (bool, "a boolean"), ((int, float), "a number"),
+                        (str, "a string"), (list, "an array")):
+        if isinstance(value, kinds):
+            return word
+    return "null" if value is None else type(value).__name__
+
+
+def _check_unicode(value: str, param: str) -> None:
+    """422 for text that UTF-8 cannot carry (an unpaired surrogate from a JSON "\\ud800" escape): the
+    tokenizer would fail on it."""
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError as e:
+        raise ApiError(422, f"{param} holds an unpaired UTF-16 surrogate ({value[e.start]!r} at character "
+                       f"{e.start}); send valid Unicode text", param=param, code="invalid_unicode") from None
 
 
 def _first_stop(text: str, stops: Sequence[str]) -> int | None:
@@ -487,17 +561,16 @@ def create_app(
 
     @app.exception_handler(RequestValidationError)
     async def _invalid(request: Request, e: RequestValidationError) -> JSONResponse:
-        parts, param = [], None
-        for err in e.errors():
-            loc = [str(x) for x in err.get("loc", ()) if x != "body"]
-            param = param or (".".join(loc) or None)
-            parts.append(f"{'.'.join(loc) or 'body'}: {err.get('msg', 'invalid')}")
-        return ApiError(422, "invalid request: " + "; ".join(parts), param=param).response()
+        return _validation_error(e.errors(), request).response()
 
     @app.exception_handler(StarletteHTTPException)
     async def _http_error(request: Request, e: StarletteHTTPException) -> JSONResponse:
         kind = {404: "not_found_error", 405: "invalid_request_error"}.get(e.status_code, "invalid_request_error")
-        return _error_json(e.status_code, str(e.detail), kind, headers=getattr(e, "headers", None))
+        detail = str(e.detail)
+        if e.status_code == 400 and detail == "There was an error parsing the body":  # FastAPI's words
+            detail = ("the body could not be parsed: send one JSON object, UTF-8 encoded, nested at most a "
+                      "few hundred levels deep")
+        return _error_json(e.status_code, detail, kind, headers=getattr(e, "headers", None))
 
     # ---------------------------------------------------------------- helpers
     def check_model(requested: str | None) -> None:
@@ -526,6 +599,8 @@ def create_app(
                                param="fields")
         if not any(v.strip() for v in fields.values()):
             raise ApiError(422, "the text is empty; send the text to classify", param="text")
+        for key, value in fields.items():
+            _check_unicode(value, "text" if req.text is not None else f"fields.{key}")
         check_length(sum(len(v) for v in fields.values()), "text" if req.text is not None else "fields")
         return fields
 
@@ -682,6 +757,8 @@ def create_app(
                     for m in req.messages]
         chars = sum(len(m["content"]) for m in messages)
         check_length(chars, "messages")
+        for i, m in enumerate(messages):
+            _check_unicode(m["content"], f"messages.{i}.content")
         stops = [req.stop] if isinstance(req.stop, str) else list(req.stop or [])
         if len(stops) > 4:
             raise ApiError(422, f"stop takes at most 4 strings, got {len(stops)}", param="stop")
@@ -826,9 +903,12 @@ def _content(message: ChatMessage) -> str:
         return content
     texts = []
     for part in content:
-        if part.get("type") != "text" or not isinstance(part.get("text"), str):
+        if part.get("type") != "text":
             raise ApiError(422, f"message content parts must be of type 'text' (this model reads text "
                            f"only), got {part.get('type')!r}", param="messages")
+        if not isinstance(part.get("text"), str):
+            raise ApiError(422, "a message content part of type 'text' needs a string 'text', got "
+                           f"{_json_kind(part.get('text'))}", param="messages")
         texts.append(part["text"])
     return "\n".join(texts)
 

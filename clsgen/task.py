@@ -12,6 +12,8 @@ import string
 from dataclasses import dataclass
 from typing import Any, Mapping, Sequence
 
+from .data import lone_surrogate_at as _bad_unicode
+from .data import short_repr
 from .errors import ClsgenError
 from .verdict import verdict_line
 
@@ -50,10 +52,17 @@ class Task:
         if len(self.verbalizers) != 2:
             raise ClsgenError(f"task.verbalizers needs two words (label 0, label 1), got "
                               f"{self.verbalizers!r}")
+        for what, text in (("task.template", self.template), ("task.system", self.system),
+                           *((f"task.verbalizers[{i}]", v) for i, v in enumerate(self.verbalizers))):
+            if not isinstance(text, str):
+                raise ClsgenError(f"{what} must be text, got {type(text).__name__}")
+            if _bad_unicode(text) is not None:
+                raise ClsgenError(f"{what} is not valid Unicode text (a lone surrogate at character "
+                                  f"{_bad_unicode(text)})")
         try:
             self.fields
         except ValueError as e:
-            raise ClsgenError(f"task.template {self.template!r} is not a valid template: {e}; "
+            raise ClsgenError(f"task.template {_short(self.template)} is not a valid template: {e}; "
                               "use {field} for fields and {{ }} for literal braces") from None
 
     # ------------------------------------------------------------------ text
@@ -61,10 +70,13 @@ class Task:
     def fields(self) -> list[str]:
         """Field names the template uses, in order of first use."""
         names: list[str] = []
-        for _, name, _, _ in string.Formatter().parse(self.template):
+        for _, name, spec, conversion in string.Formatter().parse(self.template):
             if name is not None:
                 if not name.isidentifier():
-                    raise ValueError(f"field name {name!r} must be an identifier")
+                    raise ValueError(f"field name {_short(name)} must be an identifier")
+                if spec or conversion:  # '{x:>9}', '{x!r}': formatting text fields needs neither
+                    raise ValueError(f"field {name!r} has a conversion or format spec "
+                                     f"({_short(spec or conversion)}); write a plain {{{name}}}")
                 if name not in names:
                     names.append(name)
         return names
@@ -76,12 +88,22 @@ class Task:
             changes["verbalizers"] = tuple(changes["verbalizers"])
         return dataclasses.replace(self, **changes)
 
-    def user_message(self, fields: Mapping[str, Any]) -> str:
+    def _field_texts(self, fields: Mapping[str, Any]) -> dict[str, str]:
+        """The template's fields as text; a missing field or text no tokenizer takes is a `ClsgenError`."""
         missing = [f for f in self.fields if f not in fields]
         if missing:
             raise ClsgenError(f"the example has no field {missing[0]!r}, which task.template uses; "
-                              f"it has {sorted(fields)}; map a column to it or change task.template")
-        return self.template.format_map({f: str(fields[f]) for f in self.fields})
+                              f"it has {_short(sorted(map(str, fields)), 200)}; map a column to it or change "
+                              "task.template")
+        texts = {f: str(fields[f]) for f in self.fields}
+        for f, text in texts.items():
+            bad = _bad_unicode(text)
+            if bad is not None:
+                raise ClsgenError(f"field {f!r} is not valid Unicode text (a lone surrogate at character {bad})")
+        return texts
+
+    def user_message(self, fields: Mapping[str, Any]) -> str:
+        return self.template.format_map(self._field_texts(fields))
 
     def messages(self, fields: Mapping[str, Any]) -> list[dict[str, str]]:
         msgs = [{"role": "system", "content": self.system}] if self.system else []
@@ -122,7 +144,7 @@ class Task:
         """The template's fields cut to `budget` tokens in all (this task's truncation side): short
         fields keep everything, long ones share the rest. Also used by teachers, whose prompts carry
         the same fields."""
-        field_ids = {f: _encode(tokenizer, str(fields[f])) for f in self.fields}
+        field_ids = {f: _encode(tokenizer, text) for f, text in self._field_texts(fields).items()}
         quotas = _water_fill({f: len(v) for f, v in field_ids.items()}, budget)
         return {f: self._cut(tokenizer, field_ids[f], quotas[f]) for f in self.fields}
 
@@ -150,6 +172,10 @@ class Task:
             return ELLIPSIS.lstrip() + tokenizer.decode(ids[len(ids) - keep:])
         head = (keep + 1) // 2
         return tokenizer.decode(ids[:head]) + ELLIPSIS + tokenizer.decode(ids[len(ids) - (keep - head):])
+
+
+def _short(value: Any, limit: int = 60) -> str:
+    return short_repr(value, limit)
 
 
 def _encode(tokenizer: Any, text: str) -> list[int]:

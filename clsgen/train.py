@@ -46,7 +46,7 @@ from .collate import (
 from .config import Config
 from .data import Example, map_label, read_rows, rows_from_records
 from .errors import ClsgenError, ConfigError, DataError, Problem
-from .files import atomic_write_json, atomic_write_text
+from .files import atomic_write_json, atomic_write_text, check_writable, write_error, writing
 from .model import HEAD_FILE, META_FILE, DualHeadModel
 from .task import Task
 
@@ -227,6 +227,7 @@ def train(cfg: Config, train_examples: Sequence[Any] | str | Path,
     if not resume and _checkpoints(ckpt_root):
         raise ClsgenError(f"{out_dir} already holds a training run ({CHECKPOINTS}/ has checkpoints); pass "
                           "--resume (resume=True) to continue it, or choose another --out")
+    check_writable(out_dir)  # a read-only or misplaced --out fails now, not after the model is built
 
     from accelerate import Accelerator
 
@@ -317,7 +318,6 @@ def _train(accelerator: Any, cfg: Config, task: Task, train_set: list[TrainExamp
     model.train()
     _configure_launcher(accelerator, tc)
     model, optimizer = accelerator.prepare(model, optimizer)
-    accelerator.register_for_checkpointing(scheduler)
     _register_checkpoint_hooks(accelerator)
     unwrapped: DualHeadModel = accelerator.unwrap_model(model)
     trainable = [p for p in model.parameters() if p.requires_grad]
@@ -326,10 +326,11 @@ def _train(accelerator: Any, cfg: Config, task: Task, train_set: list[TrainExamp
     # --- resume
     state = _LoopState()
     if resume_dir is not None:
-        state = _load_checkpoint(accelerator, model, resume_dir, fingerprint)
+        state = _load_checkpoint(accelerator, model, scheduler, resume_dir, fingerprint)
         accelerator.print(f"resumed from {resume_dir} at step {state.step}")
     if main:
         out_dir.mkdir(parents=True, exist_ok=True)
+        _remove_stale_temporaries(out_dir)
         _truncate_log(out_dir / LOG_FILE, state.step)
         atomic_write_text(out_dir / CONFIG_FILE, yaml.safe_dump(cfg.to_dict(), sort_keys=False))
     if trackers:
@@ -381,7 +382,8 @@ def _train(accelerator: Any, cfg: Config, task: Task, train_set: list[TrainExamp
             position = dict(zip(("epoch", "step_in_epoch"), divmod(state.step, steps_per_epoch)),
                             steps_per_epoch=steps_per_epoch)
             _save_checkpoint(accelerator, model, out_dir / CHECKPOINTS, state,
-                             {"fingerprint": fingerprint, "data_position": position}, tc.keep_checkpoints)
+                             {"fingerprint": fingerprint, "data_position": position,
+                              "scheduler": scheduler.state_dict()}, tc.keep_checkpoints)
         if on_step is not None:
             on_step(state.step, record)
     bar.close()
@@ -397,7 +399,8 @@ def _train(accelerator: Any, cfg: Config, task: Task, train_set: list[TrainExamp
         accelerator.wait_for_everyone()
     else:
         final_dir = out_dir / CHECKPOINTS / "last"
-        _save_model(accelerator, model, final_dir, {"train": {"step": state.step}})
+        with writing(final_dir, "the checkpoints saved before are intact; rerun with --resume to finish"):
+            _save_model(accelerator, model, final_dir, {"train": {"step": state.step}})
     in_sync = _check_in_sync(accelerator, trainable)
     summary = _summary(state, started, total_steps, steps_per_epoch, data_info, world, tc, in_sync)
     if main:
@@ -464,7 +467,9 @@ def _select(accelerator: Any, model: Any, metrics: dict[str, Any], selection: st
         value > state.best_value if selection == "dev_auroc" else value < state.best_value))
     if improved:
         state.best_value, state.best_step, state.evals_since_best = value, state.step, 0
-        _save_model(accelerator, model, _best_dir(out_dir, state.step), {"train": state.last_eval})
+        best = _best_dir(out_dir, state.step)
+        with writing(best, "the checkpoints saved before are intact; rerun with --resume to continue from them"):
+            _save_model(accelerator, model, best, {"train": state.last_eval})
     elif selection:
         state.evals_since_best += 1
     metrics["best"] = improved
@@ -636,7 +641,7 @@ def _resume_checkpoint(root: Path, resume: bool | str | Path) -> Path | None:
 
 
 def _register_checkpoint_hooks(accelerator: Any) -> None:
-    """accelerate saves the optimizer, scheduler and RNG states; the weights travel as `model/`
+    """accelerate saves the optimizer and RNG states (loaded with weights_only=True); the weights travel as `model/`
     (adapter + head, via save_pretrained), so frozen base weights are never copied into checkpoints."""
     if not _plain_parallel(accelerator):
         return  # FSDP / DeepSpeed save their own (sharded) model states
@@ -659,22 +664,59 @@ def _save_checkpoint(accelerator: Any, model: Any, ckpt_root: Path, state: _Loop
     plan of an epoch is a function of the seed and the epoch) and the run's fingerprint."""
     final = ckpt_root / f"step-{state.step}"
     tmp = ckpt_root / f".step-{state.step}.tmp"
+    intact = "the checkpoints saved before are intact; rerun with --resume (resume=True) to continue from them"
+    try:
+        with writing(final, intact):
+            if accelerator.is_main_process:
+                shutil.rmtree(tmp, ignore_errors=True)
+                tmp.mkdir(parents=True)
+            accelerator.wait_for_everyone()
+            _save_model(accelerator, model, tmp / "model")
+            accelerator.save_state(str(tmp))
+            accelerator.wait_for_everyone()
+            if accelerator.is_main_process:
+                atomic_write_json(tmp / TRAINER_STATE, {**dataclasses.asdict(state), **extra})
+    except BaseException:
+        if accelerator.is_main_process:
+            shutil.rmtree(tmp, ignore_errors=True)  # a half-written checkpoint: never left to fill the disk
+        raise
     if accelerator.is_main_process:
-        shutil.rmtree(tmp, ignore_errors=True)
-        tmp.mkdir(parents=True)
-    accelerator.wait_for_everyone()
-    _save_model(accelerator, model, tmp / "model")
-    accelerator.save_state(str(tmp))
-    accelerator.wait_for_everyone()
-    if accelerator.is_main_process:
-        atomic_write_json(tmp / TRAINER_STATE, {**dataclasses.asdict(state), **extra})
         if final.exists():
-            shutil.rmtree(final)
+            _remove_checkpoint(final)
         os.replace(tmp, final)
         for old in _checkpoints(ckpt_root)[:-max(1, keep)]:
-            shutil.rmtree(old, ignore_errors=True)
+            _remove_checkpoint(old)
         _prune_best(ckpt_root, state.best_step)
     accelerator.wait_for_everyone()
+
+
+def _remove_checkpoint(path: Path) -> None:
+    """Delete a checkpoint or best-model folder so that a kill midway never leaves a partial one under
+    its name: it is renamed to a hidden temporary first (one atomic step), then deleted; what a kill
+    leaves of it is removed by the next run (`_remove_stale_temporaries`)."""
+    trash = path.with_name(f".{path.name}.del.tmp")
+    shutil.rmtree(trash, ignore_errors=True)
+    try:
+        os.replace(path, trash)
+    except FileNotFoundError:
+        return
+    shutil.rmtree(trash, ignore_errors=True)
+
+
+def _remove_stale_temporaries(out_dir: Path) -> None:
+    """Delete what a killed run left half-written: `.name.*.tmp` files and folders (atomic writes,
+    checkpoints, model installs) and `.name.old` folders, in `out_dir` and its `checkpoints/`. Nothing
+    reads them; they only take space."""
+    for folder in (out_dir, out_dir / CHECKPOINTS):
+        if not folder.is_dir():
+            continue
+        for p in folder.iterdir():
+            if p.name.startswith(".") and (p.name.endswith(".tmp") or (folder.name == CHECKPOINTS
+                                                                       and p.name.endswith(".old"))):
+                if p.is_dir() and not p.is_symlink():
+                    shutil.rmtree(p, ignore_errors=True)
+                else:
+                    p.unlink(missing_ok=True)
 
 
 def _best_dir(out_dir: Path, step: int) -> Path:
@@ -689,16 +731,20 @@ def _prune_best(ckpt_root: Path, current: int | None) -> None:
         wanted.add(json.loads((ckpt / TRAINER_STATE).read_text()).get("best_step"))
     for d in ckpt_root.glob(f"{BEST}*"):
         if d.is_dir() and d.name[len(BEST):].isdigit() and int(d.name[len(BEST):]) not in wanted:
-            shutil.rmtree(d, ignore_errors=True)
+            _remove_checkpoint(d)
 
 
-def _load_checkpoint(accelerator: Any, model: Any, path: Path, fingerprint: dict[str, Any]) -> _LoopState:
+def _load_checkpoint(accelerator: Any, model: Any, scheduler: Any, path: Path,
+                     fingerprint: dict[str, Any]) -> _LoopState:
+    """Restore a checkpoint. The LR schedule's state travels in trainer_state.json (plain JSON), never
+    as a pickle: accelerate loads registered custom objects with torch.load(weights_only=False)."""
     saved = json.loads((path / TRAINER_STATE).read_text())
     changed = _fingerprint_changes(saved.get("fingerprint", {}), fingerprint)
     if changed:
         raise ClsgenError(f"cannot resume from {path}: {'; '.join(changed)} changed since it was written; "
                           "restore them, or train into a new --out")
     accelerator.load_state(str(path))
+    scheduler.load_state_dict(saved["scheduler"])
     if _plain_parallel(accelerator):
         _load_model_weights(accelerator.unwrap_model(model), path / "model")
     fields = {f.name for f in dataclasses.fields(_LoopState)}
@@ -733,12 +779,28 @@ def _load_model_weights(model: DualHeadModel, path: Path) -> None:
 
 
 def _install_model(src: Path, out_dir: Path) -> None:
-    """Copy a saved model's files into `out_dir`, clsgen.json last (its presence marks a complete model)."""
+    """Copy a saved model's files into `out_dir` as one unit: every file is copied to a temporary name
+    first (a full disk fails here, with the model already in `out_dir`, if any, untouched), then
+    clsgen.json is removed, the files renamed into place and clsgen.json renamed last: its presence
+    marks a complete model, never a mix of two."""
     files = sorted((p for p in src.iterdir() if p.is_file()), key=lambda p: p.name == META_FILE)
-    for p in files:
-        tmp = out_dir / f".{p.name}.tmp"
-        shutil.copyfile(p, tmp)
-        os.replace(tmp, out_dir / p.name)
+    staged: list[tuple[Path, Path]] = []
+    try:
+        for p in files:
+            tmp = out_dir / f".{p.name}.tmp"
+            staged.append((tmp, out_dir / p.name))
+            try:
+                shutil.copyfile(p, tmp)
+            except OSError as e:
+                raise write_error(out_dir / p.name, e, f"the model files already in {out_dir}, if any, are "
+                                  "intact") from None
+        (out_dir / META_FILE).unlink(missing_ok=True)
+        for tmp, dest in staged:
+            os.replace(tmp, dest)
+        staged = []
+    finally:
+        for tmp, _ in staged:
+            tmp.unlink(missing_ok=True)
 
 
 def _configure_launcher(accelerator: Any, tc: Any) -> None:
@@ -808,7 +870,8 @@ def _available_trackers(names: Sequence[str]) -> list[str]:
 
 def _log(accelerator: Any, out_dir: Path, record: dict[str, Any], trackers: list[str]) -> None:
     if accelerator.is_main_process:
-        with (out_dir / LOG_FILE).open("a", encoding="utf-8") as f:
+        intact = "the checkpoints saved before are intact; rerun with --resume"
+        with writing(out_dir / LOG_FILE, intact), (out_dir / LOG_FILE).open("a", encoding="utf-8") as f:
             f.write(json.dumps({**record, "time": round(time.time(), 3)}) + "\n")
     if trackers:
         scalars = {k: v for k, v in record.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
@@ -822,8 +885,14 @@ def _truncate_log(path: Path, step: int) -> None:
     if step == 0:
         path.unlink()
         return
-    keep = [line for line in path.read_text(encoding="utf-8").splitlines()
-            if line.strip() and json.loads(line).get("step", 0) <= step]
+    keep = []
+    for line in path.read_text(encoding="utf-8", errors="replace").splitlines():
+        try:
+            record = json.loads(line)
+        except ValueError:  # a line torn by a kill or a full disk: it belongs to the lost steps
+            continue
+        if isinstance(record, dict) and record.get("step", 0) <= step:
+            keep.append(line)
     atomic_write_text(path, "".join(line + "\n" for line in keep))
 
 

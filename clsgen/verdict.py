@@ -27,12 +27,18 @@ Reading rules (``parse_verdict``):
 from __future__ import annotations
 
 import re
+from dataclasses import dataclass
 from typing import Sequence
 
 VERDICT_PREFIX = "Answer:"
 
-# `answer` + colon anywhere in a line (optionally as `final answer`, optionally in markdown).
-_INLINE_MARKER = re.compile(r"(?<!\w)[*_`~]*(?:final[ \t]+)?answer[ \t*_`~]*[:\uff1a]", re.IGNORECASE)
+# `answer` + colon anywhere in a line (optionally as `final answer`, optionally in markdown), as
+# `(?<!\w)[*_`~]*(?:final[ \t]+)?answer[ \t*_`~]*[:\uff1a]`. That regex takes quadratic time on a long
+# run of `*` (each start in the run rescans it), so the core is matched here and its decoration and
+# `final` are found by `_inline_markers`, in linear time.
+_INLINE_CORE = re.compile(r"answer[ \t*_`~]*[:\uff1a]", re.IGNORECASE)
+_FINAL = re.compile(r"final", re.IGNORECASE)
+_DECORATION = frozenset("*_`~")
 # `answer` at the start of a line, after markdown/list decoration, + colon, `=` or a dash.
 _LINE_MARKER = re.compile(
     r"^[ \t>#*_`~|+\u2022\u00b7-]*(?:\d+[.)][ \t]*)?(?:final[ \t]+)?answer[ \t*_`~]*[:\uff1a=\-\u2013\u2014]",
@@ -50,12 +56,48 @@ def verdict_line(verbalizer: str) -> str:
     return f"{VERDICT_PREFIX} {verbalizer}"
 
 
-def _last_marker(text: str) -> re.Match[str] | None:
+@dataclass(frozen=True)
+class _Marker:
+    """Where an answer marker starts and ends in the text."""
+
+    start: int
+    end: int
+
+
+def _decorated_start(text: str, at: int) -> int | None:
+    """The leftmost start of `[*_`~]*` + text[at:] that is not preceded by a word character, if any."""
+    first = at
+    while first > 0 and text[first - 1] in _DECORATION:
+        first -= 1
+    for start in range(first, at + 1):
+        if start == 0 or not (text[start - 1].isalnum() or text[start - 1] == "_"):
+            return start
+    return None
+
+
+def _inline_markers(text: str) -> list[_Marker]:
+    """Every `answer:` marker anywhere in a line, with its decoration and `final`."""
+    out = []
+    for m in _INLINE_CORE.finditer(text):
+        start = None
+        gap = m.start()
+        while gap > 0 and text[gap - 1] in " \t":
+            gap -= 1
+        if gap < m.start() and gap >= 5 and _FINAL.fullmatch(text, gap - 5, gap):
+            start = _decorated_start(text, gap - 5)
+        if start is None:
+            start = _decorated_start(text, m.start())
+        if start is not None:
+            out.append(_Marker(start, m.end()))
+    return out
+
+
+def _last_marker(text: str) -> _Marker | None:
     """The answer marker that ends last in `text` (ties: the one that starts first)."""
-    candidates = [m for pattern in (_INLINE_MARKER, _LINE_MARKER) for m in pattern.finditer(text)]
+    candidates = _inline_markers(text) + [_Marker(m.start(), m.end()) for m in _LINE_MARKER.finditer(text)]
     if not candidates:
         return None
-    return max(candidates, key=lambda m: (m.end(), -m.start()))
+    return max(candidates, key=lambda m: (m.end, -m.start))
 
 
 def _has_words(s: str) -> bool:
@@ -70,9 +112,9 @@ def _first_chunk(s: str) -> str:
     return ""
 
 
-def _answer_text(text: str, marker: re.Match[str]) -> str:
+def _answer_text(text: str, marker: _Marker) -> str:
     """What the verdict line states after its marker (or on the next non-blank line)."""
-    rest_lines = text[marker.end() :].split("\n")
+    rest_lines = text[marker.end :].split("\n")
     answer = _first_chunk(rest_lines[0])
     if answer:
         return answer
@@ -114,12 +156,15 @@ def _word_match(answer: str, verbalizers: Sequence[str]) -> int | None:
     spans = [_spans(words, phrase) for phrase in phrases]
     matched = []
     for i, own in enumerate(spans):
-        others = [s for j, other in enumerate(spans) if j != i for s in other if len(phrases[j]) > len(phrases[i])]
-        kept = [
-            (a, b)
-            for a, b in own
-            if not any(oa <= a and b <= ob for oa, ob in others) and not (a > 0 and words[a - 1] in _NEGATIONS)
-        ]
+        # Starts of the longer verbalizers' occurrences, by length: (a, b) lies inside an occurrence of
+        # length k when one starts in [b - k, a]. (Comparing every pair was quadratic on long answers.)
+        longer = [(len(phrases[j]), {oa for oa, _ in spans[j]}) for j in range(len(spans))
+                  if j != i and len(phrases[j]) > len(phrases[i]) and spans[j]]
+
+        def inside(a: int, b: int, longer=longer) -> bool:
+            return any(oa in starts for k, starts in longer for oa in range(max(b - k, 0), a + 1))
+
+        kept = [(a, b) for a, b in own if not inside(a, b) and not (a > 0 and words[a - 1] in _NEGATIONS)]
         if kept:
             matched.append(i)
     return matched[0] if len(matched) == 1 else None
@@ -158,11 +203,11 @@ def split_verdict(text: str | None) -> tuple[str, str | None]:
     marker = _last_marker(text)
     if marker is None:
         return text.strip(), None
-    body = text[: marker.start()].strip()
-    line_end = text.find("\n", marker.end())
+    body = text[: marker.start].strip()
+    line_end = text.find("\n", marker.end)
     line_end = len(text) if line_end == -1 else line_end
-    verdict = text[marker.start() : line_end]
-    if not _first_chunk(text[marker.end() : line_end]):
+    verdict = text[marker.start : line_end]
+    if not _first_chunk(text[marker.end : line_end]):
         for line in text[line_end + 1 :].split("\n"):
             if line.strip():
                 verdict = f"{verdict.rstrip()}\n{line.strip()}"

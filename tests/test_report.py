@@ -70,12 +70,15 @@ def test_metric_table_shows_intervals_and_row_counts():
     assert f"<td class=num>{data['metrics']['auroc'].n}</td>" in page
 
 
-def test_inputs_hidden_by_default_and_explanations_escaped():
+def test_texts_hidden_by_default_and_explanations_escaped():
     data = _data()
-    hidden = render_report(**data)
-    assert SECRET not in hidden and "ex-1" in hidden and "not shown" in hidden
-    assert "<b>" not in hidden and "&lt;b&gt;" in hidden  # generated text is escaped, never markup
-    shown = render_report(**data, show_inputs=True)
+    hidden = render_report(**data)  # neither inputs nor generated text: they can quote clinical notes
+    assert SECRET not in hidden and "Reason" not in hidden and "ex-1<" not in hidden
+    assert "--show-examples" in hidden and "Most confident" not in hidden
+    examples = render_report(**data, show_examples=True)
+    assert SECRET not in examples and "ex-1" in examples and "not shown" in examples
+    assert "<b>" not in examples and "&lt;b&gt;" in examples  # generated text is escaped, never markup
+    shown = render_report(**data, show_inputs=True)  # implies the examples
     assert SECRET in shown
     assert "Most confident right" in shown and "Most confident wrong" in shown
 

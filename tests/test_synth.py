@@ -221,6 +221,20 @@ def test_local_teacher_left_padded_batch_matches_one_by_one(tiny):
     assert sampled.text == again.text
 
 
+def test_a_sampled_retry_does_not_depend_on_its_batch(tiny):
+    """Each row samples from its own seeded generator: a resumed synth run, whose batches differ from
+    the uninterrupted run's, samples the same retries."""
+    teacher = LocalTeacher(backbone=tiny, max_new_tokens=12, temperature=1.0, top_p=1.0)
+    prompt = TeacherPrompt.for_task(TASK)
+    reqs = [Request(Example(f"e{i}", {"claim": f"claim number {i} about aspirin"}, i % 2), 1 + i % 2, prompt)
+            for i in range(4)]
+    batched = [r.text for r in teacher.generate(reqs)]
+    single = [teacher.generate([r])[0].text for r in reqs]
+    reordered = [r.text for r in teacher.generate(reqs[::-1])][::-1]
+    assert batched == single == reordered
+    assert len(set(batched)) > 1
+
+
 def test_local_teacher_cuts_long_fields_to_the_task_budget(tiny):
     task = Task(name="fake", system="Decide.", template="Claim: {claim}", verbalizers=("FALSE", "TRUE"),
                 max_prompt_tokens=60)

@@ -6,6 +6,14 @@ example's first request: `[500]`, `[timeout]` (answers after the client's timeou
 `[429]` (with Retry-After), `[down]` (always 500), or on every request: `[wrong]` (states the other
 label), `[loop]` (a repetition loop). Otherwise it answers with a short explanation whose verdict line
 states the correct answer named in the request.
+
+More first-request faults (tests/test_synth_faults.py): `[503]` (with Retry-After), `[408]`, `[drop]`
+(closes the connection without a response), `[reset]` (resets it: RST), `[truncated]` (Content-Length
+larger than what is sent, then closes), `[midchunk]` (a chunked body closed after its first chunk),
+`[trickle]` (a 200 whose body arrives one byte at a time, slower than the client's timeout), `[html]`
+(a 200 with an HTML page), `[nochoices]` (JSON without `choices`), `[nullcontent]` (a message whose
+content is null), `[401]` (the key refused), `[302]` (a redirect), `[slow]` (a good answer after
+`slow` seconds). `server.down = True` makes it close every connection without answering.
 """
 
 from __future__ import annotations
@@ -48,6 +56,7 @@ class FakeServer:
         self.calls: Counter = Counter()
         self.times: dict[str, list[float]] = defaultdict(list)
         self.bodies: list[dict] = []
+        self.down = False
         server = self
 
         class Handler(BaseHTTPRequestHandler):
@@ -86,6 +95,9 @@ class FakeServer:
             def do_POST(self):
                 length = int(self.headers.get("Content-Length", 0))
                 body = json.loads(self.rfile.read(length))
+                if server.down:  # gone: the connection closes without a response
+                    self.close_connection = True
+                    return
                 if not self._authorized():
                     return
                 with server.lock:
@@ -121,6 +133,8 @@ class FakeServer:
         time.sleep(self.delay)
         if "[500]" in user and n == 1 or "[down]" in user:
             return h._send(500, b'{"error": "internal"}')
+        if n == 1 and self.misbehave(h, user):
+            return
         if "[timeout]" in user and n == 1:
             with self.lock:  # the client gives up on this one: it no longer holds a slot
                 self.in_flight -= 1
@@ -139,6 +153,80 @@ class FakeServer:
                               "message": {"role": "assistant", "content": f"{text}\n\nAnswer: {answer}"}}],
                  "usage": {"prompt_tokens": 10, "completion_tokens": 25, "total_tokens": 35}}
         h._send(200, json.dumps(reply).encode())
+
+
+    def misbehave(self, h, user: str) -> bool:
+        """The first-request faults added for tests/test_synth_faults.py; True when one was served."""
+        import socket
+        import struct
+
+        def close():
+            h.close_connection = True
+            try:
+                h.wfile.flush()
+                h.connection.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
+
+        if "[slow]" in user:
+            time.sleep(self.slow)
+            return False
+        if "[503]" in user:
+            h._send(503, b'{"error": "overloaded"}', [("Retry-After", str(self.retry_after))])
+        elif "[401]" in user:
+            h._send(401, b'{"error": "key revoked"}')
+        elif "[302]" in user:
+            h._send(302, b"", [("Location", "https://elsewhere.example/v1/chat/completions")])
+        elif "[408]" in user:
+            h._send(408, b'{"error": "request timeout"}')
+        elif "[drop]" in user:
+            close()
+        elif "[reset]" in user:  # SO_LINGER 0: close() sends RST
+            h.connection.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+            h.close_connection = True
+        elif "[truncated]" in user:
+            h.send_response(200)
+            h.send_header("Content-Type", "application/json")
+            h.send_header("Content-Length", "1000")
+            h.end_headers()
+            h.wfile.write(b'{"id": "x", "object": "chat.completion", "choices": [{"index": 0, ')
+            close()
+        elif "[midchunk]" in user:
+            h.send_response(200)
+            h.send_header("Content-Type", "application/json")
+            h.send_header("Transfer-Encoding", "chunked")
+            h.end_headers()
+            chunk = b'{"id": "x", "choices": ['
+            h.wfile.write(b"%x\r\n%s\r\n" % (len(chunk), chunk))
+            close()
+        elif "[trickle]" in user:
+            h.send_response(200)
+            h.send_header("Content-Type", "application/json")
+            h.send_header("Content-Length", "400")
+            h.end_headers()
+            try:
+                for _ in range(400):  # 40 s in all; the client gives up after its timeout
+                    h.wfile.write(b" ")
+                    h.wfile.flush()
+                    time.sleep(0.1)
+            except OSError:
+                pass
+            h.close_connection = True
+        elif "[html]" in user:
+            body = b"<html><body><h1>502 Bad Gateway</h1></body></html>"
+            h.send_response(200)
+            h.send_header("Content-Type", "text/html")
+            h.send_header("Content-Length", str(len(body)))
+            h.end_headers()
+            h.wfile.write(body)
+        elif "[nochoices]" in user:
+            h._send(200, b'{"id": "x", "object": "chat.completion", "model": "fake-model"}')
+        elif "[nullcontent]" in user:
+            h._send(200, json.dumps({"id": "x", "object": "chat.completion", "choices": [
+                {"index": 0, "finish_reason": "stop", "message": {"role": "assistant", "content": None}}]}).encode())
+        else:
+            return False
+        return True
 
 
 def examples(tags: list[str]) -> list[Example]:

@@ -38,6 +38,26 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def storage_message(e: BaseException) -> str | None:
+    """One line for an error that says the storage is at fault (no space, read-only, file size limit,
+    permissions, a file where a folder should be), naming the path when the error carries it; None for
+    any other error."""
+    from pathlib import Path
+
+    from ..files import STORAGE_ERRNOS, storage_cause, storage_hint
+
+    cause = storage_cause(e)
+    if cause is None:
+        return None
+    words, code = cause
+    if isinstance(e, OSError) and code not in STORAGE_ERRNOS:
+        return None  # e.g. a refused connection: not about the disk
+    path = getattr(e, "filename", None)
+    where = f"{path}: " if path else "a write failed: "
+    return (f"{where}{words}; {storage_hint(Path(path or '.'), code)}; finished work is kept: rerun the "
+            "same command to continue")
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -49,6 +69,12 @@ def main(argv: list[str] | None = None) -> int:
     except ClsgenError as e:
         print(f"clsgen: error: {e}", file=sys.stderr)
         return e.exit_code
+    except Exception as e:  # a full disk or a read-only folder is the user's to fix: say so
+        message = storage_message(e)
+        if message is None:
+            raise  # a bug: the traceback is what a report needs
+        print(f"clsgen: error: {message}", file=sys.stderr)
+        return ClsgenError.exit_code
     except KeyboardInterrupt:
         print("clsgen: interrupted; finished work is saved, rerun the same command to resume",
               file=sys.stderr)

@@ -51,4 +51,4 @@ def config_from_args(args: argparse.Namespace) -> Config:
 def _yaml_scalar(value: object) -> str:
     import json
 
-    return json.dumps(value) if isinstance(value, str) else str(value)
+    return json.dumps(value, ensure_ascii=False) if isinstance(value, str) else str(value)

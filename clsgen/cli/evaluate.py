@@ -28,8 +28,25 @@ def _add_model_options(p: argparse.ArgumentParser) -> None:
     g.add_argument("--dtype", choices=["auto", "float32", "bfloat16", "float16"], default=None,
                    help="weight dtype (default: the model's own; auto = bfloat16)")
     g.add_argument("--device", default=None, help="cpu, cuda, cuda:1, mps (default: cuda when available)")
+    _add_trust_options(g)
     g.add_argument("--batch-size", type=int, default=None, help="prompts per forward pass (eval.batch_size)")
     g.add_argument("--max-new-tokens", type=int, default=None, help="longest explanation (eval.max_new_tokens)")
+
+
+def _add_trust_options(g: Any) -> None:
+    g.add_argument("--base-model", default=None, metavar="SPEC", help="the base model of a clsgen model "
+                   "directory, instead of the one its clsgen.json names (e.g. a local base model that moved)")
+    g.add_argument("--trust-remote-code", action="store_true", help="let the base model's own Python code "
+                   "(auto_map) run; off by default: only for a model whose code you trust")
+
+
+def _load_trained(args: argparse.Namespace) -> Any:
+    """The clsgen model directory --model, loaded with the caller's trust settings."""
+    from ..model import load_pretrained
+
+    model = load_pretrained(args.model, dtype=args.dtype, base_model=getattr(args, "base_model", None),
+                            trust_remote_code=getattr(args, "trust_remote_code", False))
+    return model.to(_device(args.device))
 
 
 def _add_sampling_options(p: argparse.ArgumentParser) -> None:
@@ -54,8 +71,11 @@ def register(sub: argparse._SubParsersAction) -> None:
                     "(stratified; default: all, eval.explain); the metrics say how many rows each used")
     ev.add_argument("--no-explain", action="store_true", help="probabilities only, no explanations")
     ev.add_argument("--out", default=None, help="output folder (default: runs/eval-<dataset>-<split>)")
+    ev.add_argument("--show-examples", action="store_true", help="include sample explanations (the most "
+                    "confident right and wrong, with ids) in report.html; off by default, because generated "
+                    "text can quote its (often clinical) input")
     ev.add_argument("--show-inputs", action="store_true", help="include the input texts (often clinical) in "
-                    "the report and predictions.jsonl; by default only ids and explanations are shown")
+                    "report.html's samples and in predictions.jsonl; implies --show-examples")
     ev.add_argument("--calibration", choices=CALIBRATION_MODES, default="auto",
                     help="validation: choose the threshold and fit the temperature on the validation split "
                     "(reports metrics before and after); stored: use the model's stored threshold and "
@@ -91,6 +111,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     ca.add_argument("--model", required=True, help="a clsgen model directory")
     ca.add_argument("--dtype", choices=["auto", "float32", "bfloat16", "float16"], default=None)
     ca.add_argument("--device", default=None)
+    _add_trust_options(ca)
     ca.add_argument("--batch-size", type=int, default=None)
     add_data_options(ca)
     ca.add_argument("--split", default="validation", choices=["train", "validation", "dev", "test"],
@@ -147,13 +168,14 @@ def load_predictor(args: argparse.Namespace, task: Any, meta: dict[str, Any] | N
 
     _check_model_kind(args, meta)
     if meta is not None:
-        return Predictor.from_pretrained(args.model, dtype=args.dtype, device=_device(args.device), **kwargs)
+        return Predictor(_load_trained(args), **kwargs)
     from ..backbones import load_model
     from ..model import DualHeadModel
 
     print(f"note: {args.model} with an UNTRAINED classification head: its probabilities are random",
           file=sys.stderr)
-    model = DualHeadModel.from_backbone(load_model(args.model, dtype=args.dtype or "auto"), task)
+    model = DualHeadModel.from_backbone(load_model(args.model, dtype=args.dtype or "auto",
+                                                   trust_remote_code=args.trust_remote_code), task)
     return Predictor(model.to(_device(args.device)).eval(), **kwargs)
 
 
@@ -216,7 +238,8 @@ def run_evaluate(args: argparse.Namespace) -> int:
     result = evaluate(classifier, examples, out, validation=validation, explain=cfg.eval.explain,
                       n_bootstrap=cfg.eval.n_bootstrap, threshold_method=cfg.eval.threshold,
                       fixed_threshold=cfg.eval.fixed_threshold, calibrate=cfg.eval.calibrate,
-                      show_inputs=args.show_inputs, max_new_tokens=cfg.eval.max_new_tokens,
+                      show_inputs=args.show_inputs, show_examples=args.show_examples,
+                      max_new_tokens=cfg.eval.max_new_tokens,
                       verbalizers=predictor.task.verbalizers, seed=cfg.data.seed,
                       title=f"clsgen evaluation: {Path(args.model).name} on {ds.name}/{split}", info=info)
     print(format_metrics(result.metrics, result.metrics_uncalibrated))
@@ -354,8 +377,7 @@ def run_calibrate(args: argparse.Namespace) -> int:
     if split == "test":
         print("warning: fitting the threshold and temperature on the test split makes test metrics "
               "optimistic", file=sys.stderr)
-    predictor = Predictor.from_pretrained(args.model, dtype=args.dtype, device=_device(args.device),
-                                          batch_size=cfg.eval.batch_size, progress=True)
+    predictor = Predictor(_load_trained(args), batch_size=cfg.eval.batch_size, progress=True)
     cal = calibrate_predictor(predictor, examples, method=cfg.eval.threshold, fixed=cfg.eval.fixed_threshold,
                               temperature=cfg.eval.calibrate, n_boot=args.n_bootstrap, split=split)
     if args.json:

@@ -9,6 +9,9 @@ from pathlib import Path
 from ..errors import ClsgenError
 from .common import add_config_options, add_data_options, config_from_args
 
+SHOW_EXAMPLES_HELP = ("put sample explanations (with ids) in each method's report.html and the synth report; "
+                     "off by default, because generated text can quote its (often clinical) input")
+
 
 def packaged_config(name: str) -> Path:
     """A config shipped with clsgen ('demo', 'clinifact', 'pubmedqa', ...), or the path as given."""
@@ -29,12 +32,14 @@ def register(sub: argparse._SubParsersAction) -> None:
     add_data_options(p)
     p.add_argument("--out", help="output folder (default: experiment.out_dir); a rerun continues there")
     p.add_argument("--methods", help="comma-separated subset, e.g. clsgen,tfidf (default: experiment.methods)")
+    p.add_argument("--show-examples", action="store_true", help=SHOW_EXAMPLES_HELP)
     p.set_defaults(func=run_experiment_cmd)
 
     d = sub.add_parser("demo", help="the whole pipeline on a small CliniFact slice (about 15 min on a CPU)")
     d.add_argument("--out", help="output folder (default: runs/demo)")
     d.add_argument("--data-dir", help="folder holding the built-in datasets")
     d.add_argument("--set", metavar="KEY=VALUE", action="append", default=[], dest="overrides")
+    d.add_argument("--show-examples", action="store_true", help=SHOW_EXAMPLES_HELP)
     d.set_defaults(func=run_demo, config="demo")
 
 
@@ -44,7 +49,7 @@ def _run(args: argparse.Namespace) -> "object":
     args.config = str(packaged_config(args.config)) if args.config else None
     cfg = config_from_args(args)
     methods = [m.strip() for m in args.methods.split(",")] if getattr(args, "methods", None) else None
-    result = run_experiment(cfg, args.out, methods=methods)
+    result = run_experiment(cfg, args.out, methods=methods, show_examples=args.show_examples)
     print()
     print(result.table_markdown)
     print()

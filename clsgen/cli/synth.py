@@ -37,6 +37,8 @@ def register(sub: argparse._SubParsersAction) -> None:
                    "settings, move that file aside (renamed, not deleted) and start afresh")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.add_argument("--json", action="store_true", help="print the report as JSON")
+    p.add_argument("--show-examples", action="store_true", help="add a few sample explanations to the report "
+                   "(they hold the data's text: off by default for patient data)")
     add_config_options(p)
     p.set_defaults(func=run)
 
@@ -67,7 +69,16 @@ def run(args: argparse.Namespace) -> int:
         examples = [examples[i] for i in sorted(order[: args.limit])]
     if not examples:
         raise ClsgenError(f"split {args.split!r} of {ds.name} has no examples")
-    report = synthesize(examples, ds.task, cfg.teacher, args.out, force_new=args.force_new,
-                        progress=not args.no_progress)
+    try:
+        report = synthesize(examples, ds.task, cfg.teacher, args.out, force_new=args.force_new,
+                            n_samples=4 if args.show_examples else 0,
+                            progress=not args.no_progress)
+    except OSError as e:  # e.g. appending a record on a full disk: name the file; the records are kept
+        from ..files import STORAGE_ERRNOS, write_error
+
+        if e.errno not in STORAGE_ERRNOS:
+            raise
+        raise write_error(e.filename or args.out, e, f"the records already in {args.out} are intact; rerun "
+                          "the same command to resume") from None
     print(json.dumps(report.to_dict(), indent=2, ensure_ascii=False) if args.json else report.format())
     return 0

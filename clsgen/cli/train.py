@@ -25,6 +25,8 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="continue the run in --out from its latest checkpoint (or from CHECKPOINT)")
     p.add_argument("--max-steps", type=int, metavar="N", help="stop after N optimizer steps (train.max_steps)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.add_argument("--trust-remote-code", action="store_true", help="let the base model's own Python code "
+                   "(auto_map) run (model.trust_remote_code); off by default: only for code you trust")
     add_data_options(p)
     add_model_option(p)
     add_config_options(p)
@@ -35,6 +37,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     e.add_argument("--out", required=True, metavar="DIR", help="where to write the merged model")
     e.add_argument("--dtype", choices=["float32", "bfloat16", "float16"],
                    help="dtype of the merged weights (default: the model's)")
+    e.add_argument("--base-model", metavar="SPEC", help="the base model, instead of the one clsgen.json names")
+    e.add_argument("--trust-remote-code", action="store_true", help="let the base model's own Python code "
+                   "run; off by default")
     e.set_defaults(func=run_export)
 
 
@@ -45,6 +50,8 @@ def run_train(args: argparse.Namespace) -> int:
 
     if args.max_steps is not None:
         args.overrides = [*args.overrides, f"train.max_steps={args.max_steps}"]
+    if args.trust_remote_code:
+        args.overrides = [*args.overrides, "model.trust_remote_code=true"]
     cfg = config_from_args(args)
     ds = None
     if args.data is None or args.dev is None:
@@ -64,7 +71,8 @@ def run_export(args: argparse.Namespace) -> int:
     if read_meta(args.merge).get("merged"):
         print(f"{args.merge} is already merged; nothing to do")
         return 0
-    model = load_pretrained(args.merge, dtype=args.dtype)
+    model = load_pretrained(args.merge, dtype=args.dtype, base_model=args.base_model,
+                            trust_remote_code=args.trust_remote_code)
     model.export_merged(args.out)
     print(f"merged model + head written to {args.out} (loads with clsgen, no PEFT needed)")
     return 0

@@ -17,7 +17,9 @@ Never losing paid work:
 * a torn last line (a kill in the middle of a write) is cut off on the next run, and ignored by
   `read_synth`;
 * an example whose requests all failed in transport (server down) gets no record, so the next run
-  asks again; after `max_consecutive_failures` such failures in a row the run stops;
+  asks again; after `max_consecutive_failures` such failures in a row the run stops: it sends nothing
+  more, waits for the requests in flight, keeps every record they finish, writes the report, and
+  raises a `ClsgenError` saying to rerun (the CLI exits with code 2);
 * records made with other settings are never mixed in silently: the run stops naming the settings
   that differ, unless `force_new=True` moves the old file aside (renamed, never deleted).
 """
@@ -422,7 +424,7 @@ def synthesize(
     acceptance: Acceptance | None = None,
     force_new: bool = False,
     progress: bool = True,
-    n_samples: int = 4,
+    n_samples: int = 0,
     max_consecutive_failures: int = 20,
 ) -> SynthReport:
     """Explain every example's gold label with `teacher`; append records to `out_path`; return the report.
@@ -431,7 +433,8 @@ def synthesize(
     to its `prompt`, `demos` and `max_attempts`). `prompt` is a `TeacherPrompt` or an instruction
     string (see `prompts.py`). `acceptance` defaults to `Acceptance()`, without the grounded-numbers
     rule for the reference teacher (a human rationale may cite what the input leaves out). A rerun
-    skips examples already in the file. The report is also written to `<out_path>.report.json`.
+    skips examples already in the file. The report is also written to `<out_path>.report.json`;
+    it holds `n_samples` sample explanations (default none: they quote the data's text).
     """
     if isinstance(teacher, TeacherConfig):
         cfg = teacher
@@ -463,6 +466,7 @@ def synthesize(
     faults: Counter = Counter()
     counters = {"attempts": 0, "tokens": 0, "written": 0}
     unfinished: list[str] = []
+    stopped: BaseException | None = None
     try:
         if todo:
             teacher.check(todo)  # fail fast: before the file is touched
@@ -475,18 +479,24 @@ def synthesize(
         todo = [ex for ex in examples if ex.id not in done]
         skipped = len(examples) - len(todo)
         if todo:
-            _run(todo, prompt, teacher, task, acceptance, max_attempts, digest, store, done, faults, counters,
-                 unfinished, progress, max_consecutive_failures)
+            stopped = _run(todo, prompt, teacher, task, acceptance, max_attempts, digest, store, done, faults,
+                           counters, unfinished, progress, max_consecutive_failures)
     finally:
         store.close()
         teacher.close()
     if unfinished:
-        notes.append(f"{len(unfinished)} examples got no reply (transport failures, e.g. {unfinished[:3]}); "
-                     "rerun to finish them")
+        notes.append(f"{len(unfinished)} examples have no record yet (no reply from the teacher, e.g. "
+                     f"{unfinished[:3]}); rerun to finish them")
+    if stopped is not None:
+        notes.append(f"the run stopped early: {stopped}")
     report = _report(out, examples, done, task, teacher, digest, skipped, counters["written"], len(unfinished),
                      counters["attempts"], counters["tokens"], time.perf_counter() - started, faults, notes,
                      n_samples)
     atomic_write_json(store.report_path, report.to_dict())
+    if stopped is not None:
+        if isinstance(stopped, ClsgenError):  # now naming the report too
+            raise ClsgenError(f"{stopped}\nThe report so far: {store.report_path}") from stopped
+        raise stopped
     return report
 
 
@@ -499,9 +509,15 @@ def _check_labels(examples: Sequence[Example], done: Mapping[str, dict[str, Any]
 
 def _run(todo: list[Example], prompt: TeacherPrompt, teacher: Teacher, task: Task, rules: Acceptance,
          max_attempts: int, digest: str, store: SynthStore, done: dict[str, dict[str, Any]], faults: Counter,
-         counters: dict[str, int], unfinished: list[str], progress: bool, max_consecutive_failures: int) -> None:
+         counters: dict[str, int], unfinished: list[str], progress: bool,
+         max_consecutive_failures: int) -> BaseException | None:
     """The scheduler: up to `teacher.parallel` generate calls in flight, each on up to
-    `teacher.batch_size` requests; retries go to the front of the queue so examples finish early."""
+    `teacher.batch_size` requests; retries go to the front of the queue so examples finish early.
+
+    Returns None when every example was tried, or why the run stopped early (too many transport
+    failures in a row, the teacher refusing the run, an error in a teacher call). A stopping run sends
+    no new request but waits for those in flight and saves every record they finish; the examples left
+    are listed in `unfinished`."""
     from collections import deque
 
     from tqdm.auto import tqdm
@@ -520,9 +536,10 @@ def _run(todo: list[Example], prompt: TeacherPrompt, teacher: Teacher, task: Tas
         except BaseException as e:  # surfaced in the main thread
             results.put((batch, None, e))
 
+    stop: BaseException | None = None
     try:
-        while pending or in_flight:
-            while pending and in_flight < teacher.parallel:
+        while (pending and stop is None) or in_flight:
+            while pending and stop is None and in_flight < teacher.parallel:
                 batch = [pending.popleft() for _ in range(min(teacher.batch_size, len(pending)))]
                 threading.Thread(target=call, args=(batch,), daemon=True).start()
                 in_flight += 1
@@ -532,7 +549,12 @@ def _run(todo: list[Example], prompt: TeacherPrompt, teacher: Teacher, task: Tas
                 continue
             in_flight -= 1
             if error is not None:
-                raise error
+                if not isinstance(error, Exception):  # KeyboardInterrupt, SystemExit: at once
+                    raise error
+                stop = stop or error
+                unfinished.extend(s.example.id for s in batch)
+                bar.update(len(batch))
+                continue
             finished: list[dict[str, Any]] = []
             retry: list[_State] = []
             for s, reply in zip(batch, replies):
@@ -573,9 +595,13 @@ def _run(todo: list[Example], prompt: TeacherPrompt, teacher: Teacher, task: Tas
                 bar.update(len(finished))
             bar.set_postfix(accepted=f"{accepted}/{counters['written']}",
                             faults=sum(v for k, v in faults.items() if k in TRANSPORT_FAULTS), refresh=False)
-            if consecutive >= max_consecutive_failures:
-                raise ClsgenError(f"the teacher failed {consecutive} requests in a row (last faults: "
-                                  f"{dict(replies[-1].faults)}); {counters['written']} records are saved in "
-                                  f"{store.path}; fix the server and rerun the same command to resume")
+            if consecutive >= max_consecutive_failures and stop is None:
+                stop = ClsgenError(f"the teacher failed {consecutive} requests in a row (last faults: "
+                                   f"{dict(replies[-1].faults)}); no more requests are sent; the records "
+                                   f"finished so far are saved in {store.path}; fix the server and rerun the "
+                                   "same command to resume")
+        if stop is not None:
+            unfinished.extend(s.example.id for s in pending)  # never sent, or rejected with budget left
     finally:
         bar.close()
+    return stop

@@ -8,7 +8,8 @@ A teacher takes a batch of `Request`s (an example, its attempt number and the pr
   padding; first attempt greedy, retries sampled. `parallel = 1`.
 * `OpenAITeacher`: any OpenAI-compatible server (`/v1/chat/completions`: vLLM, SGLang, Ollama,
   llama.cpp, a hosted API); up to `concurrency` requests in flight, timeouts, retries with
-  exponential backoff on 429 (honouring Retry-After), 5xx, connection errors and malformed replies.
+  exponential backoff on 429 (honouring Retry-After), 5xx, connection errors, dropped connections,
+  cut-off bodies and malformed replies, each counted by kind (`TRANSPORT_FAULTS`).
 * `ReferenceTeacher`: an existing rationale field (PubMedQA `long_answer`) formatted into the target.
 
 `check(examples)` validates settings before any work (model loads, server reachable, model served,
@@ -33,8 +34,19 @@ from ..errors import ClsgenError
 from ..task import ELLIPSIS
 from .prompts import TeacherPrompt
 
-TRANSPORT_FAULTS = ("timeout", "http_429", "http_5xx", "connection", "bad_json")
-"""Request failures that are retried with backoff."""
+TRANSPORT_FAULTS = ("timeout", "http_429", "http_5xx", "connection", "connection_dropped", "truncated_body",
+                    "bad_json", "bad_completion")
+"""Request failures that are retried with backoff:
+
+* timeout: no answer within `timeout` (408 too; a reply still arriving after it is cut off);
+* http_429: rate limited (waits for Retry-After); http_5xx: a server error (Retry-After honoured);
+* connection: the server cannot be reached (refused, unresolvable);
+* connection_dropped: the connection closed or reset before a response arrived;
+* truncated_body: the response began but its body was cut short (fewer bytes than Content-Length, or
+  an unfinished chunked body);
+* bad_json: a 200 whose body is not JSON; bad_completion: JSON, but not a chat completion (no
+  `choices`, or no text in the message).
+"""
 
 
 @dataclass
@@ -99,6 +111,35 @@ def _seed(requests: Sequence[Request], base: int) -> int:
 
 
 # ============================================================================ local HF model
+
+
+def _row_sampler_class() -> type:
+    from transformers import LogitsProcessor
+
+    class RowSampler(LogitsProcessor):
+        """Runs last, after temperature and top-p: draws each row's next token from that row's own
+        seeded generator and leaves only that token possible, so generate's own (batch-wide) draw
+        just takes it."""
+
+        def __init__(self, seeds: list[int], device: Any):
+            import torch
+
+            self.generators = [torch.Generator(device=device).manual_seed(s) for s in seeds]
+
+        def __call__(self, input_ids: Any, scores: Any) -> Any:
+            import torch
+
+            probs = torch.softmax(scores.float(), dim=-1)
+            picked = torch.cat([torch.multinomial(probs[i], 1, generator=g) for i, g in enumerate(self.generators)])
+            only = torch.full_like(scores, float("-inf"))
+            only.scatter_(1, picked[:, None], 0.0)
+            return only
+
+    return RowSampler
+
+
+def _RowSampler(seeds: list[int], device: Any) -> Any:  # noqa: N802 - transformers is imported lazily
+    return _row_sampler_class()(seeds, device)
 
 
 class LocalTeacher:
@@ -197,6 +238,9 @@ class LocalTeacher:
             kwargs.update(temperature=None, top_p=None, top_k=None)
         else:
             kwargs.update(temperature=self.temperature, top_p=self.top_p, top_k=None)
+            # each row draws from its own generator, so a retry samples the same text whatever batch it
+            # shares: a resumed run equals an uninterrupted one
+            kwargs["logits_processor"] = [_RowSampler([_seed([r], self.seed) for r in requests], device)]
         loops = _LoopStop(width, eos_ids)
         with torch.inference_mode(), torch.random.fork_rng(devices=[]):
             torch.manual_seed(_seed(requests, self.seed))
@@ -399,9 +443,36 @@ class OpenAITeacher:
             t.join()
         return out  # type: ignore[return-value]
 
-    def _complete(self, request: Request) -> Reply:
+    def _post(self, body: dict[str, Any]) -> _Answer:
+        """POST a chat completion and read the whole answer, or raise `_Fault` with the fault's kind.
+
+        httpx's timeout bounds each wait (connect, each read), not the request; a server that trickles
+        its body would hold the slot for ever, so the body read also stops at `timeout` seconds after
+        the response began (a request takes at most about twice `timeout`)."""
         import httpx
 
+        try:
+            with self._client.stream("POST", f"{self.base_url}/chat/completions", json=body) as r:
+                deadline = time.monotonic() + self.timeout
+                try:
+                    chunks = []
+                    for chunk in r.iter_bytes():
+                        chunks.append(chunk)
+                        if time.monotonic() > deadline:
+                            raise _Fault("timeout")
+                except httpx.TimeoutException:
+                    raise _Fault("timeout") from None
+                except httpx.TransportError:  # the body was cut short: closed, reset, unfinished chunks
+                    raise _Fault("truncated_body") from None
+                return _Answer(r.status_code, r.headers, b"".join(chunks))
+        except httpx.TimeoutException:
+            raise _Fault("timeout") from None
+        except httpx.ConnectError:
+            raise _Fault("connection") from None
+        except httpx.TransportError:  # closed or reset before a response: RemoteProtocolError, ReadError, ...
+            raise _Fault("connection_dropped") from None
+
+    def _complete(self, request: Request) -> Reply:
         started = time.perf_counter()
         body = {"model": self.model, "max_tokens": self.max_new_tokens,
                 "messages": request.prompt.messages(request.example.fields, request.label),
@@ -413,23 +484,26 @@ class OpenAITeacher:
             wait = None
             with self._slots:  # never more than `concurrency` requests in flight
                 try:
-                    r = self._client.post(f"{self.base_url}/chat/completions", json=body)
-                except httpx.TimeoutException:
-                    kind = "timeout"
-                except httpx.TransportError:
-                    kind = "connection"
+                    r = self._post(body)
+                except _Fault as fault:
+                    kind = fault.kind
                 else:
                     status = r.status_code
-                    if status == 200:
-                        reply = _parse_completion(r)
+                    if 200 <= status < 300:
+                        reply, kind = _parse_completion(r.content)
                         if reply is not None:
                             reply.faults, reply.seconds = faults, time.perf_counter() - started
                             return reply
-                        kind = "bad_json"
                     elif status == 429:
                         kind, wait = "http_429", _retry_after(r.headers.get("retry-after"))
                     elif status >= 500:
                         kind, wait = "http_5xx", _retry_after(r.headers.get("retry-after"))
+                    elif status == 408:  # the server's own timeout
+                        kind = "timeout"
+                    elif 300 <= status < 400:
+                        where = r.headers.get("location", "elsewhere")
+                        raise TeacherAbort(f"POST {self.base_url}/chat/completions answered {status}, a redirect to "
+                                           f"{where[:200]!r}; pass the final address as --base-url")
                     elif status in (401, 403):
                         raise TeacherAbort(f"the teacher server rejected the API key (HTTP {status}); check "
                                            f"{self.api_key_env or '--api-key-env'}")
@@ -449,21 +523,50 @@ class OpenAITeacher:
         return Reply(None, faults=faults, error=kind, seconds=time.perf_counter() - started)
 
 
-def _parse_completion(response: Any) -> Reply | None:
-    """The reply of a 200 answer, or None when its body is not an OpenAI chat completion."""
+@dataclass
+class _Answer:
+    """An HTTP answer read in full."""
+
+    status_code: int
+    headers: Any
+    content: bytes
+
+    @property
+    def text(self) -> str:
+        return self.content.decode("utf-8", errors="replace")
+
+
+class _Fault(Exception):
+    """A request that got no usable HTTP response; `kind` is one of `TRANSPORT_FAULTS`."""
+
+    def __init__(self, kind: str):
+        super().__init__(kind)
+        self.kind = kind
+
+
+def _parse_completion(content: bytes) -> tuple[Reply | None, str | None]:
+    """(the reply, None) for an OpenAI chat completion; (None, 'bad_json') for a body that is not JSON,
+    (None, 'bad_completion') for JSON that is not a completion with text."""
+    import json
+
     try:
-        data = response.json()
+        data = json.loads(content)
+    except (ValueError, RecursionError):  # not JSON (UnicodeDecodeError is a ValueError too)
+        return None, "bad_json"
+    try:
         choice = data["choices"][0]
         text = choice["message"]["content"]
         if not isinstance(text, str):
-            return None
+            return None, "bad_completion"
+        # JSON may carry lone surrogates ("\ud800"), which no UTF-8 file can hold: replace them.
+        text = text.encode("utf-8", "replace").decode("utf-8")
         usage = data.get("usage") or {}
         tokens = usage.get("completion_tokens")
         finish = choice.get("finish_reason") or "stop"
-    except (ValueError, KeyError, IndexError, TypeError, AttributeError):
-        return None
+    except (KeyError, IndexError, TypeError, AttributeError):
+        return None, "bad_completion"
     return Reply(text=text, tokens=int(tokens) if isinstance(tokens, int) else 0,
-                 finish="length" if finish == "length" else "stop")
+                 finish="length" if finish == "length" else "stop"), None
 
 
 # ============================================================================ reference field
