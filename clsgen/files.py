@@ -117,6 +117,7 @@ def atomic_dir(path: str | Path) -> Iterator[Path]:
     try:
         os.chmod(tmp, 0o777 & ~_umask())
         yield tmp
+        _share_like_umask(tmp)
         old = None
         if path.exists():
             old = path.with_name(f".{path.name}.old")
@@ -128,6 +129,15 @@ def atomic_dir(path: str | Path) -> Iterator[Path]:
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+
+
+def _share_like_umask(folder: Path) -> None:
+    """Give files that a writer created private (safetensors writes 0600) the umask's permissions, as
+    any other file of the user's: a model folder must be readable by whoever may read its config."""
+    mode = 0o666 & ~_umask()
+    for p in folder.rglob("*"):
+        if p.is_file() and not p.is_symlink() and (p.stat().st_mode & 0o777) == 0o600 != mode:
+            os.chmod(p, mode)
 
 
 # ----------------------------------------------------------------------------- write failures

@@ -22,6 +22,7 @@ import hmac
 import json
 import logging
 import time
+import traceback
 import uuid
 from dataclasses import dataclass
 from functools import partial
@@ -94,7 +95,8 @@ def _worker_error(e: BaseException) -> ApiError:
                         "shutting_down", headers={"Retry-After": "5"})
     if isinstance(e, ClsgenError):
         return ApiError(422, str(e), "invalid_request_error", "invalid_input")
-    log.error("model job failed: %s", type(e).__name__, exc_info=(type(e), e, e.__traceback__))
+    # the frames and the exception's type, never its message: a library's message may quote the input
+    log.error("model job failed: %s\n%s", type(e).__name__, "".join(traceback.format_tb(e.__traceback__)))
     return ApiError(500, f"the model failed on this request ({type(e).__name__}); see the server log",
                     "server_error", "model_error")
 

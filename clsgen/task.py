@@ -116,7 +116,11 @@ class Task:
 
     # ------------------------------------------------------------------ tokens
     def render_prompt(self, tokenizer: Any, fields: Mapping[str, Any]) -> str:
-        """The prompt text after the chat template, ending with the assistant generation prompt."""
+        """The prompt text after the chat template, ending with the assistant generation prompt.
+
+        Control-token strings inside the fields (`<|im_end|>`) are defused first: input text can never
+        end the user's turn or open another one."""
+        fields = {**fields, **{f: defuse_special_tokens(tokenizer, t) for f, t in self._field_texts(fields).items()}}
         return tokenizer.apply_chat_template(self.messages(fields), add_generation_prompt=True,
                                              tokenize=False)
 
@@ -144,7 +148,8 @@ class Task:
         """The template's fields cut to `budget` tokens in all (this task's truncation side): short
         fields keep everything, long ones share the rest. Also used by teachers, whose prompts carry
         the same fields."""
-        field_ids = {f: _encode(tokenizer, text) for f, text in self._field_texts(fields).items()}
+        field_ids = {f: _encode(tokenizer, defuse_special_tokens(tokenizer, text))
+                     for f, text in self._field_texts(fields).items()}
         quotas = _water_fill({f: len(v) for f, v in field_ids.items()}, budget)
         return {f: self._cut(tokenizer, field_ids[f], quotas[f]) for f in self.fields}
 
@@ -172,6 +177,32 @@ class Task:
             return ELLIPSIS.lstrip() + tokenizer.decode(ids[len(ids) - keep:])
         head = (keep + 1) // 2
         return tokenizer.decode(ids[:head]) + ELLIPSIS + tokenizer.decode(ids[len(ids) - (keep - head):])
+
+
+def defuse_special_tokens(tokenizer: Any, text: str) -> str:
+    """`text` with every control-token string of `tokenizer` (`<|im_end|>`, `<|eot_id|>`) broken by a
+    zero-width space, so that it tokenizes as the plain text it is, never as a control token."""
+    for special in _special_strings(tokenizer):
+        if special in text:
+            text = text.replace(special, special[:1] + ZERO_WIDTH_SPACE + special[1:])
+    return text
+
+
+ZERO_WIDTH_SPACE = "\u200b"
+
+
+def _special_strings(tokenizer: Any) -> tuple[str, ...]:
+    cached = getattr(tokenizer, "_clsgen_special_strings", None)
+    if cached is None:
+        names = set(getattr(tokenizer, "all_special_tokens", ()) or ())
+        names |= {str(t) for t in (getattr(tokenizer, "added_tokens_decoder", {}) or {}).values()
+                  if getattr(t, "special", False)}
+        cached = tuple(sorted((n for n in names if len(n) > 1), key=len, reverse=True))
+        try:
+            tokenizer._clsgen_special_strings = cached
+        except (AttributeError, TypeError):
+            pass
+    return cached
 
 
 def _short(value: Any, limit: int = 60) -> str:

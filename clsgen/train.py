@@ -44,7 +44,7 @@ from .collate import (
     Encoded, collate_prompts, collate_train, encode_example, padding_stats, plan_epoch, training_task,
 )
 from .config import Config
-from .data import Example, map_label, read_rows, rows_from_records
+from .data import Example, map_label, read_rows, rows_from_records, short_repr
 from .errors import ClsgenError, ConfigError, DataError, Problem
 from .files import atomic_write_json, atomic_write_text, check_writable, write_error, writing
 from .model import HEAD_FILE, META_FILE, DualHeadModel
@@ -103,7 +103,7 @@ def load_training_examples(source: str | Path | Iterable[Any]) -> list[TrainExam
         v = row.values
         label = map_label(v.get("label"), None)
         if label is None:
-            problems.append(Problem(f"label {v.get('label')!r} is not 0/1 (or true/false, yes/no)", name,
+            problems.append(Problem(f"label {short_repr(v.get('label'))} is not 0/1 (or true/false, yes/no)", name,
                                     row.number, "label"))
         fields = v.get("fields")
         if fields is None:
@@ -112,6 +112,10 @@ def load_training_examples(source: str | Path | Iterable[Any]) -> list[TrainExam
             problems.append(Problem("expected a 'fields' object with the example's text fields", name,
                                     row.number, "fields"))
             fields = {}
+        bad = [str(k) for k, x in fields.items() if not isinstance(x, (str, int, float))]
+        if bad:
+            problems.append(Problem(f"expected text, got {type(fields[bad[0]]).__name__}", name, row.number,
+                                    f"fields.{bad[0]}"))
         explanation = v.get("explanation")
         if explanation is None and isinstance(v.get("meta"), Mapping):
             explanation = v["meta"].get("explanation")
@@ -125,7 +129,7 @@ def load_training_examples(source: str | Path | Iterable[Any]) -> list[TrainExam
             explanation = None  # the explanation argues for the other label: keep the head's example only
         ex_id = str(v.get("id", row.number))
         if ex_id in seen:
-            problems.append(Problem(f"duplicate id {ex_id!r} (first at row {seen[ex_id]})", name, row.number,
+            problems.append(Problem(f"duplicate id {short_repr(ex_id)} (first at row {seen[ex_id]})", name, row.number,
                                     "id"))
         seen.setdefault(ex_id, row.number)
         out.append(TrainExample(ex_id, {str(k): str(x) for k, x in fields.items()}, label or 0,

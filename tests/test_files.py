@@ -135,3 +135,19 @@ def test_cache_dir(monkeypatch, tmp_path):
     assert cache_dir() == tmp_path / "xdg" / "clsgen"
     monkeypatch.delenv("XDG_CACHE_HOME")
     assert cache_dir("m") == Path(os.path.expanduser("~/.cache")) / "clsgen" / "m"
+
+
+def test_atomic_dir_gives_private_files_the_umask_permissions(tmp_path):
+    """safetensors writes 0600 files; a saved model folder must be as readable as its config files."""
+    import os
+
+    from safetensors.torch import save_file
+    import torch
+
+    with atomic_dir(tmp_path / "model") as tmp:
+        save_file({"w": torch.zeros(2)}, str(tmp / "head.safetensors"))
+        (tmp / "clsgen.json").write_text("{}")
+    mask = os.umask(0)
+    os.umask(mask)
+    for name in ("head.safetensors", "clsgen.json"):
+        assert (tmp_path / "model" / name).stat().st_mode & 0o777 == 0o666 & ~mask
