@@ -243,7 +243,7 @@ def test_faults_are_retried_counted_and_output_is_complete(tmp_path):
     exs = examples(tags)
     out = tmp_path / "synth.jsonl"
     with FakeServer(delay=0.15) as server:
-        report = synthesize(exs, TASK, teacher(server.url), out, max_attempts=3, progress=False)
+        report = synthesize(exs, TASK, teacher(server.url), out, max_attempts=3, progress=False, n_samples=4)
 
     # concurrency: several requests really overlapped, never more than the limit
     assert 1 < server.max_in_flight <= 3
