@@ -60,7 +60,7 @@ class Task:
                 raise ClsgenError(f"{what} is not valid Unicode text (a lone surrogate at character "
                                   f"{_bad_unicode(text)})")
         try:
-            self.fields
+            self.fields  # noqa: B018 - parsing the template is the check
         except ValueError as e:
             raise ClsgenError(f"task.template {_short(self.template)} is not a valid template: {e}; "
                               "use {field} for fields and {{ }} for literal braces") from None

@@ -326,7 +326,7 @@ def unreadable_outputs(root, torn_ok=("train_log.jsonl",)) -> list[str]:
                 json.loads(path.read_text(encoding="utf-8"))
             elif path.suffix == ".jsonl":
                 lines = path.read_bytes().split(b"\n")
-                for i, line in enumerate(lines[:-1]):
+                for line in lines[:-1]:
                     if line.strip():
                         json.loads(line)
                 if (lines[-1].strip() and path.name not in torn_ok
