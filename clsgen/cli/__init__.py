@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import sys
 
 from .. import __version__
@@ -59,6 +60,10 @@ def storage_message(e: BaseException) -> str | None:
 
 
 def main(argv: list[str] | None = None) -> int:
+    # Idle OpenMP threads sleep instead of spinning: on a CPU shared with other work, spinning threads
+    # were measured 12x slower (docs/benchmarks.md, "Hardware ceiling"). Set before torch loads; the
+    # user's own setting wins.
+    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     parser = build_parser()
     args = parser.parse_args(argv)
     if not getattr(args, "func", None):
