@@ -1,4 +1,5 @@
-"""Helpers shared by several test modules: a loopback HTTP server and a tiny model that talks."""
+"""Helpers shared by several test modules: loopback servers (in a thread, in a process), an SSE parser,
+a tiny model that talks, and the crash harness."""
 
 from __future__ import annotations
 
@@ -43,6 +44,89 @@ def randomize_lora(model, seed: int = 0, scale: float = 0.5):
             if "lora_B" in name:
                 p.copy_(torch.randn(p.shape, generator=g) * scale)
     return model
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def sse(text: str) -> list[tuple[str | None, object]]:
+    """Parse a text/event-stream body into (event name, decoded data)."""
+    import json
+
+    events = []
+    for block in text.replace("\r\n", "\n").split("\n\n"):
+        if not block.strip():
+            continue
+        name, data = None, []
+        for line in block.split("\n"):
+            if line.startswith("event:"):
+                name = line[6:].strip()
+            elif line.startswith("data:"):
+                data.append(line[5:].strip())
+        payload = "\n".join(data)
+        events.append((name, payload if payload == "[DONE]" else json.loads(payload)))
+    return events
+
+
+class ServerProcess:
+    """`clsgen serve` in a subprocess on 127.0.0.1, its output in a file; waits for /health (bounded)."""
+
+    def __init__(self, model_dir, log_file, *args: str, env: dict[str, str] | None = None):
+        import os
+        import subprocess
+        import sys
+        from pathlib import Path
+
+        self.port = free_port()
+        self.base = f"http://127.0.0.1:{self.port}"
+        self.log_file = Path(log_file)
+        self._log = open(log_file, "wb")
+        command = [sys.executable, "-m", "clsgen.cli", "serve", "--model", str(model_dir),
+                   "--port", str(self.port), *args]
+        self.proc = subprocess.Popen(command, cwd=Path(__file__).resolve().parent.parent, stdout=self._log,
+                                     stderr=subprocess.STDOUT, env={**os.environ, **(env or {})})
+
+    def wait_ready(self, timeout: float = 120) -> None:
+        import httpx
+
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise AssertionError(f"the server exited with {self.proc.returncode}:\n{self.output()}")
+            try:
+                if httpx.get(self.base + "/health", timeout=2).status_code == 200:
+                    return
+            except httpx.TransportError:
+                pass
+            time.sleep(0.2)
+        raise AssertionError(f"the server did not answer /health within {timeout} s:\n{self.output()}")
+
+    def health(self) -> dict:
+        import httpx
+
+        return httpx.get(self.base + "/health", timeout=10).json()
+
+    def stop(self, timeout: float = 15) -> int:
+        import signal
+        import subprocess
+
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(5)
+        self._log.close()
+        return self.proc.returncode
+
+    def output(self) -> str:
+        if not self._log.closed:
+            self._log.flush()
+        return self.log_file.read_text(errors="replace")
 
 
 # ---------------------------------------------------------------------------- crash harness

@@ -26,7 +26,7 @@ from hypothesis import strategies as st
 from clsgen.server import ChatRequest, ClassifyRequest
 from clsgen.task import Task
 
-from helpers import ThreadServer, randomize_lora
+from helpers import ThreadServer, randomize_lora, sse
 
 MAX_BODY = 16_000
 MAX_TEXT = 2_000
@@ -88,20 +88,7 @@ def encode(obj) -> bytes:
 # ---------------------------------------------------------------------------- checking answers
 
 
-def sse(text: str) -> list[tuple[str | None, object]]:
-    events = []
-    for block in text.replace("\r\n", "\n").split("\n\n"):
-        if not block.strip():
-            continue
-        name, data = None, []
-        for line in block.split("\n"):
-            if line.startswith("event:"):
-                name = line[6:].strip()
-            elif line.startswith("data:"):
-                data.append(line[5:].strip())
-        payload = "\n".join(data)
-        events.append((name, payload if payload == "[DONE]" else json.loads(payload)))
-    return events
+
 
 
 CLASSIFY_KEYS = {"id", "model", "probability", "label", "label_name", "threshold", "explanation", "verdict",

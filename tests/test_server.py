@@ -8,7 +8,6 @@ API's own results.
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 import threading
 import time
@@ -22,7 +21,7 @@ from clsgen.batcher import Batcher, QueueFull
 from clsgen.errors import ClsgenError
 from clsgen.task import Task
 
-from helpers import randomize_lora
+from helpers import randomize_lora, sse
 
 NOTE_TASK = Task(name="note", system="Decide whether the patient dies within 30 days.",
                  template="Note: {text}", verbalizers=("NO", "YES"))
@@ -97,21 +96,7 @@ def pair_client(pair_model):
         yield c
 
 
-def sse(text: str) -> list[tuple[str | None, object]]:
-    """Parse a text/event-stream body into (event name, decoded data)."""
-    events = []
-    for block in text.replace("\r\n", "\n").split("\n\n"):
-        if not block.strip():
-            continue
-        name, data = None, []
-        for line in block.split("\n"):
-            if line.startswith("event:"):
-                name = line[6:].strip()
-            elif line.startswith("data:"):
-                data.append(line[5:].strip())
-        payload = "\n".join(data)
-        events.append((name, payload if payload == "[DONE]" else json.loads(payload)))
-    return events
+
 
 
 def error_of(resp: httpx.Response) -> dict:

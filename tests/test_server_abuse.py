@@ -22,12 +22,8 @@ import asyncio
 import gc
 import http.client
 import json
-import os
 import random
 import signal
-import socket
-import subprocess
-import sys
 import threading
 import time
 from pathlib import Path
@@ -36,7 +32,7 @@ import httpx
 import numpy as np
 import pytest
 
-from helpers import randomize_lora
+from helpers import ServerProcess, randomize_lora
 
 REPO = Path(__file__).resolve().parent.parent
 KEY = "abuse-test-key-90210"
@@ -52,12 +48,6 @@ WORDS = ["sepsis", "stable", "home", "hospice", "fracture", "improving", "dialys
 
 def auth(key: str = KEY) -> dict[str, str]:
     return {"Authorization": f"Bearer {key}"}
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def rss_kb(pid: int) -> dict[str, int]:
@@ -98,52 +88,6 @@ def distinct_texts(model, n: int, gap: float = 5e-4) -> list[str]:
     return [text for _, text in chosen[:n]]
 
 
-class Server:
-    """`clsgen serve` in a subprocess, its output in a file; waits for /health (bounded)."""
-
-    def __init__(self, model_dir: Path, log_file: Path, *args: str):
-        self.port = free_port()
-        self.base = f"http://127.0.0.1:{self.port}"
-        self.log_file = log_file
-        self._log = open(log_file, "wb")
-        command = [sys.executable, "-m", "clsgen.cli", "serve", "--model", str(model_dir), "--port", str(self.port),
-                   "--api-key-env", KEY_ENV, *args]
-        self.proc = subprocess.Popen(command, cwd=REPO, stdout=self._log, stderr=subprocess.STDOUT,
-                                     env={**os.environ, KEY_ENV: KEY, "OMP_NUM_THREADS": "1"})
-
-    def wait_ready(self, timeout: float = 120) -> None:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise AssertionError(f"the server exited with {self.proc.returncode}:\n{self.output()}")
-            try:
-                if httpx.get(self.base + "/health", timeout=2).status_code == 200:
-                    return
-            except httpx.TransportError:
-                pass
-            time.sleep(0.2)
-        raise AssertionError(f"the server did not answer /health within {timeout} s:\n{self.output()}")
-
-    def health(self) -> dict:
-        return httpx.get(self.base + "/health", timeout=10).json()
-
-    def stop(self, timeout: float = 15) -> int:
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(timeout)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(5)
-        self._log.close()
-        return self.proc.returncode
-
-    def output(self) -> str:
-        if not self._log.closed:
-            self._log.flush()
-        return self.log_file.read_text(errors="replace")
-
-
 @pytest.fixture(scope="module")
 def setup(tmp_path_factory):
     from clsgen.backbones import tiny_model
@@ -157,9 +101,10 @@ def setup(tmp_path_factory):
     randomize_lora(model)
     model_dir = model.save_pretrained(root / "tiny-note")
     texts = distinct_texts(model, N_TEXTS)
-    srv = Server(model_dir, root / "server.log", "--threads", "1", "--max-body-bytes", str(MAX_BODY),
+    srv = ServerProcess(model_dir, root / "server.log", "--api-key-env", KEY_ENV, "--threads", "1", "--max-body-bytes", str(MAX_BODY),
                  "--max-tokens", str(MAX_TOKENS), "--explain-tokens", str(EXPLAIN_TOKENS), "--max-queue", "64",
-                 "--request-timeout", "30", "--log-level", "warning")
+                 "--request-timeout", "30", "--log-level", "warning",
+                        env={KEY_ENV: KEY, "OMP_NUM_THREADS": "1"})
     try:
         srv.wait_ready()
         yield srv, texts

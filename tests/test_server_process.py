@@ -7,28 +7,17 @@ Loopback only; every wait is bounded.
 from __future__ import annotations
 
 import json
-import os
 import signal
-import socket
-import subprocess
-import sys
-import time
 from pathlib import Path
 
 import httpx
 import pytest
 
-from helpers import randomize_lora
+from helpers import ServerProcess, randomize_lora
 
 REPO = Path(__file__).resolve().parent.parent
 KEY = "process-test-key-4471"
 CONFIDENTIAL = "PATIENT-OKAPI-5520 confidential history"
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def tiny_model_dir(path: Path) -> Path:
@@ -43,49 +32,6 @@ def tiny_model_dir(path: Path) -> Path:
     model = DualHeadModel.from_backbone(tiny_model(), task)
     randomize_lora(model)
     return model.save_pretrained(path)
-
-
-class ServerProcess:
-    """`clsgen serve` in a subprocess, its output in a file; waits for /health (bounded)."""
-
-    def __init__(self, model_dir: Path, log_file: Path, *args: str, env: dict[str, str] | None = None):
-        self.port = free_port()
-        self.base = f"http://127.0.0.1:{self.port}"
-        self.log_file = log_file
-        self._log = open(log_file, "wb")
-        command = [sys.executable, "-m", "clsgen.cli", "serve", "--model", str(model_dir),
-                   "--port", str(self.port), *args]
-        self.proc = subprocess.Popen(command, cwd=REPO, stdout=self._log, stderr=subprocess.STDOUT,
-                                     env={**os.environ, **(env or {})})
-
-    def wait_ready(self, timeout: float = 90) -> None:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise AssertionError(f"the server exited with {self.proc.returncode}:\n{self.output()}")
-            try:
-                if httpx.get(self.base + "/health", timeout=2).status_code == 200:
-                    return
-            except httpx.TransportError:
-                pass
-            time.sleep(0.2)
-        raise AssertionError(f"the server did not answer /health within {timeout} s:\n{self.output()}")
-
-    def stop(self, timeout: float = 15) -> int:
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(timeout)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(5)
-        self._log.close()
-        return self.proc.returncode
-
-    def output(self) -> str:
-        if not self._log.closed:
-            self._log.flush()
-        return self.log_file.read_text(errors="replace")
 
 
 @pytest.fixture(scope="module")
