@@ -41,23 +41,7 @@ def _writable_parent(path: Path) -> None:
 
 def atomic_write_bytes(path: str | Path, data: bytes) -> None:
     """Write to a temporary file beside `path`, fsync, then rename over it."""
-    path = Path(path)
-    _writable_parent(path)
-    try:
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    except OSError as e:
-        raise write_error(path, e) from None
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp's 0600 would hide results from other users
-        os.replace(tmp, path)
-    except OSError as e:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise write_error(path, e, "the previous file, if any, is intact") from None
+    atomic_write_files([(path, data)])
 
 
 def atomic_write_files(files: Sequence[tuple[str | Path, bytes]]) -> None:
@@ -82,14 +66,14 @@ def atomic_write_files(files: Sequence[tuple[str | Path, bytes]]) -> None:
                     f.write(data)
                     f.flush()
                     os.fsync(f.fileno())
-                os.chmod(tmp, 0o666 & ~_umask())
+                os.chmod(tmp, 0o666 & ~_umask())  # mkstemp's 0600 would hide results from other users
             except OSError as e:
-                raise write_error(path, e, "the previous files, if any, are intact") from None
+                raise write_error(path, e, "the previous file, if any, is intact") from None
         for tmp, path in staged:
             try:
                 os.replace(tmp, path)
             except OSError as e:
-                raise write_error(path, e) from None
+                raise write_error(path, e, "the previous file, if any, is intact") from None
         staged = []
     finally:
         for tmp, _ in staged:
