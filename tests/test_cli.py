@@ -180,3 +180,19 @@ def test_data_stats_pubmedqa_with_tokens(capsys, data_dir, embedded):
         t = s["prompt_tokens"]
         assert 100 < t["p5"] <= t["p50"] <= t["p95"] <= t["p100"] <= 768
         assert 0 <= t["truncated"] <= s["n"]
+
+
+def test_openmp_waits_passively_only_on_a_busy_machine(monkeypatch):
+    """Spinning OpenMP threads collapse on a busy CPU and win on an idle one (docs/benchmarks.md)."""
+    import os
+
+    from clsgen import cli
+
+    for load, expected in ((0.0, None), (64.0, "PASSIVE")):
+        monkeypatch.delenv("OMP_WAIT_POLICY", raising=False)
+        monkeypatch.setattr(os, "getloadavg", lambda load=load: (load, load, load))
+        cli._openmp_waits_passively_when_busy()
+        assert os.environ.get("OMP_WAIT_POLICY") == expected
+    monkeypatch.setenv("OMP_WAIT_POLICY", "ACTIVE")  # the user's setting wins
+    cli._openmp_waits_passively_when_busy()
+    assert os.environ["OMP_WAIT_POLICY"] == "ACTIVE"

@@ -59,11 +59,24 @@ def storage_message(e: BaseException) -> str | None:
             "same command to continue")
 
 
+def _openmp_waits_passively_when_busy() -> None:
+    """On a CPU already busy with other work, let idle OpenMP threads sleep instead of spinning.
+
+    Measured on a 2-core machine (docs/benchmarks.md, "Hardware ceiling"): with other work running, a
+    2-thread forward pass with spinning threads ran 12x slower than with sleeping ones; on the idle
+    machine, sleeping threads cost 28%. So the policy follows the load when clsgen starts (the 1-minute
+    load average at half the cores or more). Set before torch loads; the user's own setting wins.
+    """
+    try:
+        busy = os.getloadavg()[0] >= 0.5 * (os.cpu_count() or 1)
+    except (AttributeError, OSError):  # no load average on this platform
+        return
+    if busy:
+        os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
+
 def main(argv: list[str] | None = None) -> int:
-    # Idle OpenMP threads sleep instead of spinning: on a CPU shared with other work, spinning threads
-    # were measured 12x slower (docs/benchmarks.md, "Hardware ceiling"). Set before torch loads; the
-    # user's own setting wins.
-    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+    _openmp_waits_passively_when_busy()
     parser = build_parser()
     args = parser.parse_args(argv)
     if not getattr(args, "func", None):
