@@ -13,6 +13,7 @@ import platform
 import statistics
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Callable
 
 
@@ -49,6 +50,16 @@ class Section:
             parts += ["Targets:", ""] + [f"- {t.line()}" for t in self.targets] + [""]
         parts.append(f"_Ran in {self.seconds:.0f} s._")
         return "\n".join(parts) + "\n"
+
+
+def data_dir() -> str | None:
+    """The built-in datasets' folder: CLSGEN_DATA_DIR, else `../shared/data` beside the repository when
+    it is there, else None (clsgen then downloads into its cache)."""
+    env = os.environ.get("CLSGEN_DATA_DIR")
+    if env:
+        return env
+    beside = Path(__file__).resolve().parent.parent.parent / "shared" / "data"
+    return str(beside) if beside.is_dir() else None
 
 
 def median_time(fn: Callable[[], Any], repeats: int = 5, warmup: int = 1) -> float:

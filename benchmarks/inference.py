@@ -22,16 +22,9 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 sys.path.insert(0, str(HERE.parent))
 
-from common import Section, Target, interleaved, table  # noqa: E402
+from common import Section, Target, data_dir, interleaved, table  # noqa: E402
 
-DATA_DIR = HERE.parent.parent / "shared" / "data"
 NEW_TOKENS = 32
-
-
-def _data_dir() -> str:
-    import os
-
-    return os.environ.get("CLSGEN_DATA_DIR") or str(DATA_DIR)
 
 
 def _prompts(task, tokenizer, examples, lengths):
@@ -68,7 +61,7 @@ def run(quick: bool = False) -> Section:
     lengths = (256, 512) if quick else (512, 1024, 2048)
     repeats = 3
     new_tokens = 16 if quick else NEW_TOKENS
-    ds = load_dataset(DataConfig(dataset="clinifact", data_dir=_data_dir()))
+    ds = load_dataset(DataConfig(dataset="clinifact", data_dir=data_dir()))
     task = ds.task.with_overrides(max_prompt_tokens=max(lengths) + 64)  # no truncation in the timed code
     backbone = load_model("smollm2-135m", dtype="bfloat16")
     model = DualHeadModel.from_backbone(backbone, task).eval()

@@ -16,16 +16,9 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 sys.path.insert(0, str(HERE.parent))
 
-from common import Section, Target, interleaved, table  # noqa: E402
+from common import Section, Target, data_dir, interleaved, table  # noqa: E402
 
-DATA_DIR = HERE.parent.parent / "shared" / "data"
 BATCH_SIZE = 8
-
-
-def _data_dir() -> str:
-    import os
-
-    return os.environ.get("CLSGEN_DATA_DIR") or str(DATA_DIR)
 
 
 def run(quick: bool = False) -> Section:
@@ -39,7 +32,7 @@ def run(quick: bool = False) -> Section:
 
     n = 4 if quick else 32
     repeats = 2
-    ds = load_dataset(DataConfig(dataset="clinifact", data_dir=_data_dir(), max_eval=n))
+    ds = load_dataset(DataConfig(dataset="clinifact", data_dir=data_dir(), max_eval=n))
     examples = ds.test[:n]
     backbone = load_model("smollm2-135m", dtype="bfloat16")
     model = DualHeadModel.from_backbone(backbone, ds.task).eval()

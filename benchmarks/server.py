@@ -24,18 +24,11 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 sys.path.insert(0, str(HERE.parent))
 
-from common import Section, table  # noqa: E402
+from common import Section, data_dir, table  # noqa: E402
 
-DATA_DIR = HERE.parent.parent / "shared" / "data"
 EXPLAIN_TOKENS = 16
 MAX_BATCH = 16  # `clsgen serve --max-batch` default
 BATCH_SIZE = 8  # `clsgen serve --batch-size` default: rows per forward pass inside a micro-batch
-
-
-def _data_dir() -> str:
-    import os
-
-    return os.environ.get("CLSGEN_DATA_DIR") or str(DATA_DIR)
 
 
 class _Server:
@@ -112,7 +105,7 @@ def run(quick: bool = False) -> Section:
 
     concurrencies = (1, 4) if quick else (1, 4, 16)
     counts = {"probability": 8, "explanation": 4} if quick else {"probability": 32, "explanation": 16}
-    ds = load_dataset(DataConfig(dataset="clinifact", data_dir=_data_dir(), max_eval=32))
+    ds = load_dataset(DataConfig(dataset="clinifact", data_dir=data_dir(), max_eval=32))
     fields = [dict(ex.fields) for ex in ds.test]
     backbone = load_model("smollm2-135m", dtype="bfloat16")
     model = DualHeadModel.from_backbone(backbone, ds.task).eval()

@@ -18,16 +18,9 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 sys.path.insert(0, str(HERE.parent))
 
-from common import Section, interleaved, table  # noqa: E402
+from common import Section, data_dir, interleaved, table  # noqa: E402
 
-DATA_DIR = HERE.parent.parent / "shared" / "data"
 MAX_NEW_TOKENS = 48
-
-
-def _data_dir() -> str:
-    import os
-
-    return os.environ.get("CLSGEN_DATA_DIR") or str(DATA_DIR)
 
 
 def run(quick: bool = False) -> Section:
@@ -39,7 +32,7 @@ def run(quick: bool = False) -> Section:
 
     n = 4 if quick else 8
     repeats = 1 if quick else 2
-    ds = load_dataset(DataConfig(dataset="clinifact", data_dir=_data_dir(), max_train=n))
+    ds = load_dataset(DataConfig(dataset="clinifact", data_dir=data_dir(), max_train=n))
     examples = ds.train[:n]
     backbone = load_model("smollm2-135m", dtype="bfloat16")
     teacher = LocalTeacher(backbone=backbone, max_new_tokens=MAX_NEW_TOKENS, batch_size=n)

@@ -34,10 +34,9 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 sys.path.insert(0, str(HERE.parent))
 
-from common import Section, Target, main, table  # noqa: E402
+from common import Section, Target, data_dir, main, table  # noqa: E402
 from hardware import WAIT_POLICY  # noqa: E402  (both sides run under it; see hardware.py)
 
-DATA_DIR = HERE.parent.parent / "shared" / "data"
 SIZES = {
     # batch size, max length, prompt cap, steps per process (the first is warm-up), rounds; hf_grouped also
     # trains HF with group_by_length (off: its sampler sorts within min(n / (4 x batch), 50) batches, so on
@@ -51,13 +50,6 @@ PADDING_CONFIGS = [(4, 320, 256), (4, 1024, None), (8, 1024, None)]
 """(batch size, max length, prompt cap) of the whole-epoch padding table (None: the task's, 768)."""
 PADDING_SEEDS = 5
 CHILD_TIMEOUT = 900
-
-
-def _data_dir() -> str | None:
-    env = os.environ.get("CLSGEN_DATA_DIR")
-    if env:
-        return env
-    return str(DATA_DIR) if DATA_DIR.is_dir() else None  # else: clsgen downloads into its cache
 
 
 # ----------------------------------------------------------------------------- shared by both sides
@@ -268,7 +260,7 @@ def run(quick: bool = False) -> Section:
     steps = sz["warmup"] + sz["measured"]
     n = steps * sz["batch_size"]  # one epoch: both sides see every example exactly once
 
-    ds = load_dataset(DataConfig(dataset="pubmedqa", data_dir=_data_dir()))
+    ds = load_dataset(DataConfig(dataset="pubmedqa", data_dir=data_dir()))
     pool = [ex for ex in ds.train if (ex.meta.get("long_answer") or "").strip()]
     chosen = random.Random(0).sample(pool, n)
     records = [{"id": ex.id, "label": ex.label, "fields": ex.fields, "explanation": ex.meta["long_answer"]}
@@ -279,7 +271,7 @@ def run(quick: bool = False) -> Section:
     with tempfile.TemporaryDirectory(prefix="bench-training-") as tmpdir:
         tmp = Path(tmpdir)
         (tmp / "examples.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records), encoding="utf-8")
-        base = {**sz, "threads": threads, "dtype": dtype, "data_dir": _data_dir(),
+        base = {**sz, "threads": threads, "dtype": dtype, "data_dir": data_dir(),
                 "examples": str(tmp / "examples.jsonl")}
         for r in range(sz["rounds"]):
             order = sides if r % 2 == 0 else sides[::-1]
