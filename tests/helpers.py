@@ -46,6 +46,20 @@ def randomize_lora(model, seed: int = 0, scale: float = 0.5):
     return model
 
 
+def save_tiny_classifier(task, path):
+    """A saved tiny model for `task` whose head weights are random (normal, std 2), so its
+    probabilities spread out; returns the path."""
+    import torch
+
+    from clsgen.backbones import tiny_model
+    from clsgen.model import DualHeadModel
+
+    model = DualHeadModel.from_backbone(tiny_model(), task)
+    torch.manual_seed(0)
+    with torch.no_grad():
+        model.head.linear.weight.normal_(0, 2.0)
+    return model.save_pretrained(path)
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

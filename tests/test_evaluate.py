@@ -11,7 +11,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
 
 from clsgen.backbones import tiny_model
 from clsgen.cli import main
@@ -22,6 +21,8 @@ from clsgen.inference import ClsgenClassifier, Predictor
 from clsgen.metrics import apply_temperature, choose_threshold, compute_metrics, fit_temperature, logit
 from clsgen.model import DualHeadModel
 from clsgen.task import Task
+
+from helpers import save_tiny_classifier
 
 TASK = Task(name="toy", system="Is the note positive?", template="Note: {text}", verbalizers=("NO", "YES"))
 PAIR_TASK = Task(name="pair", system="Check the claim.", template="Claim: {claim}\nAbstract: {abstract}",
@@ -155,13 +156,7 @@ def test_bad_calls_give_clear_errors(tmp_path):
 
 @pytest.fixture(scope="module")
 def tiny_dir(tmp_path_factory):
-    m = DualHeadModel.from_backbone(tiny_model(), TASK)
-    torch.manual_seed(0)
-    with torch.no_grad():
-        m.head.linear.weight.normal_(0, 2.0)
-    path = tmp_path_factory.mktemp("eval") / "model"
-    m.save_pretrained(path)
-    return path
+    return save_tiny_classifier(TASK, tmp_path_factory.mktemp("eval") / "model")
 
 
 @pytest.fixture(scope="module")

@@ -15,15 +15,14 @@ import logging
 from pathlib import Path
 
 import pytest
-import torch
 
-from clsgen.backbones import tiny_model
 from clsgen.cli import main
 from clsgen.data import Example
 from clsgen.evaluate import evaluate
 from clsgen.inference import ClsgenClassifier, Predictor
-from clsgen.model import DualHeadModel
 from clsgen.task import Task
+
+from helpers import save_tiny_classifier
 
 MARKER = "ZqxPrivate7731"
 """Stands for a patient's note: it must appear nowhere unless asked for."""
@@ -101,13 +100,7 @@ def test_reports_hold_no_text_unless_asked(tmp_path, everything):
 
 @pytest.fixture(scope="module")
 def tiny_dir(tmp_path_factory):
-    m = DualHeadModel.from_backbone(tiny_model(), TASK)
-    torch.manual_seed(0)
-    with torch.no_grad():
-        m.head.linear.weight.normal_(0, 2.0)
-    path = tmp_path_factory.mktemp("privacy") / "model"
-    m.save_pretrained(path)
-    return path
+    return save_tiny_classifier(TASK, tmp_path_factory.mktemp("privacy") / "model")
 
 
 def test_tiny_model_evaluation_logs_and_reports_hold_no_text(tiny_dir, tmp_path, everything):
