@@ -32,6 +32,14 @@ class Explainer(Protocol):
     def explain(self, examples: Sequence[Example], max_new_tokens: int = 256) -> list[str]: ...
 
 
+@runtime_checkable
+class VerdictScorer(Protocol):
+    """A generating classifier that can give the verdict its explanation would state for every row
+    without generating it (teacher-forced scoring of the verbalizers where the verdict is written)."""
+
+    def verdicts(self, examples: Sequence[Example]) -> list[int | None]: ...
+
+
 def labels_of(examples: Sequence[Example]) -> np.ndarray:
     """Gold labels as an int array; every example must be labelled."""
     missing = [ex.id for ex in examples if ex.label is None]

@@ -38,6 +38,12 @@ class Encoded:
     """Target tokens kept (0: classification only); the target is `input_ids[prompt_len:]`."""
     target_cut: bool = False
     """Whether the target was cut to fit `max_length`."""
+    verdict_at: int = -1
+    """Index in `input_ids` of the verdict's first verbalizer token (-1: no verdict in the target)."""
+    verdict_ids: tuple[int, int] = (-1, -1)
+    """The token that position would hold for label 0 and for label 1."""
+    explained: bool = False
+    """Whether the target holds an explanation (else it is the verdict line alone, or nothing)."""
 
     def __len__(self) -> int:
         return len(self.input_ids)
@@ -65,24 +71,34 @@ def training_task(task: Task, tokenizer: Any, max_length: int) -> Task:
 
 
 def encode_example(task: Task, tokenizer: Any, fields: Mapping[str, Any], label: int,
-                   explanation: str | None, max_length: int, with_target: bool = True) -> Encoded:
-    """Prompt ids and, when there is an explanation, target ids cut so that the whole fits `max_length`.
+                   explanation: str | None, max_length: int, with_target: bool = True,
+                   verdict_only: bool = True) -> Encoded:
+    """Prompt ids and target ids (explanation + verdict line, at the task's verdict position), cut so
+    that the whole fits `max_length`.
 
-    An example without an explanation (`None`, e.g. rejected by the teacher) gets no target: it
-    trains the head only.
+    An example without an explanation (`None`, e.g. rejected by the teacher) gets the verdict line
+    alone as its target, so every row teaches the verdict (`verdict_only=False`: no target, the row
+    trains the head only). The verdict token is found as the first token where the label-0 and
+    label-1 targets differ, whatever the tokenizer does around it.
     """
     prompt = task.encode_prompt(tokenizer, fields).input_ids
     if len(prompt) > max_length:  # only when the task was not capped by `training_task`
         raise ClsgenError(f"a prompt of {len(prompt)} tokens exceeds train.max_length={max_length}; "
                           f"set task.max_prompt_tokens below it")
-    target: list[int] = []
-    cut = False
-    if with_target and explanation is not None:
-        target = task.encode_target(tokenizer, fields, task.target_text(explanation, label))
-        room = max_length - len(prompt)
-        cut = len(target) > room
-        target = target[:room]
-    return Encoded(prompt + target, len(prompt), int(label), len(target), cut)
+    explained = explanation is not None and bool(explanation.strip())
+    if not with_target or not (explained or verdict_only):
+        return Encoded(list(prompt), len(prompt), int(label))
+    both = [task.encode_target(tokenizer, fields, task.target_text(explanation, k)) for k in (0, 1)]
+    target = both[int(label)]
+    at = next((i for i, (a, b) in enumerate(zip(*both)) if a != b), -1)
+    room = max_length - len(prompt)
+    cut = len(target) > room
+    target = target[:room]
+    verdict_at, verdict_ids = (-1, (-1, -1))
+    if 0 <= at < len(target):
+        verdict_at, verdict_ids = len(prompt) + at, (both[0][at], both[1][at])
+    return Encoded(prompt + target, len(prompt), int(label), len(target), cut, verdict_at, verdict_ids,
+                   explained)
 
 
 # ----------------------------------------------------------------------------- padded batches
@@ -107,6 +123,7 @@ def collate_train(rows: Sequence[Encoded], pad_id: int, weights: Sequence[float]
         attention_mask[i, : len(r)] = 1
         if r.target_len and (weights is None or weights[i] > 0):
             labels[i, r.prompt_len: len(r)] = ids[r.prompt_len:]
+    real = [weights is None or weights[i] > 0 for i in range(n)]
     return {
         "input_ids": input_ids,
         "attention_mask": attention_mask,
@@ -114,6 +131,8 @@ def collate_train(rows: Sequence[Encoded], pad_id: int, weights: Sequence[float]
         "cls_index": torch.tensor([r.prompt_len - 1 for r in rows], dtype=torch.long),
         "cls_labels": torch.tensor([float(r.label) for r in rows]),
         "weight": torch.tensor([1.0] * n if weights is None else [float(w) for w in weights]),
+        "verdict_at": torch.tensor([r.verdict_at if ok else -1 for r, ok in zip(rows, real)], dtype=torch.long),
+        "verdict_ids": torch.tensor([list(r.verdict_ids) for r in rows], dtype=torch.long),
     }
 
 

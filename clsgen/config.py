@@ -48,6 +48,38 @@ class LoraConfig:
     """Dropout on the LoRA input (0 on CPU: measured ~30% faster and 3 GB lighter; 0.05 on GPUs)."""
     target_modules: list[str] | str = "all-linear"
     """Module names to adapt, or 'all-linear' for every linear layer except the LM head."""
+    top_layers: int | None = None
+    """LoRA in the top K decoder layers only; the frozen layers below run once per example and their
+    output is cached on disk (see docs/training.md). None: all layers (the GPU configs)."""
+    layers: list[int] | None = None
+    """LoRA in the band of decoder layers [a, b) only: the layers below a are a cached frozen trunk,
+    the layers from b up stay frozen but still run (the LM loss flows through them). Excludes
+    top_layers (which is the band [N - K, N))."""
+
+    def band(self, num_layers: int) -> tuple[int, int]:
+        """The decoder layers [a, b) that hold LoRA in a model of `num_layers` layers."""
+        if self.layers is not None:
+            return self.layers[0], self.layers[1]
+        if self.top_layers is not None:
+            return num_layers - self.top_layers, num_layers
+        return 0, num_layers
+
+
+@dataclass
+class HeadConfig:
+    """Where the classification head reads and how it starts."""
+
+    layer: int | Literal["mix"] | None = None
+    """Which hidden states the head reads: None = the final (normed) layer; L = the residual stream
+    after L decoder layers (0 = the embeddings); 'mix' = a learned softmax-weighted mix of every
+    layer's pooled states."""
+    pooling: Literal["last", "mean"] = "last"
+    """'last' = the last prompt token; 'mean' = the masked mean over the prompt tokens."""
+    init: Literal["random", "probe"] = "random"
+    """'random' = small random weights (not zero: a zero head passes no gradient to LoRA at first);
+    'probe' = standardise the features and warm-start from a
+    logistic regression on the training rows' features of the model before training (C chosen on the
+    dev rows)."""
 
 
 @dataclass
@@ -66,6 +98,10 @@ class TaskConfig:
     truncation: Literal["head", "tail", "head+tail"] | None = None
     """Which part of a long text field is kept: its head, its tail, or both ends (None: the dataset's,
     'head+tail' unless it says otherwise)."""
+    verdict_position: Literal["first", "last"] | None = None
+    """Where the trained assistant turn states 'Answer: <verbalizer>': 'last' (after the explanation,
+    the default) or 'first' (before it, so the explanation argues for the stated verdict and the
+    verdict is scored in one pass)."""
 
 
 @dataclass
@@ -107,8 +143,14 @@ class TrainConfig:
     """Weight of the classification (BCE) loss; 0 gives the generation-only baseline."""
     w_lm: float = 1.0
     """Weight of the explanation LM loss; 0 gives the classification-only baseline."""
+    w_consistency: float = 0.0
+    """Weight of BCE(LM verdict probability, head probability detached): ties the verdict the
+    explanation states to the head; its gradient reaches the LM side only."""
     pos_weight: float | Literal["auto"] | None = "auto"
-    """BCE weight of positives; 'auto' = negatives/positives in the training data; None = 1."""
+    """BCE weight of positives, also on positive rows' verdict tokens in the LM loss; 'auto' =
+    negatives/positives in the training data; None = 1."""
+    verdict_only: bool = True
+    """Rows without an accepted explanation train on the verdict line alone (else the head only)."""
     lr: float = 2e-4
     """Peak learning rate of the LoRA parameters."""
     head_lr: float = 1e-3
@@ -151,6 +193,10 @@ class TrainConfig:
     """Resumable checkpoints kept besides the best model (the oldest are deleted)."""
     gradient_checkpointing: bool = False
     """Recompute activations in the backward pass: less memory (long inputs, 8B models), ~30% slower."""
+    cache_dir: str | None = None
+    """Where the frozen trunk's hidden states are cached when LoRA covers a band of layers (None: the
+    user cache, ~/.cache/clsgen/trunk). Entries are keyed by model, dtype, layer and token ids, so
+    runs and methods share them safely."""
 
 
 @dataclass
@@ -175,6 +221,9 @@ class TeacherConfig:
     """Longest explanation the teacher may write."""
     max_attempts: int = 3
     """Tries per example before it is kept with explanation null."""
+    class_attempts: list[int] | None = None
+    """Tries per example for label 0 and label 1 (overrides max_attempts), e.g. [2, 6] to retry the
+    class the teacher finds harder to explain more often."""
     batch_size: int = 8
     """Local teacher: prompts generated together."""
     concurrency: int = 4
@@ -228,6 +277,7 @@ class Config:
 
     model: ModelConfig = field(default_factory=ModelConfig)
     lora: LoraConfig = field(default_factory=LoraConfig)
+    head: HeadConfig = field(default_factory=HeadConfig)
     task: TaskConfig = field(default_factory=TaskConfig)
     data: DataConfig = field(default_factory=DataConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
@@ -245,7 +295,7 @@ class Config:
         if t.w_cls == 0 and t.w_lm == 0:
             p.append(Problem("both loss weights are 0: nothing would be trained; set train.w_cls or "
                              "train.w_lm above 0", field="train.w_cls"))
-        for name in ("w_cls", "w_lm", "lr", "head_lr", "weight_decay"):
+        for name in ("w_cls", "w_lm", "w_consistency", "lr", "head_lr", "weight_decay"):
             if getattr(t, name) < 0:
                 p.append(Problem(f"must be >= 0, got {getattr(t, name)}", field=f"train.{name}"))
         for name in ("batch_size", "grad_accum", "max_length", "save_every"):
@@ -257,6 +307,17 @@ class Config:
             p.append(Problem(f"must be > 0, got {t.pos_weight}", field="train.pos_weight"))
         if self.lora.r < 1:
             p.append(Problem(f"must be >= 1, got {self.lora.r}", field="lora.r"))
+        lo = self.lora
+        if lo.top_layers is not None and lo.layers is not None:
+            p.append(Problem("give lora.top_layers or lora.layers, not both", field="lora.layers"))
+        if lo.top_layers is not None and lo.top_layers < 1:
+            p.append(Problem(f"must be >= 1 (or null for all layers), got {lo.top_layers}", field="lora.top_layers"))
+        if lo.layers is not None and (len(lo.layers) != 2 or not 0 <= lo.layers[0] < lo.layers[1]):
+            p.append(Problem(f"must be [a, b] with 0 <= a < b (LoRA in decoder layers a..b-1), got {lo.layers}",
+                             field="lora.layers"))
+        if isinstance(self.head.layer, int) and self.head.layer < 0:
+            p.append(Problem(f"must be >= 0 (a layer count), 'mix' or null, got {self.head.layer}",
+                             field="head.layer"))
         if not 0 <= self.lora.dropout < 1:
             p.append(Problem(f"must be in [0, 1), got {self.lora.dropout}", field="lora.dropout"))
         if self.task.max_prompt_tokens is not None and self.task.max_prompt_tokens < 16:
@@ -274,6 +335,9 @@ class Config:
                              field="data.label_map"))
         if self.teacher.max_attempts < 1:
             p.append(Problem("must be >= 1", field="teacher.max_attempts"))
+        ca = self.teacher.class_attempts
+        if ca is not None and (len(ca) != 2 or min(ca) < 1):
+            p.append(Problem(f"must be two counts >= 1 (label 0, label 1), got {ca}", field="teacher.class_attempts"))
         if not 0 <= self.eval.fixed_threshold <= 1:
             p.append(Problem("must be in [0, 1]", field="eval.fixed_threshold"))
         return p

@@ -370,7 +370,8 @@ def load_dataset(data: DataConfig | str, task: TaskConfig | None = None) -> Data
     cfg = DataConfig(dataset=data) if isinstance(data, str) else data
     task_cfg = task or TaskConfig()
     overrides = dict(system=task_cfg.system, template=task_cfg.template, verbalizers=task_cfg.verbalizers,
-                     max_prompt_tokens=task_cfg.max_prompt_tokens, truncation=task_cfg.truncation)
+                     max_prompt_tokens=task_cfg.max_prompt_tokens, truncation=task_cfg.truncation,
+                     verdict_position=task_cfg.verdict_position)
     if cfg.dataset in LOADERS:
         ds = LOADERS[cfg.dataset](cfg)
         ds.task = ds.task.with_overrides(**overrides)

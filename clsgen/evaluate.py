@@ -21,7 +21,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from .classifier import Explainer, labels_of
+from .classifier import Explainer, VerdictScorer, labels_of
 from .data import Example, stratified_sample
 from .errors import ClsgenError
 from .files import atomic_write_files, check_writable
@@ -132,7 +132,10 @@ def evaluate(
     # ----------------------------------------------------------------- explanations
     texts: list[str | None] = [None] * len(examples)
     verdicts: list[int | None] = [None] * len(examples)
+    cut_off: list[bool] = []
+    all_verdicts: list[int | None] | None = None
     can_explain = isinstance(classifier, Explainer)
+    position = getattr(getattr(classifier, "task", None), "verdict_position", "last")
     if can_explain and explain != 0:
         words = verbalizers or getattr(getattr(classifier, "task", None), "verbalizers", None)
         if not words:
@@ -145,8 +148,14 @@ def evaluate(
             raise ClsgenError(f"{name}.explain returned {len(generated)} texts for {len(chosen)} examples")
         for i, text in zip(chosen, generated):
             texts[i] = text or ""
-            verdicts[i] = parse_verdict(text, words)
+            verdicts[i] = parse_verdict(text, words, position)
+        cut = getattr(classifier, "cut_off", None)
+        cut_off = list(cut) if isinstance(cut, list) and len(cut) == len(chosen) else []
         verbalizers = list(words)
+        if isinstance(classifier, VerdictScorer) and position == "first":
+            started = time.perf_counter()
+            all_verdicts = classifier.verdicts(list(examples))
+            timing["verdicts"] = time.perf_counter() - started
 
     # ----------------------------------------------------------------- probabilities
     # after explaining: a classifier may reuse the prefill that produced the explanation
@@ -185,13 +194,13 @@ def evaluate(
     metrics = compute_metrics(y, p_final, threshold,
                               verdicts=verdicts if have_explanations else None,
                               explanations=texts if have_explanations else None,
-                              n_boot=n_bootstrap, seed=seed)
+                              n_boot=n_bootstrap, seed=seed, alignment_verdicts=all_verdicts)
     metrics_uncal = None
     if p_raw is not None and threshold_raw is not None:
         metrics_uncal = compute_metrics(y, p_raw, threshold_raw,
                                         verdicts=verdicts if have_explanations else None,
                                         explanations=texts if have_explanations else None,
-                                        n_boot=n_bootstrap, seed=seed)
+                                        n_boot=n_bootstrap, seed=seed, alignment_verdicts=all_verdicts)
 
     # ----------------------------------------------------------------- rows
     rows = []
@@ -203,7 +212,7 @@ def evaluate(
             row["probability_uncalibrated"] = float(p_raw[i])
         if explained[i]:
             row["verdict"] = verdicts[i]
-            row["explanation"] = split_verdict(texts[i])[0]
+            row["explanation"] = split_verdict(texts[i], position)[0]
             row["text"] = texts[i]
         if show_inputs:
             row["fields"] = dict(ex.fields)
@@ -212,6 +221,9 @@ def evaluate(
     summary: dict[str, Any] = {
         "classifier": name, "n": len(examples), "positives": int(y.sum()),
         "n_explained": int(sum(explained)), "can_explain": can_explain,
+        "n_cut_off": int(sum(cut_off)) if cut_off else None,
+        "n_no_verdict": int(sum(1 for i, e in enumerate(explained) if e and verdicts[i] is None)),
+        "n_verdicts_all_rows": (sum(v is not None for v in all_verdicts) if all_verdicts is not None else None),
         "threshold": threshold, "threshold_source": threshold_source, "temperature": temperature,
         "threshold_uncalibrated": threshold_raw if temperature is not None else None,
         "n_validation": len(validation) if validation else 0,

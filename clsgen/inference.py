@@ -24,7 +24,6 @@ from .data import Example
 from .errors import ClsgenError
 from .model import DualHeadModel, load_pretrained
 from .task import PromptIds, Task
-from .verdict import parse_verdict, split_verdict
 
 END_OF_TURN_TOKENS = ("<|im_end|>", "<|eot_id|>", "<|end_of_turn|>", "<end_of_turn>", "<|endoftext|>",
                       "<|end|>", "</s>")
@@ -231,8 +230,8 @@ class Predictor:
         if token_ids is not None:
             text = self._decode(token_ids)
             p.text = text
-            p.explanation = split_verdict(text)[0]
-            p.verdict = parse_verdict(text, self.task.verbalizers)
+            p.explanation = self.task.split_verdict(text)[0]
+            p.verdict = self.task.parse_verdict(text)
             p.new_tokens = len(token_ids)
             p.token_ids = list(token_ids)
         return p
@@ -395,7 +394,8 @@ class ClsgenClassifier:
         return self.predictor.predict(examples, explain=explain)
 
     def explain(self, examples: Sequence[Example], max_new_tokens: int = 256) -> list[str]:
-        """The generated text (explanation + verdict line) for each example."""
+        """The generated text (explanation + verdict line) for each example; `cut_off` tells, per
+        text, whether the token limit stopped it before its end of turn."""
         saved = self.predictor.max_new_tokens
         self.predictor.max_new_tokens = max_new_tokens
         try:
@@ -404,7 +404,22 @@ class ClsgenClassifier:
             self.predictor.max_new_tokens = saved
         self._explained = {tuple(self.predictor.encode(ex).input_ids): p.logit
                            for ex, p in zip(examples, predictions)}
+        stops = set(self.predictor.stop_token_ids)
+        self.cut_off = [not (p.token_ids and p.token_ids[-1] in stops) for p in predictions]
         return [p.text or "" for p in predictions]
+
+    def verdicts(self, examples: Sequence[Example]) -> list[int | None]:
+        """The verdict the LM states for each example, scored teacher-forced without generating: the
+        more likely verbalizer right after 'Answer: ' at the start of the turn. Defined only for
+        models trained with the verdict first (task.verdict_position 'first')."""
+        from .baselines.prompting import verbalizer_log_probs
+
+        if self.task.verdict_position != "first":
+            raise ClsgenError("verdicts() scores the verdict at the start of the turn, where only a model "
+                              "trained with task.verdict_position=first writes it")
+        scores = verbalizer_log_probs(self.model.lm, self.model.tokenizer, self.task, list(examples),
+                                      batch_size=self.predictor.batch_size)
+        return [int(s[1] > s[0]) for s in scores]
 
 
 # ---------------------------------------------------------------------------------- helpers

@@ -20,7 +20,7 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 
-from .verdict import split_verdict
+from .verdict import explanation_body, split_verdict
 
 ECE_BINS = 15
 """Equal-width bins on [0, 1] for the expected calibration error."""
@@ -220,6 +220,10 @@ def cohen_kappa(a: Any, b: Any) -> float:
     a, b = np.asarray(a), np.asarray(b)
     _same_length(a=a, b=b)
     _nonempty(len(a))
+    if len(np.unique(a)) < 2 or len(np.unique(b)) < 2:
+        # one rater constant: kappa is 0 (or undefined) whatever the other does, which reads as
+        # "no agreement beyond chance" when it means "nothing to measure"
+        raise UndefinedMetricError("degenerate: one side gives a single label")
     labels = np.unique(np.concatenate([a, b]))
     p_a = np.array([np.mean(a == k) for k in labels])
     p_b = np.array([np.mean(b == k) for k in labels])
@@ -300,8 +304,8 @@ def _is_not_prose(body: str) -> bool:
 def explanation_quality(text: str | None, verdict: Any) -> dict[str, bool]:
     """Readability flags of one generated explanation.
 
-    `text` is the whole generated text; its body is the text before the verdict line
-    (`clsgen.verdict.split_verdict`). `verdict` is the parsed verdict (label index, or the raw
+    `text` is the whole generated text; its body is the text without the verdict line, which comes
+    last or first (`clsgen.verdict.explanation_body`). `verdict` is the parsed verdict (label index, or the raw
     verdict line); None means missing. The flags:
 
     * ``empty``: the body has no visible characters.
@@ -317,7 +321,7 @@ def explanation_quality(text: str | None, verdict: Any) -> dict[str, bool]:
       `PROSE_MIN_ALPHA_SHARE` of the non-space characters are letters.
     * ``readable``: none of the above.
     """
-    body, _ = split_verdict(text or "")
+    body = explanation_body(text or "")
     empty = not body.strip()
     flags = {
         "empty": empty,
@@ -370,7 +374,7 @@ def flesch(texts: Sequence[str | None]) -> float:
 
 
 def _body_flesch(text: str | None) -> float | None:
-    body, _ = split_verdict(text or "")
+    body = explanation_body(text or "")
     try:
         return flesch_reading_ease(body)
     except UndefinedMetricError:
@@ -568,6 +572,7 @@ def compute_metrics(
     n_boot: int = 1000,
     seed: int = 0,
     alpha: float = 0.05,
+    alignment_verdicts: Sequence[Any] | None = None,
 ) -> dict[str, MetricResult]:
     """Every metric of DESIGN.md with a bootstrap (1 - alpha) interval (none when `n_boot` is 0).
 
@@ -580,7 +585,8 @@ def compute_metrics(
     rows without one are left out of the explanation metrics, and each result's `n` says how many
     rows it used. A None verdict on an explained row means the verdict is missing (inconsistent,
     unreadable). Without `verdicts`, readability counts a verdict as present when the text has an
-    answer line.
+    answer line. `alignment_verdicts` (aligned with `y`, e.g. scored teacher-forced for every row)
+    replace the explained rows' verdicts for alignment_auroc and alignment_kappa.
     """
     y, p = _labels(y), _probabilities(p)
     rows = _same_length(y=y, p=p)
@@ -597,6 +603,11 @@ def compute_metrics(
         "brier": _result(brier, [y, p], **boot),
     }
     results.update(_explanation_metrics(p, y_hat, rows, verdicts, explanations, boot))
+    if alignment_verdicts is not None:
+        _same_length(y=y, alignment_verdicts=alignment_verdicts)
+        present, e_present = _present_verdicts(list(alignment_verdicts))
+        results["alignment_auroc"] = _result(lambda pp, ee: auroc(ee, pp), [p[present], e_present], **boot)
+        results["alignment_kappa"] = _result(cohen_kappa, [y_hat[present], e_present], **boot)
     return results
 
 

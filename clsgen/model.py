@@ -1,9 +1,13 @@
 """The dual-head model: a causal LM with LoRA (PEFT) and a classification head beside its LM head.
 
-The head reads the final hidden state at the last prompt token, so the probability depends on the
-input alone and exists before any explanation token is generated. One forward pass over
-prompt + explanation gives both losses; positions come from the attention mask, so left padding,
-right padding and pad == eos all pool and attend exactly as an unpadded single example would.
+The head reads the prompt's hidden states (the last prompt token of the final layer by default; any
+layer, pooled, see `head.py`), so the probability depends on the input alone and exists before any
+explanation token is generated. One forward pass over prompt + explanation gives both losses;
+positions come from the attention mask, so left padding, right padding and pad == eos all pool and
+attend exactly as an unpadded single example would.
+
+When LoRA covers only a band of layers [a, b) (`lora.top_layers` / `lora.layers`), the layers below
+a are a frozen trunk: training feeds their cached output (`trunk.py`) and runs layers a..N-1 only.
 """
 
 from __future__ import annotations
@@ -23,9 +27,10 @@ from torch import nn
 
 from . import __version__
 from .backbones import EMBEDDED, TINY, Backbone, load_model, prepare_tokenizer
-from .config import LoraConfig
+from .config import HeadConfig, LoraConfig
 from .errors import ClsgenError
 from .files import atomic_dir
+from .head import ClassificationHead, pool
 from .task import Task
 
 FORMAT_VERSION = 1
@@ -49,20 +54,13 @@ class DualHeadOutput:
     past_key_values: Any = None
     lm_tokens: int = 0
     """Number of explanation tokens that carried LM loss."""
-
-
-class ClassificationHead(nn.Module):
-    """Linear(hidden_size, 1) on the last prompt token's hidden state, kept in float32."""
-
-    def __init__(self, hidden_size: int, dropout: float = 0.0):
-        super().__init__()
-        self.dropout = nn.Dropout(dropout)
-        self.linear = nn.Linear(hidden_size, 1)
-        nn.init.normal_(self.linear.weight, std=hidden_size ** -0.5 * 0.1)
-        nn.init.zeros_(self.linear.bias)
-
-    def forward(self, hidden: torch.Tensor) -> torch.Tensor:
-        return self.linear(self.dropout(hidden.float())).squeeze(-1)
+    pooled: torch.Tensor | None = None
+    """(batch, k, hidden) what the head read, before standardisation (float32)."""
+    verdict_logits: torch.Tensor | None = None
+    """(batch,) the LM's teacher-forced verdict logit, log P(verbalizer 1) - log P(verbalizer 0) at
+    the verdict position (NaN for rows without one), when `verdict_at` was given."""
+    consistency_loss: torch.Tensor | None = None
+    """Mean BCE(verdict logit, head probability detached) over rows with a verdict."""
 
 
 def positions_from_mask(attention_mask: torch.Tensor) -> torch.Tensor:
@@ -85,31 +83,40 @@ class DualHeadModel(nn.Module):
     # ------------------------------------------------------------------ construction
     @classmethod
     def from_backbone(cls, backbone: Backbone, task: Task, lora: LoraConfig | None = None,
-                      seed: int = 0) -> DualHeadModel:
-        """Wrap a base LM with fresh LoRA adapters and a fresh head (seeded)."""
+                      seed: int = 0, head: HeadConfig | None = None) -> DualHeadModel:
+        """Wrap a base LM with fresh LoRA adapters (in the configured band of layers) and a fresh head."""
         from peft import LoraConfig as PeftLoraConfig
         from peft import get_peft_model
 
         lora = lora or LoraConfig()
+        head_cfg = head or HeadConfig()
         torch.manual_seed(seed)
+        num_layers = backbone.model.config.num_hidden_layers
+        start, stop = check_band(lora, head_cfg, num_layers, backbone.model.config)
         targets = lora.target_modules
+        names = {n.split(".")[-1] for n, m in backbone.model.get_decoder().layers.named_modules()
+                 if isinstance(m, nn.Linear)}
         if isinstance(targets, list):
-            names = {n.split(".")[-1] for n, m in backbone.model.named_modules() if isinstance(m, nn.Linear)}
             unknown = [t for t in targets if t not in names]
             if unknown:
                 raise ClsgenError(f"lora.target_modules {unknown} do not exist in {backbone.spec}; "
                                   f"its linear layers are: {', '.join(sorted(names))} (or use 'all-linear')")
+        band: dict[str, Any] = {}
+        if (start, stop) != (0, num_layers):  # PEFT takes a band only with explicit module names
+            band = {"layers_to_transform": list(range(start, stop)), "layers_pattern": "layers"}
+            targets = sorted(names) if targets == "all-linear" else targets
         peft_cfg = PeftLoraConfig(r=lora.r, lora_alpha=lora.alpha, lora_dropout=lora.dropout,
-                                  target_modules=targets, task_type="CAUSAL_LM")
+                                  target_modules=targets, task_type="CAUSAL_LM", **band)
         try:
             with _quiet_peft():
                 lm = get_peft_model(backbone.model, peft_cfg)
         except ValueError as e:
             raise ClsgenError(f"lora.target_modules={targets!r} cannot be applied: {e}") from None
-        head = ClassificationHead(backbone.model.config.hidden_size)
+        head_module = ClassificationHead(backbone.model.config.hidden_size, head_cfg.layer, head_cfg.pooling,
+                                         num_layers)
         meta = {"base_model": _recorded_spec(backbone.spec), "lora": dataclasses.asdict(lora),
                 "dtype": str(next(backbone.model.parameters()).dtype).removeprefix("torch.")}
-        return cls(lm, head, backbone.tokenizer, task, meta)
+        return cls(lm, head_module, backbone.tokenizer, task, meta)
 
     # ------------------------------------------------------------------ parts
     @property
@@ -129,6 +136,17 @@ class DualHeadModel(nn.Module):
     def device(self) -> torch.device:
         return self.head.linear.weight.device
 
+    @property
+    def num_layers(self) -> int:
+        return int(self.causal_lm.config.num_hidden_layers)
+
+    @property
+    def trunk_layers(self) -> int:
+        """Decoder layers below the LoRA band: a frozen trunk whose output training may cache."""
+        lora = self.meta.get("lora") or {}
+        cfg = LoraConfig(**{k: v for k, v in lora.items() if k in LoraConfig.__dataclass_fields__})
+        return cfg.band(self.num_layers)[0]
+
     def trainable_parameters(self) -> list[tuple[str, nn.Parameter]]:
         return [(n, p) for n, p in self.named_parameters() if p.requires_grad]
 
@@ -147,6 +165,12 @@ class DualHeadModel(nn.Module):
         lm_positions: Literal["labels", "last", "all", "none"] = "labels",
         past_key_values: Any = None,
         use_cache: bool = False,
+        trunk_hidden: torch.Tensor | None = None,
+        trunk_pooled: torch.Tensor | None = None,
+        lm_weights: torch.Tensor | None = None,
+        verdict_at: torch.Tensor | None = None,
+        verdict_ids: torch.Tensor | None = None,
+        w_consistency: float = 0.0,
     ) -> DualHeadOutput:
         """One pass over prompt (+ explanation).
 
@@ -156,19 +180,49 @@ class DualHeadModel(nn.Module):
         cls_labels: (batch,) 0/1 float targets for the head.
         lm_positions: where LM logits are computed: only where labels need them (training), at the
             last position (generation), everywhere, or nowhere (scoring).
+        trunk_hidden: (batch, seq, hidden) the frozen trunk's output (the hidden states entering layer
+            `trunk_layers`), e.g. from the trunk cache: only the layers above it run.
+        trunk_pooled: (batch, trunk_layers + 1, hidden) the trunk layers' pooled states (the head's
+            pooling), needed with `trunk_hidden` when the head reads a trunk layer.
+        lm_weights: (batch, seq) weight of each target in `labels` (e.g. pos_weight on a positive
+            row's verdict token); the LM loss is the weighted sum over the number of targets.
+        verdict_at, verdict_ids: (batch,) index of the verdict token (-1: none) and (batch, 2) its
+            label-0 / label-1 token ids: gives `verdict_logits`, and with `w_consistency` > 0 the
+            consistency term BCE(verdict logit, head probability), whose gradient reaches the LM only.
         """
         if cls_index is None:
             cls_index = torch.full((input_ids.shape[0],), input_ids.shape[1] - 1, device=input_ids.device)
         past_len = past_key_values.get_seq_length() if past_key_values is not None else 0
         position_ids = positions_from_mask(attention_mask)[:, past_len:]
         cache_kw = _cache_argument(self.decoder)
-        out = self.decoder(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
-                           use_cache=use_cache, **{cache_kw: past_key_values})
+        start = self.trunk_layers if trunk_hidden is not None else 0
+        head_reads = self.head.read_layers() if past_len == 0 else []
+        live = {layer for layer in head_reads if layer is not None and layer >= start}
+        if trunk_hidden is not None and start == 0:
+            raise ClsgenError("trunk_hidden given, but this model has no frozen trunk (LoRA in every layer)")
+        inputs = {"inputs_embeds": trunk_hidden} if trunk_hidden is not None else {"input_ids": input_ids}
+        with _capture_layers(self.decoder, live) as captured, _layers_from(self.decoder, start):
+            out = self.decoder(attention_mask=attention_mask, position_ids=position_ids, use_cache=use_cache,
+                               **inputs, **{cache_kw: past_key_values})
         hidden = out.last_hidden_state
-        rows = torch.arange(hidden.shape[0], device=hidden.device)
-        cls_logits = self.head(hidden[rows, cls_index])
+        if head_reads:
+            states = []
+            for layer in head_reads:
+                if layer is None:
+                    states.append(pool(hidden, attention_mask, cls_index, self.head.pooling))
+                elif layer in captured:
+                    states.append(pool(captured[layer], attention_mask, cls_index, self.head.pooling))
+                elif trunk_pooled is not None:
+                    states.append(trunk_pooled[:, layer].float())
+                else:
+                    raise ClsgenError(f"the head reads layer {layer}, inside the frozen trunk: pass trunk_pooled")
+            pooled = torch.stack(states, dim=1)
+            cls_logits = self.head(pooled)
+        else:  # a decoding step: the probability came from the prefill
+            pooled = None
+            cls_logits = hidden.new_full((hidden.shape[0],), float("nan"), dtype=torch.float32)
         cache = out.get(cache_kw) if use_cache else None
-        result = DualHeadOutput(cls_logits=cls_logits, past_key_values=cache)
+        result = DualHeadOutput(cls_logits=cls_logits, past_key_values=cache, pooled=pooled)
 
         if lm_positions == "all":
             result.lm_logits = self.lm_head(hidden).float()
@@ -186,13 +240,34 @@ class DualHeadModel(nn.Module):
             result.lm_tokens = int(where.sum())
             if result.lm_tokens:  # logits only where a target exists: the LM head is costly
                 logits = self.lm_head(hidden[:, :-1][where]).float()
-                result.lm_loss = F.cross_entropy(logits, targets[where])
+                ce = F.cross_entropy(logits, targets[where], reduction="none")
+                if lm_weights is not None:
+                    ce = ce * lm_weights[:, 1:][where].float()
+                result.lm_loss = ce.sum() / result.lm_tokens
             else:
                 result.lm_loss = hidden.sum() * 0.0  # keeps the graph for every process
             losses.append(w_lm * result.lm_loss)
+        if verdict_at is not None and verdict_ids is not None:
+            result.verdict_logits = self._verdict_logits(hidden, verdict_at, verdict_ids)
+            has = verdict_at >= 0
+            if w_consistency > 0 and bool(has.any()):
+                target = torch.sigmoid(cls_logits.detach().float())[has]
+                result.consistency_loss = F.binary_cross_entropy_with_logits(result.verdict_logits[has], target)
+                losses.append(w_consistency * result.consistency_loss)
         if losses:
             result.loss = torch.stack(losses).sum()
         return result
+
+    def _verdict_logits(self, hidden: torch.Tensor, verdict_at: torch.Tensor, verdict_ids: torch.Tensor
+                        ) -> torch.Tensor:
+        """log P(label-1 token) - log P(label-0 token) where the verdict is predicted (teacher-forced)."""
+        out = hidden.new_full((hidden.shape[0],), float("nan"), dtype=torch.float32)
+        rows = torch.nonzero(verdict_at >= 0).squeeze(-1)
+        if rows.numel():
+            logits = self.lm_head(hidden[rows, verdict_at[rows] - 1]).float()
+            picked = logits.gather(1, verdict_ids[rows])
+            out = out.index_put((rows,), picked[:, 1] - picked[:, 0])
+        return out
 
     @torch.no_grad()
     def probabilities(self, logits: torch.Tensor, calibrated: bool = True) -> torch.Tensor:
@@ -224,7 +299,8 @@ class DualHeadModel(nn.Module):
                       str(tmp / HEAD_FILE))
             self.tokenizer.save_pretrained(str(tmp))
             meta = {**self.meta, "format": FORMAT_VERSION, "clsgen_version": __version__,
-                    "task": dataclasses.asdict(self.task), "hidden_size": self.head.linear.in_features}
+                    "task": dataclasses.asdict(self.task), "hidden_size": self.head.hidden_size,
+                    "head": self.head.settings()}
             (tmp / META_FILE).write_text(json.dumps(meta, indent=2))
         return path
 
@@ -245,6 +321,74 @@ def _quiet_peft() -> Iterator[None]:
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*")
         yield
+
+
+def check_band(lora: LoraConfig, head: HeadConfig, num_layers: int, config: Any) -> tuple[int, int]:
+    """The LoRA band [a, b) of a model with `num_layers` layers; refuses settings that cannot work."""
+    start, stop = lora.band(num_layers)
+    if lora.top_layers is not None and lora.top_layers >= num_layers:
+        raise ClsgenError(f"lora.top_layers={lora.top_layers} leaves no frozen trunk in a model of {num_layers} "
+                          f"layers; set it below {num_layers}, or null to put LoRA in every layer")
+    if stop > num_layers:
+        raise ClsgenError(f"lora.layers={lora.layers} reaches past the model's {num_layers} layers; "
+                          f"use a band inside [0, {num_layers}]")
+    if isinstance(head.layer, int) and head.layer > num_layers:
+        raise ClsgenError(f"head.layer={head.layer} is past the model's {num_layers} layers; use 0..{num_layers}, "
+                          "'mix' or null (the final layer)")
+    if start > 0:
+        dropout = {k: getattr(config, k) for k in ("attention_dropout", "hidden_dropout", "dropout",
+                                                   "resid_pdrop", "embd_pdrop", "attn_pdrop")
+                   if isinstance(getattr(config, k, None), (int, float)) and getattr(config, k) > 0}
+        if dropout:
+            raise ClsgenError(f"the base model has dropout ({dropout}), so its frozen layers are not "
+                              "deterministic and their cached output would differ from training's; set "
+                              "lora.top_layers and lora.layers to null (LoRA in every layer)")
+    return start, stop
+
+
+@contextlib.contextmanager
+def _layers_from(decoder: nn.Module, start: int) -> Iterator[None]:
+    """Run the decoder's layers from `start` only: its forward then takes the trunk's output as
+    `inputs_embeds` and computes positions, masks and the final norm exactly as a full pass does."""
+    if start == 0:
+        yield
+        return
+    full = decoder.layers
+    decoder.layers = nn.ModuleList(list(full)[start:])
+    try:
+        yield
+    finally:
+        decoder.layers = full
+
+
+@contextlib.contextmanager
+def _capture_layers(decoder: nn.Module, wanted: set[int]) -> Iterator[dict[int, torch.Tensor]]:
+    """Record the residual stream after L decoder layers for each L in `wanted` (L = 0: the
+    embeddings), i.e. the input of layer L, or the last layer's output for L = num_layers."""
+    captured: dict[int, torch.Tensor] = {}
+    layers = list(decoder.layers)
+    hooks = []
+
+    def keep_input(layer: int) -> Any:
+        def hook(module: nn.Module, args: tuple, kwargs: dict) -> None:
+            captured[layer] = args[0] if args else kwargs["hidden_states"]
+        return hook
+
+    def keep_output(layer: int) -> Any:
+        def hook(module: nn.Module, args: tuple, output: Any) -> None:
+            captured[layer] = output[0] if isinstance(output, tuple) else output
+        return hook
+
+    for layer in sorted(wanted):
+        if layer < len(layers):
+            hooks.append(layers[layer].register_forward_pre_hook(keep_input(layer), with_kwargs=True))
+        else:
+            hooks.append(layers[-1].register_forward_hook(keep_output(layer)))
+    try:
+        yield captured
+    finally:
+        for h in hooks:
+            h.remove()
 
 
 def _cache_argument(decoder: nn.Module) -> str:
@@ -364,7 +508,7 @@ def load_pretrained(path: str | Path, dtype: str | torch.dtype | None = None,
     if not head_file.is_file():
         raise ClsgenError(f"{path} has no {HEAD_FILE}: the classification head is missing, so the "
                           "probabilities would be random; re-save the model")
-    head = ClassificationHead(meta["hidden_size"])
+    head = ClassificationHead(meta["hidden_size"], **(meta.get("head") or {}))
     head.load_state_dict(load_file(str(head_file)))
     model = DualHeadModel(lm, head, tokenizer, task, meta)
     return model.eval()

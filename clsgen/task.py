@@ -44,11 +44,15 @@ class Task:
     verbalizers: tuple[str, str]
     max_prompt_tokens: int = 768
     truncation: str = "head+tail"
+    verdict_position: str = "last"
+    """Where the assistant turn states its verdict line: 'last' (after the explanation) or 'first'."""
 
     def __post_init__(self) -> None:
         if self.truncation not in ("head", "tail", "head+tail"):
             raise ClsgenError(f"task.truncation must be 'head', 'tail' or 'head+tail', "
                               f"got {self.truncation!r}")
+        if self.verdict_position not in ("first", "last"):
+            raise ClsgenError(f"task.verdict_position must be 'first' or 'last', got {self.verdict_position!r}")
         if len(self.verbalizers) != 2:
             raise ClsgenError(f"task.verbalizers needs two words (label 0, label 1), got "
                               f"{self.verbalizers!r}")
@@ -110,9 +114,26 @@ class Task:
         return msgs + [{"role": "user", "content": self.user_message(fields)}]
 
     def target_text(self, explanation: str | None, label: int) -> str:
-        """The assistant turn: the explanation, then the verdict line."""
+        """The assistant turn: the explanation and the verdict line (after it, or before it with
+        `verdict_position='first'`); the verdict line alone when there is no explanation."""
         line = verdict_line(self.verbalizers[label])
-        return f"{explanation.strip()}\n\n{line}" if explanation and explanation.strip() else line
+        if not (explanation and explanation.strip()):
+            return line
+        if self.verdict_position == "first":
+            return f"{line}\n\n{explanation.strip()}"
+        return f"{explanation.strip()}\n\n{line}"
+
+    def parse_verdict(self, text: str | None) -> int | None:
+        """The label stated by generated `text` at this task's verdict position (None: none/ambiguous)."""
+        from .verdict import parse_verdict
+
+        return parse_verdict(text, self.verbalizers, self.verdict_position)
+
+    def split_verdict(self, text: str | None) -> tuple[str, str | None]:
+        """(explanation body, verdict line) of generated `text` at this task's verdict position."""
+        from .verdict import split_verdict
+
+        return split_verdict(text, self.verdict_position)
 
     # ------------------------------------------------------------------ tokens
     def render_prompt(self, tokenizer: Any, fields: Mapping[str, Any]) -> str:

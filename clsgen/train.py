@@ -59,7 +59,8 @@ TRAINER_STATE = "trainer_state.json"
 LOG_FILE = "train_log.jsonl"
 SUMMARY_FILE = "train_summary.json"
 CONFIG_FILE = "train_config.yaml"
-RESUME_MAY_CHANGE = {"eval_every", "save_every", "log_every", "log_with", "early_stopping", "keep_checkpoints"}
+RESUME_MAY_CHANGE = {"eval_every", "save_every", "log_every", "log_with", "early_stopping", "keep_checkpoints",
+                     "cache_dir"}
 """TrainConfig fields a resumed run may change; any other change would give different weights."""
 
 
@@ -154,7 +155,8 @@ def task_from_config(cfg: Config) -> Task:
     builtin = {"clinifact": CLINIFACT_TASK, "pubmedqa": PUBMEDQA_TASK, "lcd": LCD_TASK}
     t = cfg.task
     overrides = dict(system=t.system, template=t.template, verbalizers=t.verbalizers,
-                     max_prompt_tokens=t.max_prompt_tokens, truncation=t.truncation)
+                     max_prompt_tokens=t.max_prompt_tokens, truncation=t.truncation,
+                     verdict_position=t.verdict_position)
     if cfg.data.dataset in builtin:
         return builtin[cfg.data.dataset].with_overrides(**overrides)
     if not t.template:
@@ -292,19 +294,24 @@ def _train(accelerator: Any, cfg: Config, task: Task, train_set: list[TrainExamp
                           trust_remote_code=cfg.model.trust_remote_code)
     tokenizer = backbone.tokenizer
     task = training_task(task, tokenizer, tc.max_length)
-    model = DualHeadModel.from_backbone(backbone, task, cfg.lora, seed=tc.seed)
+    model = DualHeadModel.from_backbone(backbone, task, cfg.lora, seed=tc.seed, head=cfg.head)
     if tc.w_cls == 0:  # generation-only baseline: the head is not trained
         model.head.requires_grad_(False)
     if tc.gradient_checkpointing:
         model.causal_lm.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     pad_id = tokenizer.pad_token_id
     enc = [encode_example(task, tokenizer, ex.fields, ex.label, ex.explanation, tc.max_length,
-                          with_target=tc.w_lm > 0) for ex in train_set]
+                          with_target=tc.w_lm > 0, verdict_only=tc.verdict_only) for ex in train_set]
     dev_enc = [encode_example(task, tokenizer, ex.fields, ex.label, ex.explanation, tc.max_length,
-                              with_target=tc.w_lm > 0) for ex in dev_set]
+                              with_target=tc.w_lm > 0, verdict_only=tc.verdict_only) for ex in dev_set]
     pos_weight = _pos_weight(tc.pos_weight, [ex.label for ex in train_set])
     selection = _selection_metric(tc.w_cls, dev_set, dev_enc)
     data_info = _data_info(train_set, enc, dev_set, pos_weight, selection)
+    trunk, dev_trunk = None, None
+    if model.trunk_layers:
+        trunk, dev_trunk, data_info["trunk_cache"] = _cached_trunk(accelerator, model, tc, enc, dev_enc, progress)
+    if cfg.head.init == "probe" and resume_dir is None and tc.w_cls > 0:
+        data_info["probe"] = _probe_init(model, enc, trunk, dev_enc, dev_trunk, pad_id, cfg, pos_weight)
     if tc.w_lm > 0 and not any(e.target_len for e in enc):
         log.warning("no training example has an explanation: the LM term is empty and only the head "
                     "learns; pass the synth JSONL as --data")
@@ -352,7 +359,7 @@ def _train(accelerator: Any, cfg: Config, task: Task, train_set: list[TrainExamp
             plans = {epoch: plan_epoch([len(e) for e in enc], tc.batch_size, tc.grad_accum, world, tc.seed,
                                        epoch, tc.group_by_length)}
         t0, c0 = time.perf_counter(), time.process_time()
-        sums, grad_norm = _step(accelerator, model, optimizer, trainable, enc, plans[epoch][k], pad_id,
+        sums, grad_norm = _step(accelerator, model, optimizer, trainable, enc, trunk, plans[epoch][k], pad_id,
                                 pos_weight, tc, state)
         lrs = scheduler.get_last_lr()  # the rates this step used
         scheduler.step()
@@ -371,7 +378,7 @@ def _train(accelerator: Any, cfg: Config, task: Task, train_set: list[TrainExamp
         bar.update(1)
 
         if dev_set and (state.step % eval_every == 0 or last):
-            metrics = _evaluate(accelerator, model, dev_enc, pad_id, cfg.eval.batch_size, tc.w_lm)
+            metrics = _evaluate(accelerator, model, dev_enc, dev_trunk, pad_id, cfg.eval.batch_size, tc.w_lm)
             _select(accelerator, model, metrics, selection, state, out_dir)
             record.update(metrics)
             _log(accelerator, out_dir, {"event": "eval", **metrics}, trackers)
@@ -419,17 +426,19 @@ def _train(accelerator: Any, cfg: Config, task: Task, train_set: list[TrainExamp
                        unwrapped if _plain_parallel(accelerator) else None)
 
 
-def _step(accelerator: Any, model: Any, optimizer: Any, trainable: list, enc: Sequence[Encoded], plan: Any,
-          pad_id: int, pos_weight: float | None, tc: Any, state: _LoopState) -> tuple[torch.Tensor, Any]:
+def _step(accelerator: Any, model: Any, optimizer: Any, trainable: list, enc: Sequence[Encoded],
+          trunk: Sequence[Any] | None, plan: Any, pad_id: int, pos_weight: float | None, tc: Any,
+          state: _LoopState) -> tuple[torch.Tensor, Any]:
     """One optimizer step over `plan` (grad_accum micro-batches on this process).
 
-    Returns the step's (BCE sum, CE sum) over all processes and the gradient norm before clipping.
+    Returns the step's (BCE sum, CE sum, consistency sum) over all processes and the gradient norm
+    before clipping.
     """
     world = accelerator.num_processes
     real = plan.examples()
     n_step = len(real)  # examples in the whole step (every micro-batch, every process)
     t_step = sum(enc[i].target_len for i in real)  # explanation tokens in the whole step
-    sums = torch.zeros(2, device=accelerator.device)
+    sums = torch.zeros(3, device=accelerator.device)
     grad_norm = None
     for slot in plan.micro:
         for r in slot:  # padding figures cover every process (all of them know the plan)
@@ -437,21 +446,22 @@ def _step(accelerator: Any, model: Any, optimizer: Any, trainable: list, enc: Se
             state.real_tokens += real_t if r.weights[0] > 0 else 0
             state.padded_tokens += padded_t
         mb = slot[accelerator.process_index]
-        batch = {k: v.to(accelerator.device)
-                 for k, v in collate_train([enc[i] for i in mb.indices], pad_id, mb.weights).items()}
+        batch = _batch(model, enc, trunk, mb.indices, pad_id, accelerator.device, mb.weights, pos_weight)
         with accelerator.accumulate(model):
             out = model(batch["input_ids"], batch["attention_mask"], batch["cls_index"],
-                        labels=batch["labels"] if tc.w_lm > 0 else None, w_lm=tc.w_lm)
-            cls_sum, lm_sum = _loss_sums(out, batch, pos_weight, tc.w_cls)
+                        labels=batch["labels"] if tc.w_lm > 0 else None, w_lm=tc.w_lm, **_lm_inputs(batch))
+            cls_sum, lm_sum, cons_sum = _loss_sums(out, batch, pos_weight, tc.w_cls)
             loss = 0.0 * out.cls_logits.sum()  # keeps every trainable parameter in the graph
             if tc.w_cls > 0:
                 loss = loss + tc.w_cls * cls_sum / max(n_step, 1)
             if tc.w_lm > 0 and t_step > 0:
                 loss = loss + tc.w_lm * lm_sum / t_step
+            if tc.w_consistency > 0:
+                loss = loss + tc.w_consistency * cons_sum / max(n_step, 1)
             # accelerate divides by grad_accum and DDP averages over processes: undo both, so the
             # gradient is that of the step's sums divided by the step's counts
             accelerator.backward(loss * tc.grad_accum * world)
-            sums += torch.stack([cls_sum.detach(), lm_sum.detach()])
+            sums += torch.stack([cls_sum.detach(), lm_sum.detach(), cons_sum.detach()])
             if accelerator.sync_gradients:
                 grad_norm = accelerator.clip_grad_norm_(trainable, tc.max_grad_norm or float("inf"))
                 optimizer.step()
@@ -484,6 +494,7 @@ class _Window:
 
     def __init__(self) -> None:
         self.tokens, self.seconds, self.cls, self.lm, self.n, self.t, self.steps = 0, 0.0, 0.0, 0.0, 0, 0, 0
+        self.consistency = 0.0
 
     def add(self, real: list[int], enc: Sequence[Encoded], sums: torch.Tensor, seconds: float) -> None:
         self.tokens += sum(len(enc[i]) for i in real)
@@ -491,13 +502,16 @@ class _Window:
         self.t += sum(enc[i].target_len for i in real)
         self.cls += float(sums[0])
         self.lm += float(sums[1])
+        self.consistency += float(sums[2])
         self.seconds += seconds
         self.steps += 1
 
     def record(self, tc: Any, lrs: list[float], grad_norm: Any) -> dict[str, Any]:
         cls = self.cls / max(self.n, 1) if tc.w_cls > 0 else None
         lm = self.lm / self.t if self.t and tc.w_lm > 0 else None
-        return {"loss": tc.w_cls * (cls or 0.0) + tc.w_lm * (lm or 0.0), "cls_loss": cls, "lm_loss": lm,
+        cons = self.consistency / max(self.n, 1) if tc.w_consistency > 0 else None
+        return {"loss": tc.w_cls * (cls or 0.0) + tc.w_lm * (lm or 0.0) + tc.w_consistency * (cons or 0.0),
+                "cls_loss": cls, "lm_loss": lm, "consistency_loss": cons,
                 "lr": lrs[0], "head_lr": lrs[1] if len(lrs) > 1 else None,
                 "grad_norm": float(grad_norm) if grad_norm is not None else None,
                 "tokens_per_s": self.tokens / max(self.seconds, 1e-9),
@@ -508,8 +522,9 @@ class _Window:
 
 
 def _loss_sums(out: Any, batch: dict[str, torch.Tensor], pos_weight: float | None, w_cls: float
-               ) -> tuple[torch.Tensor, torch.Tensor]:
-    """(sum of weighted per-example BCE, sum of per-token CE) of one micro-batch."""
+               ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(sum of weighted per-example BCE, sum of per-token CE, sum of per-example consistency BCE
+    between the LM's verdict and the head's detached probability) of one micro-batch."""
     logits = out.cls_logits.float()
     if w_cls > 0:
         pw = None if pos_weight is None else torch.tensor(pos_weight, device=logits.device)
@@ -518,7 +533,13 @@ def _loss_sums(out: Any, batch: dict[str, torch.Tensor], pos_weight: float | Non
     else:
         cls_sum = logits.new_zeros(())
     lm_sum = out.lm_loss.float() * out.lm_tokens if out.lm_loss is not None else logits.new_zeros(())
-    return cls_sum, lm_sum
+    cons_sum = logits.new_zeros(())
+    if out.verdict_logits is not None:
+        has = (batch["verdict_at"] >= 0) & (batch["weight"] > 0)
+        if bool(has.any()):
+            target = torch.sigmoid(logits.detach())[has]
+            cons_sum = F.binary_cross_entropy_with_logits(out.verdict_logits[has], target, reduction="sum")
+    return cls_sum, lm_sum, cons_sum
 
 
 def _lr_lambda(schedule: str, warmup: int, total: int) -> Callable[[int], float]:
@@ -562,12 +583,122 @@ def _selection_metric(w_cls: float, dev: Sequence[TrainExample], dev_enc: Sequen
     return "dev_lm_loss" if any(e.target_len for e in dev_enc) else None
 
 
+# ----------------------------------------------------------------------------- the cached trunk
+
+
+def _batch(model: Any, enc: Sequence[Encoded], trunk: Sequence[Any] | None, indices: Sequence[int], pad_id: int,
+           device: torch.device, weights: Sequence[float] | None = None, pos_weight: float | None = None
+           ) -> dict[str, torch.Tensor]:
+    """A right-padded training batch, with the cached trunk's states when the model has a trunk and
+    LM weights that give positive rows' verdict tokens `pos_weight`, as the head's BCE does."""
+    from .trunk import collate_trunk
+
+    rows = [enc[i] for i in indices]
+    batch = collate_train(rows, pad_id, weights)
+    if trunk is not None:
+        batch.update(collate_trunk([trunk[i] for i in indices], _unwrap(model).head.pooling))
+    if pos_weight is not None:
+        lm_weights = torch.ones(batch["labels"].shape)
+        for r, e in enumerate(rows):
+            if e.label == 1 and e.verdict_at >= 0:
+                lm_weights[r, e.verdict_at] = pos_weight
+        batch["lm_weights"] = lm_weights
+    return {k: v.to(device) for k, v in batch.items()}
+
+
+def _trunk_inputs(batch: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    return {k: batch[k] for k in ("trunk_hidden", "trunk_pooled") if k in batch}
+
+
+def _lm_inputs(batch: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """The trunk's states, the LM weights and the verdict positions of a training batch."""
+    keys = ("trunk_hidden", "trunk_pooled", "lm_weights", "verdict_at", "verdict_ids")
+    return {k: batch[k] for k in keys if k in batch}
+
+
+def _unwrap(model: Any) -> DualHeadModel:
+    return model.module if hasattr(model, "module") else model
+
+
+def _cached_trunk(accelerator: Any, model: DualHeadModel, tc: Any, enc: Sequence[Encoded],
+                  dev_enc: Sequence[Encoded], progress: bool) -> tuple[list, list, dict[str, Any]]:
+    """Build (main process) and load (every process) the frozen trunk's states of every example, after
+    checking on one example that the cached path reproduces the full forward pass."""
+    from .trunk import TrunkCache
+
+    cache = TrunkCache(model, tc.cache_dir)
+    info: dict[str, Any] = {"dir": str(cache.dir), "trunk_layers": cache.start}
+    if accelerator.is_main_process:
+        info.update(cache.build(list(enc) + list(dev_enc), batch_size=tc.batch_size * 2,
+                                progress=progress))
+        accelerator.print(f"trunk cache: layers 0-{cache.start - 1} of {len(enc) + len(dev_enc)} examples in "
+                          f"{cache.dir} ({info['computed']} computed in {info['seconds']:.0f} s)")
+    accelerator.wait_for_everyone()
+    states, dev_states = cache.load(enc), cache.load(dev_enc)
+    _check_trunk(model, enc, states)
+    return states, dev_states, info
+
+
+@torch.no_grad()
+def _check_trunk(model: DualHeadModel, enc: Sequence[Encoded], states: Sequence[Any]) -> None:
+    """The cached path must give the full pass's results: a model whose forward does more than run its
+    layers in turn (e.g. scales its embeddings inside) is refused here rather than trained wrongly."""
+    i = min(range(len(enc)), key=lambda j: len(enc[j]))
+    batch = _batch(model, enc, states, [i], model.tokenizer.pad_token_id, model.device)
+    was_training = model.training
+    model.eval()
+    try:
+        full = model(batch["input_ids"], batch["attention_mask"], batch["cls_index"], lm_positions="all")
+        cached = model(batch["input_ids"], batch["attention_mask"], batch["cls_index"], lm_positions="all",
+                       **_trunk_inputs(batch))
+    finally:
+        model.train(was_training)
+    scale = full.lm_logits.abs().max().clamp(min=1.0)
+    error = float((full.lm_logits - cached.lm_logits).abs().max() / scale)
+    tolerance = 1e-4 if batch["trunk_hidden"].dtype == torch.float32 else 5e-2
+    if not error <= tolerance:
+        raise ClsgenError(f"the cached trunk does not reproduce this model's forward pass (relative error "
+                          f"{error:.2g}); set lora.top_layers and lora.layers to null for this base model")
+
+
+@torch.no_grad()
+def _probe_init(model: DualHeadModel, enc: Sequence[Encoded], trunk: Sequence[Any] | None,
+                dev_enc: Sequence[Encoded], dev_trunk: Sequence[Any] | None, pad_id: int, cfg: Config,
+                pos_weight: float | None) -> dict[str, Any]:
+    """head.init = probe: a logistic regression on what the head reads, before any training step."""
+    from .head import fit_probe
+
+    def pooled(rows: Sequence[Encoded], states: Sequence[Any] | None) -> np.ndarray:
+        out = []
+        for start in range(0, len(rows), cfg.eval.batch_size):
+            idx = list(range(start, min(start + cfg.eval.batch_size, len(rows))))
+            batch = _batch(model, rows, states, idx, pad_id, model.device)
+            result = model(batch["input_ids"], batch["attention_mask"], batch["cls_index"],
+                           lm_positions="none", **_trunk_inputs(batch))
+            out.append(result.pooled.cpu().numpy())
+        return np.concatenate(out)
+
+    was_training = model.training
+    model.eval()
+    try:
+        started = time.perf_counter()
+        x = pooled(enc, trunk)
+        xd = pooled(dev_enc, dev_trunk) if dev_enc else None
+        info = fit_probe(model.head, x, [e.label for e in enc], xd, [e.label for e in dev_enc] or None,
+                         balanced=pos_weight is not None)
+    finally:
+        model.train(was_training)
+    info["seconds"] = round(time.perf_counter() - started, 1)
+    log.info("head warm-started from a probe: %s", info)
+    return info
+
+
 # ----------------------------------------------------------------------------- evaluation
 
 
 @torch.no_grad()
-def _evaluate(accelerator: Any, model: Any, dev_enc: Sequence[Encoded], pad_id: int, batch_size: int,
-              w_lm: float) -> dict[str, Any]:
+def _evaluate(accelerator: Any, model: Any, dev_enc: Sequence[Encoded], dev_trunk: Sequence[Any] | None,
+              pad_id: int, batch_size: int, w_lm: float) -> dict[str, Any]:
     """Dev AUROC and losses. Rows are prompt + target (when present), right-padded: the head reads
     the last prompt token, so its logit equals the prompt-only one. Batches are shared among the
     processes (every process runs as many, for FSDP/ZeRO collectives) and results gathered."""
@@ -586,23 +717,25 @@ def _evaluate(accelerator: Any, model: Any, dev_enc: Sequence[Encoded], pad_id: 
     lm_sum, lm_tokens = 0.0, 0
     for g in range(rank, len(batches), world):
         idx = batches[g]
-        rows = collate_train([dev_enc[i] for i in idx], pad_id)
-        batch = {k: v.to(accelerator.device) for k, v in rows.items()}
+        batch = _batch(model, dev_enc, dev_trunk, idx, pad_id, accelerator.device)
         out = model(batch["input_ids"], batch["attention_mask"], batch["cls_index"],
-                    labels=batch["labels"] if w_lm > 0 else None, w_lm=w_lm)
+                    labels=batch["labels"] if w_lm > 0 else None, w_lm=w_lm, **_lm_inputs(batch))
         if g >= n_real:
             continue
-        results.extend(zip(idx, out.cls_logits.float().cpu().tolist()))
+        verdict = out.verdict_logits if out.verdict_logits is not None else out.cls_logits.new_full(
+            out.cls_logits.shape, float("nan"))
+        results.extend(zip(idx, out.cls_logits.float().cpu().tolist(), verdict.float().cpu().tolist()))
         if out.lm_loss is not None and out.lm_tokens:
             lm_sum += float(out.lm_loss) * out.lm_tokens
             lm_tokens += out.lm_tokens
     model.train()
     gathered = gather_object([(results, lm_sum, lm_tokens)]) if world > 1 else [(results, lm_sum, lm_tokens)]
     logits = np.zeros(len(dev_enc), dtype=np.float64)
+    verdict = np.full(len(dev_enc), np.nan)
     lm_sum, lm_tokens = 0.0, 0
     for res, s, t in gathered:
-        for i, z in res:
-            logits[i] = z
+        for i, z, v in res:
+            logits[i], verdict[i] = z, v
         lm_sum, lm_tokens = lm_sum + s, lm_tokens + t
     y = np.array([e.label for e in dev_enc])
     p = 1.0 / (1.0 + np.exp(-logits))
@@ -614,6 +747,13 @@ def _evaluate(accelerator: Any, model: Any, dev_enc: Sequence[Encoded], pad_id: 
         metrics["dev_auroc"] = None
     if lm_tokens:
         metrics["dev_lm_loss"] = lm_sum / lm_tokens
+    has = ~np.isnan(verdict)
+    if has.any():  # the LM's teacher-forced verdict: its own AUROC and its agreement with the head
+        try:
+            metrics["dev_verdict_auroc"] = float(auroc(y[has], 1.0 / (1.0 + np.exp(-verdict[has]))))
+        except UndefinedMetricError:
+            metrics["dev_verdict_auroc"] = None
+        metrics["dev_agreement"] = float(np.mean((verdict[has] > 0) == (logits[has] > 0)))
     return metrics
 
 
@@ -837,7 +977,7 @@ def _fingerprint(cfg: Config, enc: Sequence[Encoded], world: int) -> dict[str, A
         h.update(json.dumps([e.input_ids, e.prompt_len, e.label]).encode())
     train_cfg = {k: v for k, v in dataclasses.asdict(cfg.train).items() if k not in RESUME_MAY_CHANGE}
     return {"data": h.hexdigest()[:16], "num_processes": world, "model": dataclasses.asdict(cfg.model),
-            "lora": dataclasses.asdict(cfg.lora), "train": train_cfg}
+            "lora": dataclasses.asdict(cfg.lora), "head": dataclasses.asdict(cfg.head), "train": train_cfg}
 
 
 def _fingerprint_changes(old: dict[str, Any], new: dict[str, Any]) -> list[str]:
@@ -847,7 +987,7 @@ def _fingerprint_changes(old: dict[str, Any], new: dict[str, Any]) -> list[str]:
             what = ("the training data (or task, tokenizer or max_length)" if key == "data"
                     else "the number of processes")
             changes.append(f"{what}: {old.get(key)} -> {new.get(key)}")
-    for section in ("model", "lora", "train"):
+    for section in ("model", "lora", "head", "train"):
         a, b = old.get(section, {}), new.get(section, {})
         for k in sorted(set(a) | set(b)):
             if a.get(k) != b.get(k):
@@ -902,7 +1042,7 @@ def _truncate_log(path: Path, step: int) -> None:
 
 def _eval_line(m: dict[str, Any]) -> str:
     parts = [f"step {m['step']}"]
-    for k in ("dev_auroc", "dev_cls_loss", "dev_lm_loss"):
+    for k in ("dev_auroc", "dev_cls_loss", "dev_lm_loss", "dev_verdict_auroc", "dev_agreement"):
         if m.get(k) is not None:
             parts.append(f"{k} {m[k]:.4f}")
     return "eval: " + ", ".join(parts) + (" (best)" if m.get("best") else "")
@@ -954,7 +1094,8 @@ def _data_info(train_set: Sequence[TrainExample], enc: Sequence[Encoded], dev_se
                pos_weight: float | None, selection: str | None) -> dict[str, Any]:
     return {
         "n_train": len(train_set), "n_train_positive": sum(ex.label for ex in train_set),
-        "n_with_explanation": sum(1 for e in enc if e.target_len),
+        "n_with_explanation": sum(1 for e in enc if e.explained),
+        "n_verdict_only": sum(1 for e in enc if e.target_len and not e.explained),
         "n_targets_cut": sum(e.target_cut for e in enc),
         "n_dev": len(dev_set), "pos_weight": pos_weight, "selection": selection,
     }

@@ -100,6 +100,22 @@ def _last_marker(text: str) -> _Marker | None:
     return max(candidates, key=lambda m: (m.end, -m.start))
 
 
+def _first_marker(text: str) -> _Marker | None:
+    """The answer marker that starts first in `text` (ties: the longer one)."""
+    candidates = _inline_markers(text) + [_Marker(m.start(), m.end()) for m in _LINE_MARKER.finditer(text)]
+    if not candidates:
+        return None
+    return min(candidates, key=lambda m: (m.start, -m.end))
+
+
+def _marker(text: str, position: str) -> _Marker | None:
+    if position == "first":
+        return _first_marker(text)
+    if position == "last":
+        return _last_marker(text)
+    raise ValueError(f"verdict position must be 'first' or 'last', got {position!r}")
+
+
 def _has_words(s: str) -> bool:
     return _WORD.search(s) is not None
 
@@ -170,8 +186,9 @@ def _word_match(answer: str, verbalizers: Sequence[str]) -> int | None:
     return matched[0] if len(matched) == 1 else None
 
 
-def parse_verdict(text: str | None, verbalizers: Sequence[str]) -> int | None:
-    """The label index (position in `verbalizers`) stated by the last verdict line of `text`.
+def parse_verdict(text: str | None, verbalizers: Sequence[str], position: str = "last") -> int | None:
+    """The label index (position in `verbalizers`) stated by the last verdict line of `text` (the
+    first one with `position='first'`, for models trained to state the verdict before explaining).
 
     Returns None when `text` is None or empty, has no answer marker, or its answer names no
     verbalizer or more than one. See the module docstring for the exact rules.
@@ -180,7 +197,7 @@ def parse_verdict(text: str | None, verbalizers: Sequence[str]) -> int | None:
         raise ValueError("parse_verdict needs at least one verbalizer, got none")
     if not text:
         return None
-    marker = _last_marker(text)
+    marker = _marker(text, position)
     if marker is None:
         return None
     answer = _answer_text(text, marker)
@@ -190,26 +207,43 @@ def parse_verdict(text: str | None, verbalizers: Sequence[str]) -> int | None:
     return exact if exact is not None else _word_match(answer, verbalizers)
 
 
-def split_verdict(text: str | None) -> tuple[str, str | None]:
+def split_verdict(text: str | None, position: str = "last") -> tuple[str, str | None]:
     """Split generated text into (explanation body, raw verdict line).
 
     The body is everything before the last answer marker, stripped; the verdict line runs from the
     marker to the end of its line (plus the next non-blank line when the answer is written there),
     stripped. Text after the verdict line is end-of-text junk and belongs to neither. Without a
-    marker the whole text is the body and the verdict line is None.
+    marker the whole text is the body and the verdict line is None. With `position='first'` the
+    verdict line is the first one and the body is what follows it.
     """
     if not text:
         return "", None
-    marker = _last_marker(text)
+    marker = _marker(text, position)
     if marker is None:
         return text.strip(), None
-    body = text[: marker.start].strip()
     line_end = text.find("\n", marker.end)
     line_end = len(text) if line_end == -1 else line_end
     verdict = text[marker.start : line_end]
+    rest = line_end + 1
     if not _first_chunk(text[marker.end : line_end]):
         for line in text[line_end + 1 :].split("\n"):
+            rest += len(line) + 1
             if line.strip():
                 verdict = f"{verdict.rstrip()}\n{line.strip()}"
                 break
-    return body, verdict.strip()
+    if position == "first":
+        return _strip_special(text[min(rest, len(text)):]).strip(), verdict.strip()
+    return text[: marker.start].strip(), verdict.strip()
+
+
+def explanation_body(text: str | None) -> str:
+    """The explanation without its verdict line, whether the line comes last or first."""
+    body, line = split_verdict(text, "last")
+    if line is not None and not body:
+        body, _ = split_verdict(text, "first")
+    return body
+
+
+def _strip_special(s: str) -> str:
+    """`s` up to its first special token (an end of turn), if any."""
+    return _SPECIAL_TOKEN.split(s, maxsplit=1)[0]

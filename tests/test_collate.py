@@ -34,10 +34,27 @@ def test_encode_prompt_then_target(tok):
     assert e.input_ids[-1] == tok.eos_token_id  # the end of turn is learnt too
 
 
-def test_null_explanation_has_no_target(tok):
+def test_null_explanation_gets_a_verdict_only_target(tok):
     e = encode_example(TASK, tok, FIELDS, 0, None, max_length=512)
-    assert e.target_len == 0 and len(e) == e.prompt_len
+    assert tok.decode(e.input_ids[e.prompt_len:]).startswith("Answer: NO") and not e.explained
+    assert e.input_ids[e.verdict_at] == e.verdict_ids[0] and e.verdict_ids[0] != e.verdict_ids[1]
+    assert tok.decode([e.verdict_ids[1]]).strip() == "YES"
+    no_target = encode_example(TASK, tok, FIELDS, 0, None, max_length=512, verdict_only=False)
+    assert no_target.target_len == 0 and len(no_target) == no_target.prompt_len and no_target.verdict_at == -1
     assert encode_example(TASK, tok, FIELDS, 0, "Why.", 512, with_target=False).target_len == 0
+
+
+@pytest.mark.parametrize("position", ["first", "last"])
+def test_the_verdict_token_is_found_at_either_position(tok, position):
+    task = TASK.with_overrides(verdict_position=position)
+    e = encode_example(task, tok, FIELDS, 1, "The outcome improved a lot.", max_length=512)
+    text = tok.decode(e.input_ids[e.prompt_len:])
+    assert e.explained and e.input_ids[e.verdict_at] == e.verdict_ids[1]
+    assert text.startswith("Answer: YES\n\nThe outcome") if position == "first" else \
+        text.startswith("The outcome improved a lot.\n\nAnswer: YES")
+    assert task.parse_verdict(text) == 1 and task.split_verdict(text)[0] == "The outcome improved a lot."
+    cut = encode_example(task, tok, FIELDS, 1, "The outcome improved a lot.", max_length=e.verdict_at)
+    assert cut.verdict_at == -1  # the verdict was cut off: nothing to teach or tie there
 
 
 def test_target_is_cut_to_max_length(tok):

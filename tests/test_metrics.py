@@ -197,7 +197,8 @@ def test_fit_temperature_separable_data_hits_lower_bound():
         (lambda: auprc([0, 0], [0.2, 0.5]), "no positive"),
         (lambda: f1([0, 0], [0, 0]), "no positive"),
         (lambda: accuracy([], []), "no rows"),
-        (lambda: cohen_kappa([1, 1], [1, 1]), "same label"),
+        (lambda: cohen_kappa([1, 1], [1, 1]), "single label"),
+        (lambda: cohen_kappa([0, 0, 0, 0], [0, 1, 0, 1]), "degenerate"),  # sklearn says 0.0: reads as chance
         (lambda: alignment_auroc([0.2, 0.8], [None, None]), "no rows"),
         (lambda: flesch_reading_ease("123 456"), "no words"),
         (lambda: flesch([None, ""]), "no explanation"),

@@ -45,7 +45,7 @@ def model() -> DualHeadModel:
 
 @pytest.fixture(scope="module")
 def encoded(model):
-    return [encode_example(TASK, model.tokenizer, {"text": t}, i % 2, e, max_length=256)
+    return [encode_example(TASK, model.tokenizer, {"text": t}, i % 2, e, max_length=256, verdict_only=False)
             for i, (t, e) in enumerate(zip(TEXTS, EXPLANATIONS))]
 
 
@@ -212,3 +212,33 @@ def test_merged_export_loads_without_peft_and_matches(model, encoded, tmp_path):
     a, b = _outputs(model, encoded), _outputs(merged, encoded)
     torch.testing.assert_close(a.cls_logits, b.cls_logits, atol=1e-5, rtol=1e-4)
     torch.testing.assert_close(a.lm_logits, b.lm_logits, atol=1e-4, rtol=1e-4)
+
+
+def test_consistency_gradient_reaches_the_lm_only(model):
+    rows = [encode_example(TASK, model.tokenizer, {"text": t}, i % 2, e, max_length=256)
+            for i, (t, e) in enumerate(zip(TEXTS, EXPLANATIONS))]
+    b = collate_train(rows, model.tokenizer.pad_token_id)
+    model.zero_grad(set_to_none=True)
+    out = model(b["input_ids"], b["attention_mask"], b["cls_index"], w_cls=0.0, w_lm=0.0,
+                verdict_at=b["verdict_at"], verdict_ids=b["verdict_ids"], w_consistency=1.0)
+    has = b["verdict_at"] >= 0
+    target = torch.sigmoid(out.cls_logits.detach())[has]
+    assert out.loss.item() == pytest.approx(
+        F.binary_cross_entropy_with_logits(out.verdict_logits[has], target).item(), rel=1e-6)
+    out.loss.backward()
+    assert all(p.grad is None or not p.grad.any() for p in model.head.parameters())
+    assert any(p.grad is not None and p.grad.abs().sum() > 0 for n, p in model.named_parameters() if "lora_" in n)
+    model.zero_grad(set_to_none=True)
+
+
+def test_verdict_logits_are_the_teacher_forced_verbalizer_log_odds(model):
+    rows = [encode_example(TASK, model.tokenizer, {"text": t}, i % 2, e, max_length=256)
+            for i, (t, e) in enumerate(zip(TEXTS, EXPLANATIONS))]
+    b = collate_train(rows, model.tokenizer.pad_token_id)
+    with torch.no_grad():
+        out = model(b["input_ids"], b["attention_mask"], b["cls_index"], lm_positions="all",
+                    verdict_at=b["verdict_at"], verdict_ids=b["verdict_ids"])
+    for i, e in enumerate(rows):
+        logp = torch.log_softmax(out.lm_logits[i, e.verdict_at - 1], dim=-1)
+        expected = logp[e.verdict_ids[1]] - logp[e.verdict_ids[0]]
+        assert out.verdict_logits[i].item() == pytest.approx(expected.item(), abs=1e-4)

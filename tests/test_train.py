@@ -160,7 +160,7 @@ class Killed(Exception):
 def test_resume_after_a_kill_reaches_the_same_weights(tmp_path):
     train_set, dev_set = toy(12, 2, null_every=4), toy(8, 3)
     cfg = make_cfg(lora_dropout=0.1, max_steps=7, batch_size=2, grad_accum=2, save_every=3, eval_every=2,
-                   warmup_ratio=0.2)  # 3 steps per epoch: the run crosses an epoch boundary
+                   warmup_ratio=0.2, verdict_only=False)  # 3 steps per epoch: the run crosses an epoch boundary
     whole = train(cfg, train_set, dev_set, tmp_path / "whole", progress=False)
 
     def kill(step, record):
@@ -227,9 +227,14 @@ def test_loop_loss_is_the_models_joint_loss(tmp_path):
     enc = [encode_example(task, backbone.tokenizer, ex.fields, ex.label, ex.explanation, 128) for ex in train_set]
     idx = plan_epoch([len(e) for e in enc], 6, 1, 1, cfg.train.seed, 0)[0].micro[0][0].indices
     b = collate_train([enc[i] for i in idx], backbone.tokenizer.pad_token_id)
+    lm_weights = torch.ones(b["labels"].shape)  # pos_weight on positive rows' verdict tokens too
+    for r, i in enumerate(idx):
+        if enc[i].label == 1:
+            lm_weights[r, enc[i].verdict_at] = 3.0
+    assert any(enc[i].label == 1 for i in idx) and any(not enc[i].explained for i in idx)
     with torch.no_grad():
         out = model(b["input_ids"], b["attention_mask"], b["cls_index"], labels=b["labels"],
-                    cls_labels=b["cls_labels"], w_cls=0.7, w_lm=0.4, pos_weight=3.0)
+                    cls_labels=b["cls_labels"], w_cls=0.7, w_lm=0.4, pos_weight=3.0, lm_weights=lm_weights)
     assert logged["loss"] == pytest.approx(out.loss.item(), rel=1e-5)
     assert logged["cls_loss"] == pytest.approx(out.cls_loss.item(), rel=1e-5)
     assert logged["lm_loss"] == pytest.approx(out.lm_loss.item(), rel=1e-5)

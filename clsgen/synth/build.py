@@ -420,7 +420,7 @@ def synthesize(
     *,
     prompt: TeacherPrompt | str | None = None,
     demos: bool = True,
-    max_attempts: int | None = None,
+    max_attempts: int | Sequence[int] | None = None,
     acceptance: Acceptance | None = None,
     force_new: bool = False,
     progress: bool = True,
@@ -440,18 +440,25 @@ def synthesize(
         cfg = teacher
         prompt = prompt if prompt is not None else cfg.prompt
         demos = getattr(cfg, "demos", demos)
-        max_attempts = max_attempts if max_attempts is not None else cfg.max_attempts
+        if max_attempts is None:
+            max_attempts = cfg.class_attempts or cfg.max_attempts
         teacher = make_teacher(cfg, task.name)
     max_attempts = 3 if max_attempts is None else max_attempts
-    if max_attempts < 1:
-        raise ClsgenError(f"max_attempts (teacher.max_attempts) must be >= 1, got {max_attempts}")
+    if isinstance(max_attempts, int):
+        max_attempts = [max_attempts, max_attempts]
+    max_attempts = [int(a) for a in max_attempts]
+    if len(max_attempts) != 2 or min(max_attempts) < 1:
+        raise ClsgenError(f"max_attempts (teacher.max_attempts / teacher.class_attempts) must be >= 1 for "
+                          f"each label, got {max_attempts}")
     if not isinstance(prompt, TeacherPrompt):
         prompt = TeacherPrompt.for_task(task, prompt, demos=demos)
     if acceptance is None:
         acceptance = Acceptance(grounded_numbers=teacher.kind != "reference")
     _check_examples(examples)
     out = Path(out_path)
-    settings = {"teacher": teacher.settings(), "prompt": prompt.describe(), "max_attempts": max_attempts,
+    # one count when both labels get the same: records written before per-label counts stay valid
+    attempts_setting: int | list[int] = max_attempts[0] if max_attempts[0] == max_attempts[1] else max_attempts
+    settings = {"teacher": teacher.settings(), "prompt": prompt.describe(), "max_attempts": attempts_setting,
                 "acceptance": asdict(acceptance)}
     if teacher.kind == "reference":  # nothing is generated: the prompt plays no part
         settings["prompt"] = {"template": task.template, "verbalizers": list(task.verbalizers)}
@@ -508,7 +515,8 @@ def _check_labels(examples: Sequence[Example], done: Mapping[str, dict[str, Any]
 
 
 def _run(todo: list[Example], prompt: TeacherPrompt, teacher: Teacher, task: Task, rules: Acceptance,
-         max_attempts: int, digest: str, store: SynthStore, done: dict[str, dict[str, Any]], faults: Counter,
+         max_attempts: Sequence[int], digest: str, store: SynthStore, done: dict[str, dict[str, Any]],
+         faults: Counter,
          counters: dict[str, int], unfinished: list[str], progress: bool,
          max_consecutive_failures: int) -> BaseException | None:
     """The scheduler: up to `teacher.parallel` generate calls in flight, each on up to
@@ -582,7 +590,7 @@ def _run(todo: list[Example], prompt: TeacherPrompt, teacher: Teacher, task: Tas
                 s.rejected_texts.append(reply.text)  # paid for: kept for audit and prompt tuning
                 if not reply.faults.get(j.reason):  # an http_4xx is already counted by the teacher
                     faults[j.reason or "rejected"] += 1
-                if s.attempts < max_attempts and not reply.final:
+                if s.attempts < max_attempts[s.example.label] and not reply.final:
                     retry.append(s)
                 else:
                     finished.append(_record(s, None, digest))
