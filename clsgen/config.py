@@ -29,7 +29,8 @@ class ModelConfig:
     name: str = "smollm2-135m"
     """'smollm2-135m' (embedded default), a local HF model directory, a hub id, or 'tiny' (random, tests)."""
     dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
-    """Weight dtype; 'auto' is bfloat16 (measured ~3x faster matmuls than float32 on CPU and on GPUs)."""
+    """Weight dtype; 'auto' is bfloat16 where the hardware computes it natively (GPUs, CPUs with
+    AVX-512 BF16 or AMX), else float32 (an AVX2 CPU emulates bfloat16, ~50x slower)."""
     revision: str | None = None
     """Hub revision (branch, tag or commit) for hub ids."""
     trust_remote_code: bool = False

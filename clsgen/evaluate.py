@@ -152,10 +152,10 @@ def evaluate(
         cut = getattr(classifier, "cut_off", None)
         cut_off = list(cut) if isinstance(cut, list) and len(cut) == len(chosen) else []
         verbalizers = list(words)
-        if isinstance(classifier, VerdictScorer) and position == "first":
-            started = time.perf_counter()
-            all_verdicts = classifier.verdicts(list(examples))
-            timing["verdicts"] = time.perf_counter() - started
+    if isinstance(classifier, VerdictScorer) and position == "first":
+        started = time.perf_counter()  # the verdict of every row, teacher-forced: alignment on all rows
+        all_verdicts = classifier.verdicts(list(examples))
+        timing["verdicts"] = time.perf_counter() - started
 
     # ----------------------------------------------------------------- probabilities
     # after explaining: a classifier may reuse the prefill that produced the explanation

@@ -140,6 +140,52 @@ def load_training_examples(source: str | Path | Iterable[Any]) -> list[TrainExam
     return out
 
 
+def join_explanations(examples: Sequence[Any], source: str | Path | Iterable[Any]) -> list[TrainExample]:
+    """The examples with the explanations of `source` joined by id: a synth JSONL, or any file of
+    records `{id, explanation[, label, verdict]}` (e.g. a shipped teacher file, without input text).
+
+    An example without a record, or whose record has no accepted explanation, keeps None (it trains on
+    its verdict line alone). A record whose label differs from the example's means the data changed:
+    an error naming the ids. Explanations stating the other label are dropped.
+    """
+    records = load_explanation_records(source)
+    clash = [str(ex.id) for ex in examples if str(ex.id) in records
+             and records[str(ex.id)].get("label") not in (None, ex.label)]
+    if clash:
+        raise ClsgenError(f"{source}: the label of {len(clash)} examples differs from the data's (e.g. "
+                          f"{clash[:3]}); the explanations were made for other data or another binarization")
+    return [TrainExample(str(ex.id), {k: str(v) for k, v in ex.fields.items()}, int(ex.label),
+                         _accepted(records.get(str(ex.id)), ex.label)) for ex in examples]
+
+
+def load_explanation_records(source: str | Path | Iterable[Any]) -> dict[str, dict[str, Any]]:
+    """{id: record} of an explanations file or of in-memory records (each needs an id)."""
+    rows = read_rows(source) if isinstance(source, (str, Path)) else rows_from_records(list(source))
+    out: dict[str, dict[str, Any]] = {}
+    problems = []
+    for row in rows:
+        v = row.values
+        if v.get("id") is None:
+            problems.append(Problem("every explanation record needs an id", str(source), row.number, "id"))
+            continue
+        label = map_label(v.get("label"), None) if v.get("label") is not None else None
+        out[str(v["id"])] = {"explanation": v.get("explanation"), "verdict": v.get("verdict"), "label": label}
+    if problems:
+        raise DataError(problems)
+    return out
+
+
+def _accepted(record: Mapping[str, Any] | None, label: int) -> str | None:
+    if not record:
+        return None
+    text, verdict = record.get("explanation"), record.get("verdict")
+    if not isinstance(text, str) or not text.strip():
+        return None
+    if isinstance(verdict, (int, bool)) and int(verdict) != label:
+        return None
+    return text
+
+
 def _as_record(x: Any) -> Any:
     if isinstance(x, TrainExample):
         return dataclasses.asdict(x)

@@ -17,6 +17,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--data", metavar="FILE", help="training records: the synth JSONL (id, label, fields, "
                    "explanation), or a data file of examples (default: the dataset's train split, "
                    "without explanations: classification term only)")
+    p.add_argument("--explanations", metavar="FILE", help="teacher explanations joined by id to the "
+                   "dataset's train split (a synth JSONL, or records {id, explanation}); rows without one "
+                   "train on their verdict line alone")
     p.add_argument("--dev", metavar="FILE", help="dev examples (JSONL/CSV/Parquet; synth records add a dev LM "
                    "loss); default: the dataset's validation split")
     p.add_argument("--out", required=True, metavar="DIR", help="output directory: the saved model, "
@@ -46,7 +49,8 @@ def register(sub: argparse._SubParsersAction) -> None:
 def run_train(args: argparse.Namespace) -> int:
     from ..data import stratified_sample
     from ..datasets import load_dataset
-    from ..train import load_training_examples, train
+    from ..errors import ClsgenError
+    from ..train import join_explanations, load_training_examples, train
 
     if args.max_steps is not None:
         args.overrides = [*args.overrides, f"train.max_steps={args.max_steps}"]
@@ -56,8 +60,13 @@ def run_train(args: argparse.Namespace) -> int:
     ds = None
     if args.data is None or args.dev is None:
         ds = load_dataset(cfg.data, cfg.task)
+    if args.data and args.explanations:
+        raise ClsgenError("give --data (training records) or --explanations (joined to the dataset's train "
+                          "split), not both")
     train_set = (stratified_sample(load_training_examples(args.data), cfg.data.max_train, seed=cfg.data.seed)
                  if args.data else ds.train)
+    if args.explanations:
+        train_set = join_explanations(train_set, args.explanations)
     dev_set = (stratified_sample(load_training_examples(args.dev), cfg.data.max_eval, seed=cfg.data.seed)
                if args.dev else ds.validation)
     result = train(cfg, train_set, dev_set, Path(args.out), resume=args.resume,

@@ -1,0 +1,192 @@
+"""Tests for the cached frozen trunk (clsgen.trunk) and the band of LoRA layers it feeds: the cached
+path gives the full forward pass's hidden states, losses and gradients; a killed build resumes; a
+changed setting never reuses stale states."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from clsgen.backbones import tiny_model
+from clsgen.collate import collate_train, encode_example
+from clsgen.config import HeadConfig, LoraConfig
+from clsgen.errors import ClsgenError
+from clsgen.model import DualHeadModel
+from clsgen.task import Task
+from clsgen.trunk import TrunkCache, collate_trunk, example_key
+
+TASK = Task(name="t", system="Is the note positive?", template="Note: {text}", verbalizers=("NO", "YES"),
+            verdict_position="first")
+TEXTS = ["the patient improved markedly", "no change at all was seen", "worse outcomes", "much better"]
+
+
+def _model(head: HeadConfig, dtype=torch.float32, lora: LoraConfig | None = None) -> DualHeadModel:
+    model = DualHeadModel.from_backbone(tiny_model(num_layers=4, dtype=dtype), TASK,
+                                        lora or LoraConfig(r=4, top_layers=2), head=head)
+    with torch.no_grad():  # LoRA B starts at zero: make the adapters matter
+        for n, p in model.named_parameters():
+            if "lora_B" in n:
+                p.normal_(0, 0.2)
+        model.head.linear.weight.normal_(0, 1.0)
+    return model
+
+
+def _rows(model: DualHeadModel) -> list:
+    return [encode_example(TASK, model.tokenizer, {"text": t * (i + 1)}, i % 2,
+                           None if i == 2 else "because " * (i + 3), 256) for i, t in enumerate(TEXTS)]
+
+
+def _both_paths(model: DualHeadModel, rows: list, cache: TrunkCache):
+    b = collate_train(rows, model.tokenizer.pad_token_id)
+    trunk = collate_trunk(cache.load(rows), model.head.pooling)
+    params = [p for _, p in model.trainable_parameters()]
+    results = []
+    for extra in ({}, trunk):
+        out = model(b["input_ids"], b["attention_mask"], b["cls_index"], labels=b["labels"],
+                    cls_labels=b["cls_labels"], lm_positions="all", verdict_at=b["verdict_at"],
+                    verdict_ids=b["verdict_ids"], w_consistency=0.5, **extra)
+        grads = torch.autograd.grad(out.loss, params, allow_unused=True)
+        results.append((out, grads))
+    return results
+
+
+@pytest.mark.parametrize("head", [HeadConfig(), HeadConfig(layer=1, pooling="mean"),
+                                  HeadConfig(layer="mix", pooling="mean"), HeadConfig(layer=3)],
+                         ids=["final-last", "trunk-layer-mean", "mix", "band-layer"])
+def test_cached_path_equals_the_full_forward_in_float32(tmp_path, head):
+    model = _model(head).train()
+    rows = _rows(model)
+    cache = TrunkCache(model, tmp_path)
+    cache.build(rows, batch_size=3, progress=False)
+    (full, g_full), (cached, g_cached) = _both_paths(model, rows, cache)
+    real = collate_train(rows, model.tokenizer.pad_token_id)["attention_mask"].bool()  # padding is junk
+    torch.testing.assert_close(cached.lm_logits[real], full.lm_logits[real], rtol=0, atol=1e-5)
+    torch.testing.assert_close(cached.cls_logits, full.cls_logits, rtol=0, atol=1e-5)
+    for a, b in ((cached.loss, full.loss), (cached.lm_loss, full.lm_loss), (cached.cls_loss, full.cls_loss),
+                 (cached.consistency_loss, full.consistency_loss)):
+        assert a.item() == pytest.approx(b.item(), rel=1e-6, abs=1e-7)
+    assert any(g is not None and g.abs().sum() > 0 for g in g_full)
+    for a, b in zip(g_full, g_cached):
+        assert (a is None) == (b is None)
+        if a is not None:
+            torch.testing.assert_close(b, a, rtol=1e-4, atol=1e-6)
+
+
+def test_cached_path_matches_in_bfloat16_within_tolerance(tmp_path):
+    model = _model(HeadConfig(layer="mix", pooling="mean"), dtype=torch.bfloat16).train()
+    rows = _rows(model)
+    cache = TrunkCache(model, tmp_path)
+    cache.build(rows, batch_size=2, progress=False)
+    assert cache.load(rows)[0].hidden.dtype == torch.bfloat16
+    (full, g_full), (cached, g_cached) = _both_paths(model, rows, cache)
+    assert cached.loss.item() == pytest.approx(full.loss.item(), rel=2e-2)
+    torch.testing.assert_close(cached.cls_logits, full.cls_logits, rtol=5e-2, atol=5e-2)
+    for a, b in zip(g_full, g_cached):
+        if a is not None:
+            assert torch.nn.functional.cosine_similarity(a.float().flatten(), b.float().flatten(), dim=0) > 0.98
+
+
+def test_a_killed_build_resumes_with_the_missing_examples_only(tmp_path, monkeypatch):
+    import clsgen.trunk as trunk_module
+
+    model = _model(HeadConfig())
+    rows = _rows(model)
+    monkeypatch.setattr(trunk_module, "SHARD_EXAMPLES", 2)
+    cache = TrunkCache(model, tmp_path)
+    real_write = TrunkCache._write_shard
+    writes = []
+
+    def dying_write(self, first, tensors):
+        if writes:
+            raise KeyboardInterrupt  # a kill after the first shard
+        writes.append(first)
+        real_write(self, first, tensors)
+
+    monkeypatch.setattr(TrunkCache, "_write_shard", dying_write)
+    with pytest.raises(KeyboardInterrupt):
+        cache.build(rows, batch_size=1, progress=False)
+    assert len(cache.stored_keys()) == 2 and not list(cache.dir.glob(".*tmp"))
+    monkeypatch.setattr(TrunkCache, "_write_shard", real_write)
+    again = TrunkCache(model, tmp_path).build(rows, batch_size=1, progress=False)
+    assert again["computed"] == 2
+    assert TrunkCache(model, tmp_path).build(rows, progress=False)["computed"] == 0
+    fresh = tmp_path / "fresh"
+    TrunkCache(model, fresh).build(rows, progress=False)
+    for a, b in zip(TrunkCache(model, tmp_path).load(rows), TrunkCache(model, fresh).load(rows)):
+        torch.testing.assert_close(a.hidden, b.hidden, rtol=0, atol=1e-6)
+
+
+def test_changed_settings_never_reuse_stale_states(tmp_path):
+    model = _model(HeadConfig())
+    rows = _rows(model)
+    cache = TrunkCache(model, tmp_path)
+    cache.build(rows, progress=False)
+    deeper = _model(HeadConfig(), lora=LoraConfig(r=4, top_layers=1))
+    assert TrunkCache(deeper, tmp_path).dir != cache.dir  # another trunk depth: another entry
+    bf16 = _model(HeadConfig(), dtype=torch.bfloat16)
+    assert TrunkCache(bf16, tmp_path).dir != cache.dir
+    other_task = TASK.with_overrides(system="Another instruction.")
+    changed = encode_example(other_task, model.tokenizer, {"text": TEXTS[0]}, 1, None, 256)
+    assert example_key(changed) != example_key(rows[0])  # another rendering: another example key
+    with pytest.raises(ClsgenError, match="missing from the trunk cache"):
+        cache.load([changed])
+
+
+def test_settings_that_cannot_work_are_refused():
+    backbone = tiny_model(num_layers=4)
+    with pytest.raises(ClsgenError, match="top_layers=4 leaves no frozen trunk"):
+        DualHeadModel.from_backbone(backbone, TASK, LoraConfig(top_layers=4))
+    with pytest.raises(ClsgenError, match="reaches past"):
+        DualHeadModel.from_backbone(tiny_model(num_layers=4), TASK, LoraConfig(layers=[1, 6]))
+    with pytest.raises(ClsgenError, match="head.layer=9"):
+        DualHeadModel.from_backbone(tiny_model(num_layers=4), TASK, LoraConfig(top_layers=2),
+                                    head=HeadConfig(layer=9))
+    dropout = tiny_model(num_layers=4)
+    dropout.model.config.attention_dropout = 0.1
+    with pytest.raises(ClsgenError, match="not deterministic"):
+        DualHeadModel.from_backbone(dropout, TASK, LoraConfig(top_layers=2))
+    full = DualHeadModel.from_backbone(tiny_model(num_layers=4), TASK, LoraConfig())
+    with pytest.raises(ClsgenError, match="no frozen trunk"):
+        TrunkCache(full)
+
+
+def test_lora_lives_in_the_band_only():
+    model = DualHeadModel.from_backbone(tiny_model(num_layers=4), TASK, LoraConfig(r=4, layers=[1, 3]))
+    layers = {int(n.split(".layers.")[1].split(".")[0]) for n, _ in model.trainable_parameters() if "lora_" in n}
+    assert layers == {1, 2} and model.trunk_layers == 1
+
+
+def test_head_readout_is_saved_and_restored(tmp_path):
+    from clsgen.model import load_pretrained
+
+    # 'tiny' reloads as tiny_model()'s two layers
+    model = DualHeadModel.from_backbone(tiny_model(), TASK, LoraConfig(r=4, top_layers=1),
+                                        head=HeadConfig(layer="mix", pooling="mean"))
+    with torch.no_grad():
+        model.head.shift.normal_()
+        model.head.mix.normal_()
+    model.save_pretrained(tmp_path / "m")
+    loaded = load_pretrained(tmp_path / "m")
+    assert loaded.head.settings() == model.head.settings() and loaded.trunk_layers == 1
+    ids = torch.tensor([model.task.encode_prompt(model.tokenizer, {"text": "better"}).input_ids])
+    with torch.no_grad():
+        a = model.eval()(ids, torch.ones_like(ids)).cls_logits
+        b = loaded(ids, torch.ones_like(ids)).cls_logits
+    torch.testing.assert_close(a, b)
+
+
+def test_mean_pooling_is_the_same_under_left_and_right_padding():
+    model = _model(HeadConfig(layer=2, pooling="mean")).eval()
+    prompts = [model.task.encode_prompt(model.tokenizer, {"text": t}).input_ids for t in TEXTS]
+    from clsgen.collate import collate_prompts
+
+    left = collate_prompts(prompts, model.tokenizer.pad_token_id)
+    rows = [encode_example(TASK, model.tokenizer, {"text": t}, 0, "x", 256) for t in TEXTS]
+    right = collate_train(rows, model.tokenizer.pad_token_id)  # right-padded, targets after the prompt
+    with torch.no_grad():
+        a = model(**left).cls_logits
+        b = model(right["input_ids"], right["attention_mask"], right["cls_index"]).cls_logits
+        alone = torch.cat([model(torch.tensor([p]), torch.ones(1, len(p), dtype=torch.long)).cls_logits
+                           for p in prompts])
+    torch.testing.assert_close(a, alone, rtol=0, atol=1e-5)
+    torch.testing.assert_close(b, alone, rtol=0, atol=1e-5)
