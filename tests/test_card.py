@@ -194,3 +194,73 @@ def test_every_saved_model_has_a_card_including_merged(tmp_path, local_base, mon
     with contextlib.redirect_stdout(printed):
         exec(compile(with_fields(code, FIELDS[0]), "snippet", "exec"), {})  # noqa: S102
     assert abs(float(re.search(r"P\(label 1\) = ([0-9.]+)", printed.getvalue()).group(1)) - expected) < 1e-4
+
+
+class FakeHub:
+    """A local stand-in for huggingface_hub.HfApi: records calls and copies what would be uploaded."""
+
+    def __init__(self, root, fail: Exception | None = None):
+        self.root, self.fail, self.repos = root, fail, {}
+
+    def create_repo(self, repo_id, *, private=None, exist_ok=False, repo_type=None, token=None):
+        if self.fail is not None:
+            raise self.fail
+        self.repos.setdefault(repo_id, {"private": private, "token": token, "files": []})
+
+    def upload_folder(self, *, repo_id, folder_path, repo_type=None, token=None, commit_message=None,
+                      ignore_patterns=None):
+        import fnmatch
+        from pathlib import Path
+
+        repo = self.repos[repo_id]
+        for p in sorted(Path(folder_path).rglob("*")):
+            rel = p.relative_to(folder_path).as_posix()
+            if p.is_file() and not any(fnmatch.fnmatch(rel, pat) for pat in ignore_patterns or []):
+                repo["files"].append(rel)
+                (self.root / repo_id / rel).parent.mkdir(parents=True, exist_ok=True)
+                shutil.copyfile(p, self.root / repo_id / rel)
+        return type("CommitInfo", (), {"commit_url": f"https://hub.example/{repo_id}/commit/1"})()
+
+
+def test_push_private_uploads_the_model_not_the_training_state(tmp_path, local_base, monkeypatch, capsys):
+    import huggingface_hub
+
+    from clsgen.cli import main
+
+    folder = trained_like(local_base).save_pretrained(tmp_path / "run")
+    (folder / "checkpoints" / "step-2").mkdir(parents=True)
+    (folder / "checkpoints" / "step-2" / "optimizer.bin").write_bytes(b"x")
+    (folder / "train_log.jsonl").write_text("{}\n")
+    (folder / "README.md").unlink()  # push refreshes the card
+    hub = FakeHub(tmp_path / "hub")
+    monkeypatch.setattr(huggingface_hub, "HfApi", lambda: hub)
+    monkeypatch.setenv("MY_HF_TOKEN", "hf_secret")
+    code = main(["push", str(folder), "me/claims-model", "--private", "--token-env", "MY_HF_TOKEN"])
+    out, err = capsys.readouterr()
+    assert code == 0, err
+    repo = hub.repos["me/claims-model"]
+    assert repo["private"] is True and repo["token"] == "hf_secret"
+    assert {"README.md", "adapter_config.json", "adapter_model.safetensors", "head.safetensors",
+            "clsgen.json", "tokenizer.json"} <= set(repo["files"])
+    assert not [f for f in repo["files"] if f.startswith("checkpoints/") or f == "train_log.jsonl"]
+    assert "(private)" in out and "hf_secret" not in out + err
+    # what landed on the fake hub loads with clsgen like the original
+    same = Predictor.from_pretrained(tmp_path / "hub" / "me" / "claims-model").predict_proba(FIELDS)
+    assert same == pytest.approx(Predictor.from_pretrained(folder).predict_proba(FIELDS), abs=1e-6)
+
+
+def test_push_errors_are_one_clear_line(tmp_path, local_base, monkeypatch, capsys):
+    import huggingface_hub
+
+    from clsgen.cli import main
+
+    folder = trained_like(local_base).save_pretrained(tmp_path / "m")
+    monkeypatch.setattr(huggingface_hub, "HfApi", lambda: FakeHub(tmp_path, fail=OSError("Network is unreachable")))
+    assert main(["push", str(folder), "me/x"]) == 2
+    assert "could not push" in capsys.readouterr().err
+    assert main(["push", str(folder), "no-slash"]) == 2
+    assert "user-or-org/name" in capsys.readouterr().err
+    assert main(["push", str(folder), "me/x", "--token-env", "CLSGEN_UNSET_VAR"]) == 2
+    assert "CLSGEN_UNSET_VAR" in capsys.readouterr().err
+    assert main(["push", str(tmp_path), "me/x"]) == 2
+    assert "not a clsgen model directory" in capsys.readouterr().err
