@@ -412,3 +412,21 @@ def test_cli_train_embedded_model_on_clinifact(tmp_path, data_dir):
     s = json.loads((tmp_path / "model" / "train_summary.json").read_text())
     assert s["steps"] == 2 and s["tokens_per_s"] > 0 and s["n_dev"] == 4 and s["n_with_explanation"] == 4
     assert (tmp_path / "model" / "adapter_model.safetensors").is_file()
+
+
+def test_cli_train_positional_config_settings_and_paths_from_yaml(cli_dir, capsys, monkeypatch):
+    """`clsgen train run.yaml key=value`: the config file and settings as plain arguments, familiar
+    names, and the data / dev / output paths taken from the YAML."""
+    monkeypatch.chdir(cli_dir)
+    (cli_dir / "hf.yaml").write_text((cli_dir / "c.yaml").read_text() + "output_dir: from-yaml\n"
+                                     "train_file: synth.jsonl\ndataset: toy.jsonl\n")
+    code, out, err = cli(capsys, "train", "hf.yaml", "max_steps=1", "learning_rate=1e-3", "--no-progress")
+    assert code == 0, err
+    saved = (cli_dir / "from-yaml" / "train_config.yaml").read_text()
+    assert "lr: 0.001" in saved and "max_steps: 1" in saved
+    assert json.loads((cli_dir / "from-yaml" / "train_summary.json").read_text())["n_with_explanation"] == 8
+    assert (cli_dir / "from-yaml" / "README.md").is_file()
+    code, _, err = cli(capsys, "train", "hf.yaml", "--config", "c.yaml", "--no-progress")
+    assert code == 2 and "more than one config file" in err
+    code, _, err = cli(capsys, "train", "c.yaml", "--dataset", "toy.jsonl", "--no-progress")
+    assert code == 2 and "no output folder" in err and "output_dir" in err
