@@ -574,7 +574,10 @@ def _is_text_key(keys: list[str]) -> bool:
         if not dataclasses.is_dataclass(tp):
             return False
         tp = typing.get_type_hints(tp).get(k)
-    return tp is not None and set(typing.get_args(tp) or (tp,)) <= {str, type(None)}
+    if tp is None:
+        return False
+    union = typing.get_origin(tp) in (typing.Union, types.UnionType)
+    return set(typing.get_args(tp) if union else (tp,)) <= {str, type(None)}  # list[str] is no text
 
 
 def config_from_dict(data: dict[str, Any], source: str = "config") -> Config:

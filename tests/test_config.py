@@ -202,3 +202,9 @@ def test_unset_paths_stay_out_of_the_saved_config():
     d = Config().to_dict()
     assert "output_dir" not in d and "train_file" not in d["data"] and "dev_file" not in d["data"]
     assert config_from_dict({"output_dir": "o"}).to_dict()["output_dir"] == "o"
+
+
+def test_a_list_of_words_override_is_a_list_not_text():
+    assert parse_override("train.log_with=[tensorboard, wandb]") == (["train", "log_with"], ["tensorboard", "wandb"])
+    assert parse_override("report_to=[tensorboard]") == (["train", "log_with"], ["tensorboard"])
+    assert parse_override("task.system=Note: [x]") == (["task", "system"], "Note: [x]")

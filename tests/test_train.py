@@ -430,3 +430,38 @@ def test_cli_train_positional_config_settings_and_paths_from_yaml(cli_dir, capsy
     assert code == 2 and "more than one config file" in err
     code, _, err = cli(capsys, "train", "c.yaml", "--dataset", "toy.jsonl", "--no-progress")
     assert code == 2 and "no output folder" in err and "output_dir" in err
+
+
+# ------------------------------------------------------------------------------ accelerate decides
+
+
+def _capture_accelerators(monkeypatch) -> list:
+    import accelerate
+
+    made = []
+
+    class Recording(accelerate.Accelerator):
+        def __init__(self, *args, **kwargs):
+            super().__init__(*args, **kwargs)
+            made.append((kwargs, self.mixed_precision, self.device.type))
+
+    monkeypatch.setattr(accelerate, "Accelerator", Recording)
+    return made
+
+
+def test_accelerate_mixed_precision_from_the_environment_is_honoured(tmp_path, monkeypatch):
+    """`accelerate launch --mixed_precision bf16` / `accelerate config` reach the loop as
+    ACCELERATE_MIXED_PRECISION: train() must not override it (nor the device) unless the config
+    names a precision."""
+    made = _capture_accelerators(monkeypatch)
+    monkeypatch.setenv("ACCELERATE_MIXED_PRECISION", "bf16")
+    result = train(make_cfg(max_steps=1), toy(8, 1), [], tmp_path / "env", progress=False)
+    assert result.steps == 1
+    kwargs, precision, device = made[-1]
+    assert precision == "bf16" and "cpu" not in kwargs and kwargs.get("mixed_precision") is None
+    monkeypatch.setenv("ACCELERATE_MIXED_PRECISION", "no")
+    train(make_cfg(max_steps=1), toy(8, 1), [], tmp_path / "no", progress=False)
+    assert made[-1][1] == "no"
+    # the config's own choice wins when it names one
+    train(make_cfg(max_steps=1, mixed_precision="bf16"), toy(8, 1), [], tmp_path / "cfg", progress=False)
+    assert made[-1][0]["mixed_precision"] == "bf16" and made[-1][1] == "bf16"
