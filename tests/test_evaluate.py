@@ -174,7 +174,7 @@ def test_clsgen_classifier_end_to_end(tiny_dir, tmp_path):
     assert result.summary["n_explained"] == 4 and result.threshold == clf.threshold
     assert result.summary["threshold_source"] == "classifier"
     assert all(set(r) >= {"id", "probability", "prediction", "explained"} for r in result.predictions)
-    np.testing.assert_allclose([r["probability"] for r in result.predictions], clf.predict_proba(_examples(8)))
+    np.testing.assert_allclose([r["probability"] for r in result.predictions], clf.positive_proba(_examples(8)))
 
 
 def test_evaluate_command(tiny_dir, data_file, tmp_path, capsys):

@@ -465,3 +465,29 @@ def test_accelerate_mixed_precision_from_the_environment_is_honoured(tmp_path, m
     # the config's own choice wins when it names one
     train(make_cfg(max_steps=1, mixed_precision="bf16"), toy(8, 1), [], tmp_path / "cfg", progress=False)
     assert made[-1][0]["mixed_precision"] == "bf16" and made[-1][1] == "bf16"
+
+
+def test_clsgen_classifier_fit_trains_then_calibrates(tmp_path):
+    """The scikit-learn-like face: fit trains (what `clsgen train` does) and calibrates on validation;
+    predict_proba gives two columns."""
+    from clsgen.classifier import Classifier
+    from clsgen.inference import ClsgenClassifier
+
+    clf = ClsgenClassifier(make_cfg(max_steps=3, eval_every=3), out_dir=tmp_path / "m")
+    assert isinstance(clf, Classifier)
+    with pytest.raises(ClsgenError, match="not trained yet"):
+        clf.predict_proba(toy(2, 5))
+    dev = [Example(ex.id, ex.fields, ex.label) for ex in toy(8, 10)]
+    assert clf.fit(toy(8, 9), dev) is clf
+    assert clf.train_result.steps == 3 and (tmp_path / "m" / "adapter_model.safetensors").is_file()
+    assert clf.calibration.n == 8 and clf.threshold == clf.calibration.threshold
+    both = clf.predict_proba(dev)
+    assert both.shape == (8, 2) and np.allclose(both.sum(axis=1), 1)
+    assert np.allclose(both[:, 1], clf.positive_proba(dev))
+    # what fit trained is what the folder holds: loaded again, the same head logits
+    from clsgen.inference import Predictor
+
+    np.testing.assert_allclose(Predictor.from_pretrained(tmp_path / "m", dtype="float32").logits(dev),
+                               clf.predictor.logits(dev), atol=1e-5)
+    with pytest.raises(ClsgenError, match="out_dir"):
+        ClsgenClassifier(make_cfg())
