@@ -264,3 +264,24 @@ def test_push_errors_are_one_clear_line(tmp_path, local_base, monkeypatch, capsy
     assert "CLSGEN_UNSET_VAR" in capsys.readouterr().err
     assert main(["push", str(tmp_path), "me/x"]) == 2
     assert "not a clsgen model directory" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_embedded_model_folder_names_the_hub_id_and_loads_offline(tmp_path, monkeypatch):
+    """The real embedded model: the saved adapter names HuggingFaceTB/SmolLM2-135M-Instruct, and clsgen
+    loads the folder back with the hub unreachable (the embedded checkpoint, not a download)."""
+    from clsgen.model import load_pretrained
+
+    model = DualHeadModel.from_backbone(load_model(EMBEDDED, dtype="float32"), TASK)
+    folder = model.save_pretrained(tmp_path / "m")
+    assert json.loads((folder / "adapter_config.json").read_text())["base_model_name_or_path"] == EMBEDDED_HUB_ID
+    front = front_matter((folder / "README.md").read_text())
+    assert front["base_model"] == EMBEDDED_HUB_ID
+    assert "Q4_1" in read_meta(folder)["base_model_origin"]["gguf"]
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    again = load_pretrained(folder, dtype="float32")
+    ids = torch.tensor([model.task.encode_prompt(model.tokenizer, FIELDS[0]).input_ids])
+    with torch.no_grad():
+        a = model(ids, torch.ones_like(ids), lm_positions="none").cls_logits
+        b = again(ids, torch.ones_like(ids), lm_positions="none").cls_logits
+    assert torch.allclose(a, b, atol=1e-5)
