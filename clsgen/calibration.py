@@ -31,6 +31,7 @@ from .metrics import (
     compute_metrics,
     fit_temperature,
 )
+from .card import write_model_card
 from .model import META_FILE, read_meta
 
 if TYPE_CHECKING:
@@ -124,11 +125,13 @@ def apply_calibration(meta: dict[str, Any], cal: Calibration) -> dict[str, Any]:
 
 
 def store_calibration(model_dir: str | Path, cal: Calibration) -> Path:
-    """Write threshold and temperature into `model_dir`/clsgen.json atomically; other keys are kept."""
+    """Write threshold and temperature into `model_dir`/clsgen.json atomically (other keys are kept)
+    and rewrite its README.md."""
     model_dir = Path(model_dir)
     meta = read_meta(model_dir)
     apply_calibration(meta, cal)
     atomic_write_json(model_dir / META_FILE, meta)
+    write_model_card(model_dir)  # the card shows the new threshold, temperature and dev metrics
     return model_dir / META_FILE
 
 

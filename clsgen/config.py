@@ -134,6 +134,10 @@ class DataConfig:
     keeps calibration cheap while the test split stays complete."""
     seed: int = 0
     """Seed for subsampling and re-splitting."""
+    train_file: str | None = None
+    """`clsgen train`'s training records (the synth JSONL, or a data file of examples); `--data` wins."""
+    dev_file: str | None = None
+    """`clsgen train`'s dev examples (default: the dataset's validation split); `--dev` wins."""
 
 
 @dataclass
@@ -285,9 +289,18 @@ class Config:
     teacher: TeacherConfig = field(default_factory=TeacherConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
     experiment: ExperimentConfig = field(default_factory=ExperimentConfig)
+    output_dir: str | None = None
+    """`clsgen train`'s output folder (the saved model, logs, checkpoints); `--out` wins."""
 
     def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
+        """The settings as nested dicts; the paths above appear only when set (a run's results do not
+        depend on where its files live)."""
+        d = dataclasses.asdict(self)
+        for section, key in PATH_SETTINGS:
+            node = d if section is None else d[section]
+            if node.get(key) is None:
+                node.pop(key, None)
+        return d
 
     def validate(self) -> list[Problem]:
         """Values that cannot work, found before any expensive step."""
@@ -342,6 +355,115 @@ class Config:
         if not 0 <= self.eval.fixed_threshold <= 1:
             p.append(Problem("must be in [0, 1]", field="eval.fixed_threshold"))
         return p
+
+
+PATH_SETTINGS = ((None, "output_dir"), ("data", "train_file"), ("data", "dev_file"))
+"""Where a run's files are: kept out of `Config.to_dict` while unset."""
+
+# ----------------------------------------------------------------------------- familiar names
+
+ALIASES: dict[str, tuple[str, ...]] = {
+    # setting: the names Trainer / TRL / PEFT / LLaMA-Factory users type for it
+    "model.name": ("model_name_or_path", "model_name"),
+    "model.dtype": ("torch_dtype",),
+    "model.trust_remote_code": ("trust_remote_code",),
+    "lora.r": ("lora_rank", "lora_r"),
+    "lora.alpha": ("lora_alpha",),
+    "lora.dropout": ("lora_dropout",),
+    "lora.target_modules": ("lora_target", "lora_target_modules"),
+    "data.dataset": ("dataset", "dataset_name"),
+    "data.data_dir": ("dataset_dir",),
+    "data.train_file": ("train_file",),
+    "data.dev_file": ("validation_file", "eval_file", "dev_file"),
+    "data.max_train": ("max_train_samples", "max_samples"),
+    "data.max_eval": ("max_eval_samples",),
+    "train.lr": ("learning_rate",),
+    "train.grad_accum": ("gradient_accumulation_steps",),
+    "train.batch_size": ("per_device_train_batch_size", "batch_size"),
+    "train.epochs": ("num_train_epochs",),
+    "train.max_steps": ("max_steps",),
+    "train.warmup_ratio": ("warmup_ratio",),
+    "train.weight_decay": ("weight_decay",),
+    "train.max_grad_norm": ("max_grad_norm",),
+    "train.seed": ("seed",),
+    "train.schedule": ("lr_scheduler_type",),
+    "train.max_length": ("max_length", "max_seq_length", "cutoff_len"),
+    "train.log_with": ("report_to",),
+    "train.log_every": ("logging_steps",),
+    "train.save_every": ("save_steps",),
+    "train.eval_every": ("eval_steps",),
+    "train.keep_checkpoints": ("save_total_limit",),
+    "train.gradient_checkpointing": ("gradient_checkpointing",),
+    "eval.batch_size": ("per_device_eval_batch_size",),
+}
+"""Canonical setting -> its aliases. An alias is accepted at the top level of a config (as in a
+Trainer / LLaMA-Factory YAML: `learning_rate: 1e-4`) and inside the setting's section
+(`train.learning_rate`); an alias and its setting (or two aliases of one setting) given together are
+an error naming both. Top-level `output_dir` is itself a setting."""
+
+
+def _alias_table() -> tuple[dict[str, str], dict[tuple[str, str], str]]:
+    flat: dict[str, str] = {}
+    sectioned: dict[tuple[str, str], str] = {}
+    for canonical, aliases in ALIASES.items():
+        section, key = canonical.split(".")
+        for alias in aliases:
+            if alias not in {f.name for f in dataclasses.fields(Config)}:
+                flat.setdefault(alias, canonical)
+            if alias != key:
+                sectioned[(section, alias)] = canonical
+    return flat, sectioned
+
+
+def canonical_key(keys: list[str]) -> list[str]:
+    """['learning_rate'] or ['train', 'learning_rate'] -> ['train', 'lr']; other keys unchanged."""
+    flat, sectioned = _alias_table()
+    if len(keys) == 1 and keys[0] in flat:
+        return flat[keys[0]].split(".")
+    if len(keys) == 2 and (keys[0], keys[1]) in sectioned:
+        return sectioned[(keys[0], keys[1])].split(".")
+    return keys
+
+
+def resolve_aliases(data: Any, source: str = "config") -> Any:
+    """A copy of a config mapping with every alias moved to its canonical setting; a `ConfigError`
+    when an alias and its setting, or two aliases of one setting, are both given."""
+    if not isinstance(data, dict):
+        return data
+    out: dict[Any, Any] = {k: (dict(v) if isinstance(v, dict) else v) for k, v in data.items()}
+    given: dict[str, list[str]] = {}  # canonical -> the spellings that set it
+    moves: list[tuple[tuple[Any, ...], list[str]]] = []
+    for key, value in data.items():
+        if not isinstance(key, str):
+            continue
+        target = canonical_key([key])
+        if target != [key]:
+            moves.append(((key,), target))
+        elif isinstance(value, dict):
+            for sub in value:
+                if isinstance(sub, str):
+                    target = canonical_key([key, sub])
+                    if target != [key, sub]:
+                        moves.append(((key, sub), target))
+                    else:
+                        given.setdefault(f"{key}.{sub}", []).append(f"{key}.{sub}")
+    problems: list[Problem] = []
+    for where, target in moves:
+        spelled = ".".join(where)
+        canonical = ".".join(target)
+        given.setdefault(canonical, []).append(spelled)
+        value = out.pop(where[0]) if len(where) == 1 else out[where[0]].pop(where[1])
+        section = out.setdefault(target[0], {})
+        if isinstance(section, dict):
+            section[target[1]] = value
+    for canonical, spellings in given.items():
+        if len(spellings) > 1:
+            problems.append(Problem(f"set twice, as {' and as '.join(spellings)}: they name the same setting; "
+                                    f"keep one (the canonical name is {canonical})", file=source,
+                                    field=canonical))
+    if problems:
+        raise ConfigError(problems)
+    return out
 
 
 # ----------------------------------------------------------------------------- loading
@@ -495,6 +617,7 @@ def parse_override(text: str) -> tuple[list[str], Any]:
     if not all(k.strip() for k in keys):
         raise ConfigError([Problem(f"override {_short_repr(text)} has an empty key; write section.key=value",
                                    field="--set")])
+    keys = canonical_key(keys)
     text_key = _is_text_key(keys)
     if text_key and raw.strip()[:1] not in ("'", '"') and raw.strip() not in ("null", "~"):
         # A text setting takes the text as given: YAML would read 'Note: {text}' as a mapping, fold a
@@ -516,7 +639,10 @@ def _is_text_key(keys: list[str]) -> bool:
         if not dataclasses.is_dataclass(tp):
             return False
         tp = typing.get_type_hints(tp).get(k)
-    return tp is not None and set(typing.get_args(tp) or (tp,)) <= {str, type(None)}
+    if tp is None:
+        return False
+    union = typing.get_origin(tp) in (typing.Union, types.UnionType)
+    return set(typing.get_args(tp) if union else (tp,)) <= {str, type(None)}  # list[str] is no text
 
 
 def config_from_dict(data: dict[str, Any], source: str = "config") -> Config:
@@ -525,6 +651,7 @@ def config_from_dict(data: dict[str, Any], source: str = "config") -> Config:
     if not isinstance(data, dict):
         raise ConfigError([Problem(f"expected a mapping of sections, got {type(data).__name__}",
                                    file=source)])
+    data = resolve_aliases(data, source)
     cfg = _from_dict(Config, data, "", problems)
     if not problems:
         problems.extend(cfg.validate())
@@ -546,7 +673,7 @@ def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str
         except ValueError as e:  # UnicodeDecodeError; an embedded NUL byte in the path
             why = f"not UTF-8 text (byte {e.start})" if isinstance(e, UnicodeDecodeError) else str(e)
             raise ConfigError([Problem(f"cannot read: {why}; save it as UTF-8", file=source)]) from None
-        data = _parse_yaml_file(text, source)
+        data = resolve_aliases(_parse_yaml_file(text, source), source)
     if overrides and not isinstance(data, dict):
         raise ConfigError([Problem(f"expected a mapping of sections, got {type(data).__name__}", file=source)])
     for text in overrides:

@@ -21,7 +21,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from .classifier import Explainer, VerdictScorer, labels_of
+from .classifier import Explainer, VerdictScorer, labels_of, positive_proba
 from .data import Example, stratified_sample
 from .errors import ClsgenError
 from .files import atomic_write_files, check_writable
@@ -160,7 +160,7 @@ def evaluate(
     # ----------------------------------------------------------------- probabilities
     # after explaining: a classifier may reuse the prefill that produced the explanation
     started = time.perf_counter()
-    p_model = _check_probabilities(classifier.predict_proba(list(examples)), len(examples), name)
+    p_model = _check_probabilities(positive_proba(classifier, list(examples)), len(examples), name)
     timing["predict_proba"] = time.perf_counter() - started
 
     temperature: float | None = None
@@ -169,7 +169,7 @@ def evaluate(
     if validation:
         started = time.perf_counter()
         y_val = labels_of(validation)
-        p_val = _check_probabilities(classifier.predict_proba(list(validation)), len(validation), name)
+        p_val = _check_probabilities(positive_proba(classifier, list(validation)), len(validation), name)
         timing["validation_predict_proba"] = time.perf_counter() - started
         threshold_raw = _threshold(y_val, p_val, threshold_method, fixed_threshold)
         if calibrate:

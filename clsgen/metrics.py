@@ -12,6 +12,7 @@ arrays of different lengths) raises a plain `ValueError`.
 
 from __future__ import annotations
 
+import functools
 import math
 import re
 from collections import Counter
@@ -56,7 +57,6 @@ _ALPHA_WORD = re.compile(r"[^\W\d_]+(?:['\u2019][^\W\d_]+)*")
 _SENTENCE_SPLIT = re.compile(r"(?<=[.!?])\s+|\n+")
 _FLESCH_SENTENCE_SPLIT = re.compile(r"[.!?]+(?=\s|$)|\n")
 _CHAR_LOOP = re.compile(rf"([^\W_].{{0,{CHAR_LOOP_MAX_UNIT - 1}}}?)\1{{{CHAR_LOOP_MIN_REPEATS - 1},}}", re.DOTALL)
-_VOWEL_GROUP = re.compile(r"[aeiouy]+")
 
 THRESHOLD_METHODS = ("max_f1", "youden", "fixed")
 
@@ -340,18 +340,26 @@ def readability(texts: Sequence[str | None], verdicts: Sequence[Any]) -> float:
     return sum(explanation_quality(t, v)["readable"] for t, v in zip(texts, verdicts)) / n
 
 
+@functools.lru_cache(maxsize=1)
+def _hyphenator() -> Any:
+    import pyphen
+
+    return pyphen.Pyphen(lang="en_US")
+
+
+@functools.lru_cache(maxsize=65536)
 def _syllables(word: str) -> int:
-    """Vowel groups (a e i o u y), less a silent final 'e' (not '-le'/'-ee'/'-ye'), at least 1."""
-    w = word.casefold()
-    n = len(_VOWEL_GROUP.findall(w))
-    if n > 1 and w.endswith("e") and not w.endswith(("le", "ee", "ye")):
-        n -= 1
-    return max(1, n)
+    """Hyphenation points + 1 from the en_US hyphenation dictionary (pyphen), as `textstat` counts
+    a word that its pronouncing dictionary lacks."""
+    return len(_hyphenator().positions(word.casefold())) + 1
 
 
 def flesch_reading_ease(text: str) -> float:
     """206.835 - 1.015 * words / sentences - 84.6 * syllables / words.
 
+    Syllables come from the en_US hyphenation dictionary (pyphen, LibreOffice's patterns): the counter
+    of `textstat` up to 0.7.3 and its fallback since, so scores compare with published ones. (textstat
+    itself is not used: since 0.7.4 it downloads NLTK's CMUdict at first use, which offline fails.)
     Words are runs of letters (with inner apostrophes); sentences are the pieces between '.', '!'
     or '?' followed by a space or the end, or between lines, that contain a word.
     """

@@ -27,6 +27,7 @@ from torch import nn
 
 from . import __version__
 from .backbones import EMBEDDED, TINY, Backbone, load_model, prepare_tokenizer
+from .card import write_model_card
 from .config import HeadConfig, LoraConfig
 from .errors import ClsgenError
 from .files import atomic_dir
@@ -302,6 +303,7 @@ class DualHeadModel(nn.Module):
                     "task": dataclasses.asdict(self.task), "hidden_size": self.head.hidden_size,
                     "head": self.head.settings()}
             (tmp / META_FILE).write_text(json.dumps(meta, indent=2))
+            write_model_card(tmp)  # README.md; adapter_config.json names the public base id
         return path
 
     def export_merged(self, path: str | Path) -> Path:

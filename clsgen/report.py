@@ -64,9 +64,15 @@ def _png(fig: Any) -> str:
     return base64.b64encode(buf.getvalue()).decode("ascii")
 
 
-def _figure() -> tuple[Any, Any]:
-    from matplotlib.figure import Figure  # no pyplot: no global state, Agg canvas
+def _figure_class() -> Any:
+    """matplotlib's Figure (no pyplot: no global state, Agg canvas); the `report` extra installs it."""
+    from .extras import require
 
+    return require("matplotlib.figure", "the report's plots").Figure
+
+
+def _figure() -> tuple[Any, Any]:
+    Figure = _figure_class()
     fig = Figure(figsize=(5.2, 4.2))
     return fig, fig.subplots()
 
@@ -106,8 +112,7 @@ def _curves(y: np.ndarray, series: Mapping[str, np.ndarray], kind: str) -> str:
 
 
 def _reliability(y: np.ndarray, series: Mapping[str, np.ndarray], n_bins: int = ECE_BINS) -> str:
-    from matplotlib.figure import Figure
-
+    Figure = _figure_class()
     fig = Figure(figsize=(5.2, 4.2))
     ax, ax_n = fig.subplots(2, 1, sharex=True, gridspec_kw={"height_ratios": [3, 1]})
     edges = np.linspace(0.0, 1.0, n_bins + 1)

@@ -284,7 +284,9 @@ def train(cfg: Config, train_examples: Sequence[Any] | str | Path,
     from accelerate import Accelerator
 
     trackers = _available_trackers(tc.log_with)
-    accelerator = Accelerator(cpu=not torch.cuda.is_available(), mixed_precision=tc.mixed_precision,
+    # accelerate decides the device and the precision (`accelerate config`, `accelerate launch
+    # --mixed_precision`, ACCELERATE_MIXED_PRECISION) unless train.mixed_precision names one
+    accelerator = Accelerator(mixed_precision=None if tc.mixed_precision == "no" else tc.mixed_precision,
                               gradient_accumulation_steps=tc.grad_accum, log_with=trackers or None,
                               project_dir=str(out_dir))
     try:

@@ -122,7 +122,10 @@ def test_prompting_predict_proba_shape_range_and_softmax(lm):
     assert isinstance(clf, Classifier) and isinstance(clf, Explainer)
     examples = _examples(4)
     assert clf.fit(examples, examples) is clf
-    p = clf.predict_proba(examples)
+    both = clf.predict_proba(examples)  # like scikit-learn: columns for labels 0 and 1
+    p = clf.positive_proba(examples)
+    assert both.shape == (4, 2) and list(clf.classes_) == [0, 1]
+    np.testing.assert_allclose(both, np.column_stack([1 - p, p]))
     assert p.shape == (4,) and p.dtype == np.float64 and np.all((p > 0) & (p < 1))
     lp = clf.log_probs(examples)
     np.testing.assert_allclose(p, np.exp(lp[:, 1]) / np.exp(lp).sum(axis=1), rtol=1e-9)
@@ -213,12 +216,15 @@ def keyword_data():
 def test_tfidf_learns_keyword_and_picks_c_on_dev(keyword_data):
     train, dev, test = keyword_data
     clf = TfidfClassifier(task=TASK).fit(train, dev)
-    p = clf.predict_proba(test)
+    p = clf.positive_proba(test)
     assert p.shape == (80,) and np.all((p >= 0) & (p <= 1))
+    # the same two columns scikit-learn's own LogisticRegression gives on these features
+    np.testing.assert_allclose(clf.predict_proba(test),
+                               clf.model_.predict_proba(clf.vectorizer_.transform(clf._texts(test))))
     assert auroc([ex.label for ex in test], p) > 0.9
     assert clf.C_ in clf.C_grid and set(clf.dev_auroc_) == set(clf.C_grid)
     assert clf.dev_auroc_[clf.C_] == max(clf.dev_auroc_.values())
-    np.testing.assert_array_equal(p, TfidfClassifier(task=TASK).fit(train, dev).predict_proba(test))
+    np.testing.assert_array_equal(p, TfidfClassifier(task=TASK).fit(train, dev).positive_proba(test))
 
 
 def _small_cnn(seed: int = 0) -> CnnClassifier:
@@ -230,14 +236,15 @@ def test_cnn_learns_keyword_and_is_deterministic(keyword_data):
     before = torch.random.get_rng_state()
     clf = _small_cnn().fit(train, dev)
     assert torch.equal(torch.random.get_rng_state(), before)  # the global RNG is left alone
-    p = clf.predict_proba(test)
+    p = clf.positive_proba(test)
     assert p.shape == (80,) and np.all((p > 0) & (p < 1))
+    assert clf.predict_proba(test).shape == (80, 2) and np.allclose(clf.predict_proba(test).sum(axis=1), 1)
     assert auroc([ex.label for ex in test], p) > 0.9
     assert 1 <= clf.best_epoch_ <= len(clf.history_) <= 8
-    np.testing.assert_array_equal(p, _small_cnn().fit(train, dev).predict_proba(test))
-    assert not np.array_equal(p, _small_cnn(seed=1).fit(train, dev).predict_proba(test))
+    np.testing.assert_array_equal(p, _small_cnn().fit(train, dev).positive_proba(test))
+    assert not np.array_equal(p, _small_cnn(seed=1).fit(train, dev).positive_proba(test))
     # max-pooling only over windows inside the text: a score does not depend on its batch's padding
-    alone = np.array([clf.predict_proba([ex])[0] for ex in test[:5]])
+    alone = np.array([clf.positive_proba([ex])[0] for ex in test[:5]])
     np.testing.assert_allclose(p[:5], alone, rtol=1e-6)
 
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 
 from clsgen.config import Config, config_from_dict, load_config, parse_override, save_config
@@ -149,3 +151,60 @@ def test_save_config_round_trips(tmp_path):
     save_config(cfg, tmp_path / "saved.yaml")
     again = load_config(tmp_path / "saved.yaml")
     assert again.to_dict() == cfg.to_dict()
+
+
+# ------------------------------------------------------------------------------ familiar names (aliases)
+
+
+def test_trainer_trl_and_llama_factory_names_are_aliases(tmp_path):
+    from clsgen.config import ALIASES
+
+    path = tmp_path / "hf.yaml"
+    path.write_text("model_name_or_path: tiny\nlearning_rate: 3.0e-4\ngradient_accumulation_steps: 4\n"
+                    "per_device_train_batch_size: 2\nnum_train_epochs: 2\nlora_rank: 8\nlora_alpha: 16\n"
+                    "lora_dropout: 0.1\nwarmup_ratio: 0.1\nweight_decay: 0.01\nmax_grad_norm: 0.5\nseed: 7\n"
+                    "lr_scheduler_type: linear\nreport_to: [tensorboard]\noutput_dir: runs/x\n"
+                    "train_file: synth.jsonl\nvalidation_file: dev.jsonl\n"
+                    "lora: {lora_target: [q_proj, v_proj]}\ntrain: {save_steps: 5}\n")
+    cfg = load_config(path)
+    assert (cfg.model.name, cfg.train.lr, cfg.train.grad_accum, cfg.train.batch_size, cfg.train.epochs) == (
+        "tiny", 3e-4, 4, 2, 2.0)
+    assert (cfg.lora.r, cfg.lora.alpha, cfg.lora.dropout, cfg.lora.target_modules) == (8, 16, 0.1, ["q_proj", "v_proj"])
+    assert (cfg.train.warmup_ratio, cfg.train.weight_decay, cfg.train.max_grad_norm, cfg.train.seed) == (
+        0.1, 0.01, 0.5, 7)
+    assert (cfg.train.schedule, cfg.train.log_with, cfg.train.save_every) == ("linear", ["tensorboard"], 5)
+    assert (cfg.output_dir, cfg.data.train_file, cfg.data.dev_file) == ("runs/x", "synth.jsonl", "dev.jsonl")
+    # inside a section, and as --set overrides (which win over the file)
+    cfg = load_config(path, ["train.learning_rate=1e-5", "per_device_train_batch_size=3"])
+    assert (cfg.train.lr, cfg.train.batch_size) == (1e-5, 3)
+    # one canonical name per setting: every alias names an existing setting, no alias is used twice
+    fields = {f"{s}.{f.name}" for s in ("model", "lora", "data", "train", "eval")
+              for f in dataclasses.fields(type(getattr(Config(), s)))}
+    assert set(ALIASES) <= fields
+    spellings = [a for aliases in ALIASES.values() for a in aliases]
+    assert len(spellings) == len(set(spellings))
+
+
+def test_an_alias_and_its_setting_together_are_refused_naming_both(tmp_path):
+    path = tmp_path / "both.yaml"
+    path.write_text("learning_rate: 1.0e-4\ntrain: {lr: 2.0e-4, gradient_accumulation_steps: 2, grad_accum: 3}\n")
+    with pytest.raises(ConfigError) as e:
+        load_config(path)
+    text = str(e.value)
+    assert "both.yaml" in text and "2 problems" in text
+    assert "learning_rate" in text and "train.lr" in text
+    assert "train.gradient_accumulation_steps" in text and "train.grad_accum" in text
+    with pytest.raises(ConfigError, match="model_name_or_path.*model.model_name_or_path|set twice"):
+        config_from_dict({"model_name_or_path": "tiny", "model": {"model_name_or_path": "x"}})
+
+
+def test_unset_paths_stay_out_of_the_saved_config():
+    d = Config().to_dict()
+    assert "output_dir" not in d and "train_file" not in d["data"] and "dev_file" not in d["data"]
+    assert config_from_dict({"output_dir": "o"}).to_dict()["output_dir"] == "o"
+
+
+def test_a_list_of_words_override_is_a_list_not_text():
+    assert parse_override("train.log_with=[tensorboard, wandb]") == (["train", "log_with"], ["tensorboard", "wandb"])
+    assert parse_override("report_to=[tensorboard]") == (["train", "log_with"], ["tensorboard"])
+    assert parse_override("task.system=Note: [x]") == (["task", "system"], "Note: [x]")

@@ -174,7 +174,7 @@ def test_clsgen_classifier_end_to_end(tiny_dir, tmp_path):
     assert result.summary["n_explained"] == 4 and result.threshold == clf.threshold
     assert result.summary["threshold_source"] == "classifier"
     assert all(set(r) >= {"id", "probability", "prediction", "explained"} for r in result.predictions)
-    np.testing.assert_allclose([r["probability"] for r in result.predictions], clf.predict_proba(_examples(8)))
+    np.testing.assert_allclose([r["probability"] for r in result.predictions], clf.positive_proba(_examples(8)))
 
 
 def test_evaluate_command(tiny_dir, data_file, tmp_path, capsys):
@@ -253,3 +253,48 @@ def test_embedded_model_evaluates_clinifact_end_to_end(data_dir, tmp_path, capsy
     assert all(r["text"] for r in rows)
     assert report.count("data:image/png;base64,") == 4 and "untrained head" in report
     assert elapsed < 60
+
+
+# ------------------------------------------------------------------------------- trackers
+
+
+def test_evaluation_metrics_and_report_path_reach_the_trackers(tiny_dir, data_file, tmp_path, monkeypatch, capsys):
+    from accelerate.tracking import GeneralTracker
+
+    from clsgen import tracking
+
+    class Recorder(GeneralTracker):
+        name, requires_logging_directory, main_process_only = "recorder", False, True
+
+        def __init__(self):
+            super().__init__()
+            self.logged, self.configs = [], []
+
+        @property
+        def tracker(self):
+            return self
+
+        def store_init_configuration(self, values):
+            self.configs.append(values)
+
+        def log(self, values, step=None, **kwargs):
+            self.logged.append(values)
+
+    recorder = Recorder()
+    sent = tracking.log_evaluation([recorder], tmp_path, {"auroc": {"value": 0.8, "low": 0.7, "high": 0.9, "n": 9},
+                                                          "flesch": {"value": None, "n": 0}}, tmp_path / "report.html",
+                                   prefix="test", config={"model": "m"})
+    assert sent == [recorder]
+    assert recorder.logged == [{"test/auroc": 0.8, "test/auroc_low": 0.7, "test/auroc_high": 0.9,
+                                "test/report": str((tmp_path / "report.html").resolve())}]
+    assert recorder.configs == [{"model": "m"}]
+    # the evaluate command sends its metrics to the trackers named by train.log_with
+    monkeypatch.setattr(tracking, "available", lambda names: [recorder] if list(names) == ["recorder"] else [])
+    out = tmp_path / "run"
+    code = main(["evaluate", "--model", str(tiny_dir), "--dataset", str(data_file), "--out", str(out),
+                 "--no-explain", "--n-bootstrap", "20", "--set", "train.log_with=[recorder]"])
+    assert code == 0, capsys.readouterr().err
+    last = recorder.logged[-1]
+    assert last["test/report"] == str((out / "report.html").resolve())
+    assert last["test/auroc"] == pytest.approx(_read(out)[1]["metrics"]["auroc"]["value"])
+    assert "sent to" in capsys.readouterr().out

@@ -237,8 +237,10 @@ def test_classifier_wrapper_follows_the_shared_protocol(model, tmp_path):
     clf = ClsgenClassifier(Predictor(model, max_new_tokens=6))
     assert isinstance(clf, Classifier) and isinstance(clf, Explainer)
     examples = [Example(f"e{i}", {**ITEMS[i % 3], "claim": f"claim {i}"}, label=i % 2) for i in range(6)]
-    proba = clf.predict_proba(examples)
-    assert proba.shape == (6,)
+    both = clf.predict_proba(examples)
+    proba = clf.positive_proba(examples)
+    assert both.shape == (6, 2) and proba.shape == (6,)
+    np.testing.assert_allclose(both[:, 1], proba) and np.testing.assert_allclose(both.sum(axis=1), 1)
     texts = clf.explain(examples[:2], max_new_tokens=3)
     assert len(texts) == 2 and all(isinstance(t, str) for t in texts)
     assert clf.predictor.max_new_tokens == 6  # restored
@@ -247,15 +249,17 @@ def test_classifier_wrapper_follows_the_shared_protocol(model, tmp_path):
     real_logits = clf.predictor.logits
     clf.predictor.logits = lambda items: scored.extend(items) or real_logits(items)
     try:
-        reused = clf.predict_proba(examples)
+        reused = clf.positive_proba(examples)
     finally:
         clf.predictor.logits = real_logits
     assert [ex.id for ex in scored] == [ex.id for ex in examples[2:]]
     np.testing.assert_allclose(reused, proba, atol=1e-5)
-    assert clf.predict_proba(examples[:1])[0] == pytest.approx(proba[0], abs=1e-5)  # reuse happens once
+    assert clf.positive_proba(examples[:1])[0] == pytest.approx(proba[0], abs=1e-5)  # reuse happens once
     saved = dict(model.meta)
     try:
-        clf.fit([], examples)
+        with pytest.raises(ClsgenError, match="holds a trained model.*calibrate"):
+            clf.fit([], examples)  # a trained model is not retrained by a fit that only calibrates
+        clf.calibrate(examples)
         assert clf.calibration.n == 6
         assert model.meta["threshold"] == clf.calibration.threshold == clf.threshold
         assert model.meta["temperature"] == clf.calibration.temperature

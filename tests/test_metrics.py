@@ -386,3 +386,20 @@ def test_flesch_mean_skips_empty_and_strips_verdict_line():
     expected = np.mean([116.145, flesch_reading_ease("Reading books is fun.")])
     assert flesch(texts) == pytest.approx(expected)
     assert math.isfinite(flesch(["Answer: TRUE", "One two three."]))
+
+
+def test_flesch_counts_syllables_with_the_hyphenation_dictionary():
+    """Syllables from pyphen's en_US dictionary, as textstat counts them without CMUdict: the old
+    vowel-group counter said 2 for 'created' and 3 for 'improved'."""
+    import pyphen
+
+    from clsgen.metrics import _syllables
+
+    assert (_syllables("created"), _syllables("improved"), _syllables("table"), _syllables("the")) == (3, 2, 2, 1)
+    dic = pyphen.Pyphen(lang="en_US")
+    for word in ("randomised", "significant", "outcome", "Patients"):
+        assert _syllables(word) == len(dic.positions(word.lower())) + 1
+    text = "Patients randomised to placebo improved. The outcome was significant."
+    words, sentences = 9, 2
+    syllables = sum(_syllables(w) for w in text.replace(".", "").split())
+    assert flesch_reading_ease(text) == pytest.approx(206.835 - 1.015 * words / sentences - 84.6 * syllables / words)

@@ -417,3 +417,82 @@ def test_cli_train_embedded_model_on_clinifact(tmp_path, data_dir):
     s = json.loads((tmp_path / "model" / "train_summary.json").read_text())
     assert s["steps"] == 2 and s["tokens_per_s"] > 0 and s["n_dev"] == 4 and s["n_with_explanation"] == 4
     assert (tmp_path / "model" / "adapter_model.safetensors").is_file()
+
+
+def test_cli_train_positional_config_settings_and_paths_from_yaml(cli_dir, capsys, monkeypatch):
+    """`clsgen train run.yaml key=value`: the config file and settings as plain arguments, familiar
+    names, and the data / dev / output paths taken from the YAML."""
+    monkeypatch.chdir(cli_dir)
+    (cli_dir / "hf.yaml").write_text((cli_dir / "c.yaml").read_text() + "output_dir: from-yaml\n"
+                                     "train_file: synth.jsonl\ndataset: toy.jsonl\n")
+    code, out, err = cli(capsys, "train", "hf.yaml", "max_steps=1", "learning_rate=1e-3", "--no-progress")
+    assert code == 0, err
+    saved = (cli_dir / "from-yaml" / "train_config.yaml").read_text()
+    assert "lr: 0.001" in saved and "max_steps: 1" in saved
+    assert json.loads((cli_dir / "from-yaml" / "train_summary.json").read_text())["n_with_explanation"] == 8
+    assert (cli_dir / "from-yaml" / "README.md").is_file()
+    code, _, err = cli(capsys, "train", "hf.yaml", "--config", "c.yaml", "--no-progress")
+    assert code == 2 and "more than one config file" in err
+    code, _, err = cli(capsys, "train", "c.yaml", "--dataset", "toy.jsonl", "--no-progress")
+    assert code == 2 and "no output folder" in err and "output_dir" in err
+
+
+# ------------------------------------------------------------------------------ accelerate decides
+
+
+def _capture_accelerators(monkeypatch) -> list:
+    import accelerate
+
+    made = []
+
+    class Recording(accelerate.Accelerator):
+        def __init__(self, *args, **kwargs):
+            super().__init__(*args, **kwargs)
+            made.append((kwargs, self.mixed_precision, self.device.type))
+
+    monkeypatch.setattr(accelerate, "Accelerator", Recording)
+    return made
+
+
+def test_accelerate_mixed_precision_from_the_environment_is_honoured(tmp_path, monkeypatch):
+    """`accelerate launch --mixed_precision bf16` / `accelerate config` reach the loop as
+    ACCELERATE_MIXED_PRECISION: train() must not override it (nor the device) unless the config
+    names a precision."""
+    made = _capture_accelerators(monkeypatch)
+    monkeypatch.setenv("ACCELERATE_MIXED_PRECISION", "bf16")
+    result = train(make_cfg(max_steps=1), toy(8, 1), [], tmp_path / "env", progress=False)
+    assert result.steps == 1
+    kwargs, precision, device = made[-1]
+    assert precision == "bf16" and "cpu" not in kwargs and kwargs.get("mixed_precision") is None
+    monkeypatch.setenv("ACCELERATE_MIXED_PRECISION", "no")
+    train(make_cfg(max_steps=1), toy(8, 1), [], tmp_path / "no", progress=False)
+    assert made[-1][1] == "no"
+    # the config's own choice wins when it names one
+    train(make_cfg(max_steps=1, mixed_precision="bf16"), toy(8, 1), [], tmp_path / "cfg", progress=False)
+    assert made[-1][0]["mixed_precision"] == "bf16" and made[-1][1] == "bf16"
+
+
+def test_clsgen_classifier_fit_trains_then_calibrates(tmp_path):
+    """The scikit-learn-like face: fit trains (what `clsgen train` does) and calibrates on validation;
+    predict_proba gives two columns."""
+    from clsgen.classifier import Classifier
+    from clsgen.inference import ClsgenClassifier
+
+    clf = ClsgenClassifier(make_cfg(max_steps=3, eval_every=3), out_dir=tmp_path / "m")
+    assert isinstance(clf, Classifier)
+    with pytest.raises(ClsgenError, match="not trained yet"):
+        clf.predict_proba(toy(2, 5))
+    dev = [Example(ex.id, ex.fields, ex.label) for ex in toy(8, 10)]
+    assert clf.fit(toy(8, 9), dev) is clf
+    assert clf.train_result.steps == 3 and (tmp_path / "m" / "adapter_model.safetensors").is_file()
+    assert clf.calibration.n == 8 and clf.threshold == clf.calibration.threshold
+    both = clf.predict_proba(dev)
+    assert both.shape == (8, 2) and np.allclose(both.sum(axis=1), 1)
+    assert np.allclose(both[:, 1], clf.positive_proba(dev))
+    # what fit trained is what the folder holds: loaded again, the same head logits
+    from clsgen.inference import Predictor
+
+    np.testing.assert_allclose(Predictor.from_pretrained(tmp_path / "m", dtype="float32").logits(dev),
+                               clf.predictor.logits(dev), atol=1e-5)
+    with pytest.raises(ClsgenError, match="out_dir"):
+        ClsgenClassifier(make_cfg())

@@ -24,7 +24,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from ..classifier import labels_of
+from ..classifier import TwoColumnProba, labels_of
 from ..data import Example
 from ..errors import ClsgenError
 from ..metrics import auroc
@@ -65,7 +65,7 @@ class KimCnn(nn.Module):
         return self.out(self.dropout(torch.cat(pooled, dim=1))).squeeze(-1)
 
 
-class CnnClassifier:
+class CnnClassifier(TwoColumnProba):
     """Kim CNN baseline with early stopping on dev AUROC."""
 
     name = "cnn"
@@ -196,7 +196,8 @@ class CnnClassifier:
         self.model_.eval()
         return self
 
-    def predict_proba(self, examples: Sequence[Example]) -> np.ndarray:
+    def positive_proba(self, examples: Sequence[Example]) -> np.ndarray:
+        """P(label 1) of each example (`predict_proba` gives both columns)."""
         if self.model_ is None:
             raise ClsgenError("cnn predict_proba before fit; call fit(train, validation) first")
         examples = require_examples(examples, "cnn predict_proba", "pass at least one example")

@@ -28,6 +28,7 @@ import numpy as np
 import torch
 
 from ..backbones import EMBEDDED, Backbone, load_model
+from ..classifier import TwoColumnProba
 from ..data import Example
 from ..errors import ClsgenError
 from ..task import Task
@@ -238,7 +239,7 @@ def _eos_ids(model: Any, tokenizer: Any) -> list[int]:
 # ---------------------------------------------------------------------------- classifier
 
 
-class PromptingClassifier:
+class PromptingClassifier(TwoColumnProba):
     """The base instruct model, zero-shot: P(1) from the verbalizers, explanations from greedy decoding.
 
     backbone_or_spec: a loaded `Backbone`, or a model spec for `load_model` (loaded on first use).
@@ -289,7 +290,8 @@ class PromptingClassifier:
         bb = self.backbone
         return verbalizer_log_probs(bb.model, bb.tokenizer, self.task, examples, fn, self.batch_size)
 
-    def predict_proba(self, examples: Sequence[Example]) -> np.ndarray:
+    def positive_proba(self, examples: Sequence[Example]) -> np.ndarray:
+        """P(label 1): the verbalizers' probabilities renormalised (`predict_proba` gives both)."""
         return probability_of_one(self.log_probs(examples))
 
     def explain(self, examples: Sequence[Example], max_new_tokens: int | None = None) -> list[str]:

@@ -12,7 +12,7 @@ from typing import Any
 
 import numpy as np
 
-from ..classifier import labels_of
+from ..classifier import TwoColumnProba, labels_of
 from ..data import Example
 from ..errors import ClsgenError
 from ..metrics import auroc
@@ -20,7 +20,7 @@ from ..task import Task
 from . import example_text, require_examples
 
 
-class TfidfClassifier:
+class TfidfClassifier(TwoColumnProba):
     """TF-IDF features + logistic regression, C chosen on dev AUROC."""
 
     name = "tfidf"
@@ -78,7 +78,8 @@ class TfidfClassifier:
         self.C_ = float(self.model_.C)
         return self
 
-    def predict_proba(self, examples: Sequence[Example]) -> np.ndarray:
+    def positive_proba(self, examples: Sequence[Example]) -> np.ndarray:
+        """P(label 1) of each example (`predict_proba` gives both columns)."""
         if self.model_ is None:
             raise ClsgenError("tfidf predict_proba before fit; call fit(train, validation) first")
         examples = require_examples(examples, "tfidf predict_proba", "pass at least one example")

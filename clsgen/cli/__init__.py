@@ -22,6 +22,7 @@ COMMAND_MODULES = [
     "clsgen.cli.train",
     "clsgen.cli.evaluate",
     "clsgen.cli.serve",
+    "clsgen.cli.hub",
 ]
 
 

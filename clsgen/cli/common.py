@@ -5,14 +5,21 @@ from __future__ import annotations
 import argparse
 
 from ..config import Config, load_config
+from ..errors import ClsgenError
 
 
-def add_config_options(parser: argparse.ArgumentParser) -> None:
+def add_config_options(parser: argparse.ArgumentParser, positional: bool = False) -> None:
+    """--config / --set; with `positional`, also `CONFIG.yaml key=value ...` as plain arguments."""
+    if positional:
+        parser.add_argument("settings", nargs="*", metavar="[CONFIG.yaml] [KEY=VALUE ...]",
+                            help="a YAML config file and/or settings, e.g. `run.yaml learning_rate=1e-4` "
+                            "(the same as --config run.yaml --set learning_rate=1e-4)")
     g = parser.add_argument_group("configuration")
     g.add_argument("--config", metavar="YAML", help="a YAML config file (sections: model, lora, task, "
                    "data, train, teacher, eval)")
     g.add_argument("--set", metavar="KEY=VALUE", action="append", default=[], dest="overrides",
-                   help="override one setting, e.g. --set train.lr=1e-4 (repeatable)")
+                   help="override one setting, e.g. --set train.lr=1e-4 or --set learning_rate=1e-4 "
+                   "(repeatable; docs/training.md lists the familiar names accepted)")
 
 
 def add_data_options(parser: argparse.ArgumentParser, dataset_positional: bool = False) -> None:
@@ -34,8 +41,24 @@ def add_model_option(parser: argparse.ArgumentParser, help: str | None = None) -
                         "directory or a hub id")
 
 
+def split_settings(args: argparse.Namespace) -> None:
+    """Move positional `CONFIG.yaml key=value ...` into args.config and args.overrides (in place)."""
+    settings = list(getattr(args, "settings", None) or [])
+    files = [s for s in settings if "=" not in s]
+    if len(files) > 1 or (files and getattr(args, "config", None)):
+        given = files + ([f"--config {args.config}"] if getattr(args, "config", None) else [])
+        raise ClsgenError(f"more than one config file given ({', '.join(given)}); pass one, and settings "
+                          "as key=value")
+    if files:
+        args.config = files[0]
+    args.overrides = [s for s in settings if "=" in s] + list(getattr(args, "overrides", []) or [])
+    args.settings = []
+
+
 def config_from_args(args: argparse.Namespace) -> Config:
-    """Config file, then --set overrides, then the dedicated flags (the most specific wins)."""
+    """Config file, then key=value settings and --set overrides, then the dedicated flags (the most
+    specific wins)."""
+    split_settings(args)
     overrides = list(getattr(args, "overrides", []) or [])
     flag_map = {
         "dataset": "data.dataset", "data_dir": "data.data_dir", "split_scheme": "data.split",

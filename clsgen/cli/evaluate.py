@@ -247,6 +247,13 @@ def run_evaluate(args: argparse.Namespace) -> int:
           + (f", temperature {result.temperature:.4g}" if result.temperature is not None else ""))
     for what, path in result.paths.items():
         print(f"{what}: {path}")
+    if cfg.train.log_with:  # the same trackers as training: the test metrics beside the training curves
+        from ..tracking import log_evaluation
+
+        sent = log_evaluation(cfg.train.log_with, out, result.metrics, result.paths["report"], prefix=split,
+                              config={k: v for k, v in info.items() if v is not None})
+        if sent:
+            print(f"metrics and report path sent to {', '.join(map(str, sent))}")
     print(f"{len(examples)} examples, {result.summary['n_explained']} explained, "
           f"{time.perf_counter() - started:.1f}s")
     return 0

@@ -79,8 +79,13 @@ def run(args: argparse.Namespace) -> int:
         print(f"clsgen: warning: serving on {args.host} without --api-key-env: anyone who can reach this "
               "address can use the model", file=sys.stderr)
 
+    from ..extras import missing
     from ..inference import Predictor
-    from ..server import create_app, serve
+
+    try:
+        from ..server import create_app, serve
+    except ImportError as e:
+        raise missing(e.name or "fastapi", "clsgen serve") from None
 
     print(f"clsgen: loading {args.model} ...", file=sys.stderr, flush=True)
     predictor = Predictor.from_pretrained(args.model, dtype=args.dtype, batch_size=args.batch_size,

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from ..errors import ClsgenError
 from .common import add_config_options, add_data_options, add_model_option, config_from_args
 
 
@@ -15,15 +16,15 @@ def register(sub: argparse._SubParsersAction) -> None:
                     "split, keep the best checkpoint by dev AUROC. Runs unchanged under `accelerate launch` "
                     "or `torchrun` (DDP, FSDP, DeepSpeed ZeRO); see docs/training.md.")
     p.add_argument("--data", metavar="FILE", help="training records: the synth JSONL (id, label, fields, "
-                   "explanation), or a data file of examples (default: the dataset's train split, "
-                   "without explanations: classification term only)")
+                   "explanation), or a data file of examples (config: data.train_file; default: the "
+                   "dataset's train split, without explanations: classification term only)")
     p.add_argument("--explanations", metavar="FILE", help="teacher explanations joined by id to the "
                    "dataset's train split (a synth JSONL, or records {id, explanation}); rows without one "
                    "train on their verdict line alone")
     p.add_argument("--dev", metavar="FILE", help="dev examples (JSONL/CSV/Parquet; synth records add a dev LM "
-                   "loss); default: the dataset's validation split")
-    p.add_argument("--out", required=True, metavar="DIR", help="output directory: the saved model, "
-                   "train_log.jsonl, train_summary.json, checkpoints/")
+                   "loss; config: data.dev_file); default: the dataset's validation split")
+    p.add_argument("--out", metavar="DIR", help="output directory: the saved model, train_log.jsonl, "
+                   "train_summary.json, checkpoints/ (config: output_dir)")
     p.add_argument("--resume", nargs="?", const=True, default=False, metavar="CHECKPOINT",
                    help="continue the run in --out from its latest checkpoint (or from CHECKPOINT)")
     p.add_argument("--max-steps", type=int, metavar="N", help="stop after N optimizer steps (train.max_steps)")
@@ -32,7 +33,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                    "(auto_map) run (model.trust_remote_code); off by default: only for code you trust")
     add_data_options(p)
     add_model_option(p)
-    add_config_options(p)
+    add_config_options(p, positional=True)
     p.set_defaults(func=run_train)
 
     e = sub.add_parser("export", help="write a merged full model + head that loads without PEFT")
@@ -57,6 +58,12 @@ def run_train(args: argparse.Namespace) -> int:
     if args.trust_remote_code:
         args.overrides = [*args.overrides, "model.trust_remote_code=true"]
     cfg = config_from_args(args)
+    args.data = args.data or cfg.data.train_file
+    args.dev = args.dev or cfg.data.dev_file
+    args.out = args.out or cfg.output_dir
+    if not args.out:
+        raise ClsgenError("no output folder: pass --out DIR, or set output_dir in the config "
+                          "(e.g. `clsgen train run.yaml output_dir=runs/x`)")
     ds = None
     if args.data is None or args.dev is None:
         ds = load_dataset(cfg.data, cfg.task)

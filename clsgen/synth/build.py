@@ -176,13 +176,16 @@ def _short(value: Any) -> str:
 
 
 class SynthStore:
-    """The append-only JSONL of one synth run, with its settings file and a lock against two writers."""
+    """The append-only JSONL of one synth run, with its settings file and a lock against two writers
+    (`filelock`: a sibling '<name>.lock' file, which works on POSIX and Windows alike)."""
 
     def __init__(self, path: str | Path):
         self.path = Path(path)
         self.settings_path = self.path.with_name(self.path.name + ".teacher.json")
         self.report_path = self.path.with_name(self.path.name + ".report.json")
+        self.lock_path = self.path.with_name(self.path.name + ".lock")
         self.fd: int | None = None
+        self._lock: Any = None
 
     def existing(self) -> list[dict[str, Any]]:
         return read_synth(self.path) if self.path.exists() else []
@@ -225,19 +228,17 @@ class SynthStore:
 
     def open(self, settings: dict[str, Any], digest: str) -> list[dict[str, Any]]:
         """Lock the file for appending, cut a torn last line, write the settings; return the records."""
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        self.fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_APPEND, 0o644)
-        try:
-            import fcntl
+        from filelock import FileLock, Timeout
 
-            fcntl.flock(self.fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except ImportError:  # not POSIX: no lock
-            pass
-        except OSError:
-            os.close(self.fd)
-            self.fd = None
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        lock = FileLock(str(self.lock_path), timeout=0)
+        try:
+            lock.acquire()
+        except Timeout:
             raise ClsgenError(f"another process is writing {self.path} (clsgen synth still running?); wait "
-                              "for it or choose another --out") from None
+                              f"for it or choose another --out (lock: {self.lock_path})") from None
+        self._lock = lock
+        self.fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_APPEND, 0o644)
         data = self.path.read_bytes()
         records, good = _scan(data, str(self.path))
         if good < len(data):
@@ -258,8 +259,11 @@ class SynthStore:
 
     def close(self) -> None:
         if self.fd is not None:
-            os.close(self.fd)  # also releases the lock
+            os.close(self.fd)
             self.fd = None
+        if self._lock is not None:
+            self._lock.release()
+            self._lock = None
 
 
 # ============================================================================ the report
