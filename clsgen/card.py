@@ -160,8 +160,12 @@ def load_snippet(meta: Mapping[str, Any], head_keys: frozenset[str] = frozenset(
         raise ClsgenError(f"clsgen.json head.pooling is {pooling!r}; expected 'last' or 'mean'")
     dtype = str(meta.get("dtype") or "float32")
     merged = bool(meta.get("merged"))
-    states = ("out.last_hidden_state" if layer is None else f"out.hidden_states[{int(layer)}]")
+    mix = layer == "mix"
+    states = ("out.last_hidden_state" if layer is None else "torch.stack(out.hidden_states, 1)" if mix
+              else f"out.hidden_states[{int(layer)}]")
     pick = "[0, -1]" if pooling == "last" else "[0].mean(0)"
+    if mix:  # (layers, seq, hidden) -> (layers, hidden)
+        pick = "[0][:, -1]" if pooling == "last" else "[0].mean(1)"
     standardise = "shift" in head_keys or "scale" in head_keys
     system = ('{"role": "system", "content": meta["task"]["system"]}, ' if task.get("system") else "")
     loader = ('lm = AutoModelForCausalLM.from_pretrained(".", dtype=torch.%s).eval()' % dtype if merged else
@@ -183,6 +187,7 @@ def load_snippet(meta: Mapping[str, Any], head_keys: frozenset[str] = frozenset(
         f'{", output_hidden_states=True" if layer is not None else ""})',
         f"    h = {states}{pick}.float()",
         *(['    h = (h - head["shift"]) / head["scale"]'] if standardise else []),
+        *(['    h = (torch.softmax(head["mix"], 0)[:, None] * h).sum(0)  # the learned mix of layers'] if mix else []),
         'p = torch.sigmoid((h @ head["linear.weight"][0] + head["linear.bias"][0]) / meta["temperature"]).item()',
         'print(f"P(label 1) = {p:.6f}:", meta["task"]["verbalizers"][int(p >= meta["threshold"])])',
     ]
@@ -263,7 +268,9 @@ def _calibration_note(meta: Mapping[str, Any]) -> str:
 
 def _head_description(head: Mapping[str, Any], head_keys: frozenset[str]) -> str:
     layer, pooling = head.get("layer"), head.get("pooling", "last")
-    where = "the final normed hidden state" if layer is None else f"the hidden state after {layer} decoder layers"
+    where = ("the final normed hidden state" if layer is None else
+             "a learned softmax mix of every layer's (standardised) hidden state" if layer == "mix" else
+             f"the hidden state after {layer} decoder layers (`hidden_states[{layer}]`)")
     pooled = "at the last prompt token" if pooling == "last" else "averaged over the prompt's tokens"
     scaled = ", standardised as (h - shift) / scale" if {"shift", "scale"} & head_keys else ""
     return f"{where} {pooled}{scaled}, then Linear(hidden_size, 1) (`{HEAD_FILE}`)"

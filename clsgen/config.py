@@ -71,9 +71,9 @@ class HeadConfig:
     """Where the classification head reads and how it starts."""
 
     layer: int | Literal["mix"] | None = None
-    """Which hidden states the head reads: None = the final (normed) layer; L = the residual stream
-    after L decoder layers (0 = the embeddings); 'mix' = a learned softmax-weighted mix of every
-    layer's pooled states."""
+    """Which hidden states the head reads: None = the final (normed) layer; L = transformers'
+    hidden_states[L], the residual stream after L decoder layers (0 = the embeddings, N = the final
+    normed layer); 'mix' = a learned softmax-weighted mix of every layer's pooled states."""
     pooling: Literal["last", "mean"] = "last"
     """'last' = the last prompt token; 'mean' = the masked mean over the prompt tokens."""
     init: Literal["random", "probe"] = "random"

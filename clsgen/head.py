@@ -2,8 +2,9 @@
 
     p = sigmoid(w · features + b),  features = standardise(pool(h_L))   (or a softmax mix over L)
 
-`layer` None reads the final, normed hidden states (what the LM head reads); an integer L reads the
-residual stream after L decoder layers (0: the embeddings); 'mix' reads every layer, each
+`layer` None reads the final, normed hidden states (what the LM head reads); an integer L reads
+transformers' `hidden_states[L]`: the residual stream after L decoder layers (0: the embeddings; N:
+the final normed states, as None); 'mix' reads every one of them, each
 standardised, mixed by learned softmax weights. `pooling` 'last' takes the last prompt token,
 'mean' the masked mean over the prompt tokens (padding and target tokens excluded), so left and
 right padding pool the same rows. The standardisation (`shift`, `scale`) is identity unless the head

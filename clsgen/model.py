@@ -198,7 +198,8 @@ class DualHeadModel(nn.Module):
         cache_kw = _cache_argument(self.decoder)
         start = self.trunk_layers if trunk_hidden is not None else 0
         head_reads = self.head.read_layers() if past_len == 0 else []
-        live = {layer for layer in head_reads if layer is not None and layer >= start}
+        final = self.num_layers
+        live = {layer for layer in head_reads if layer is not None and start <= layer < final}
         if trunk_hidden is not None and start == 0:
             raise ClsgenError("trunk_hidden given, but this model has no frozen trunk (LoRA in every layer)")
         inputs = {"inputs_embeds": trunk_hidden} if trunk_hidden is not None else {"input_ids": input_ids}
@@ -209,7 +210,7 @@ class DualHeadModel(nn.Module):
         if head_reads:
             states = []
             for layer in head_reads:
-                if layer is None:
+                if layer is None or layer == final:  # transformers' hidden_states[N]: after the final norm
                     states.append(pool(hidden, attention_mask, cls_index, self.head.pooling))
                 elif layer in captured:
                     states.append(pool(captured[layer], attention_mask, cls_index, self.head.pooling))
@@ -365,8 +366,8 @@ def _layers_from(decoder: nn.Module, start: int) -> Iterator[None]:
 
 @contextlib.contextmanager
 def _capture_layers(decoder: nn.Module, wanted: set[int]) -> Iterator[dict[int, torch.Tensor]]:
-    """Record the residual stream after L decoder layers for each L in `wanted` (L = 0: the
-    embeddings), i.e. the input of layer L, or the last layer's output for L = num_layers."""
+    """Record the residual stream after L decoder layers for each L < num_layers in `wanted` (L = 0:
+    the embeddings), i.e. the input of layer L: transformers' `hidden_states[L]`."""
     captured: dict[int, torch.Tensor] = {}
     layers = list(decoder.layers)
     hooks = []
@@ -376,16 +377,8 @@ def _capture_layers(decoder: nn.Module, wanted: set[int]) -> Iterator[dict[int, 
             captured[layer] = args[0] if args else kwargs["hidden_states"]
         return hook
 
-    def keep_output(layer: int) -> Any:
-        def hook(module: nn.Module, args: tuple, output: Any) -> None:
-            captured[layer] = output[0] if isinstance(output, tuple) else output
-        return hook
-
     for layer in sorted(wanted):
-        if layer < len(layers):
-            hooks.append(layers[layer].register_forward_pre_hook(keep_input(layer), with_kwargs=True))
-        else:
-            hooks.append(layers[-1].register_forward_hook(keep_output(layer)))
+        hooks.append(layers[layer].register_forward_pre_hook(keep_input(layer), with_kwargs=True))
     try:
         yield captured
     finally:

@@ -285,3 +285,31 @@ def test_embedded_model_folder_names_the_hub_id_and_loads_offline(tmp_path, monk
         a = model(ids, torch.ones_like(ids), lm_positions="none").cls_logits
         b = again(ids, torch.ones_like(ids), lm_positions="none").cls_logits
     assert torch.allclose(a, b, atol=1e-5)
+
+
+@pytest.mark.parametrize("layer,pooling", [("mix", "mean"), (2, "last"), (1, "mean")])
+def test_snippet_reproduces_a_trained_readout(tmp_path, local_base, monkeypatch, layer, pooling):
+    """A head that reads another layer (or a mix of all), standardised, with LoRA in the top layer
+    only: the card's snippet gives the probability clsgen's Predictor gives."""
+    from clsgen.config import HeadConfig, LoraConfig
+
+    model = DualHeadModel.from_backbone(load_model(str(local_base), dtype="float32"), TASK,
+                                        LoraConfig(r=4, top_layers=1), head=HeadConfig(layer=layer, pooling=pooling))
+    randomize_lora(model, seed=4, scale=0.3)
+    g = torch.Generator().manual_seed(5)
+    with torch.no_grad():
+        model.head.shift.copy_(torch.randn(model.head.shift.shape, generator=g))
+        model.head.scale.copy_(torch.rand(model.head.scale.shape, generator=g) + 0.5)
+        model.head.linear.weight.normal_(0, 1.0, generator=g)
+        if model.head.mix is not None:
+            model.head.mix.normal_(0, 1.0, generator=g)
+    model.meta.update(temperature=1.3, threshold=0.5)
+    folder = model.save_pretrained(tmp_path / "m")
+    expected = float(Predictor(model.eval()).predict_proba([FIELDS[1]])[0])
+    code = with_fields(snippet_of((folder / "README.md").read_text()), FIELDS[1])
+    monkeypatch.chdir(folder)
+    printed = io.StringIO()
+    with contextlib.redirect_stdout(printed):
+        exec(compile(code, "snippet", "exec"), {})  # noqa: S102
+    got = float(re.search(r"P\(label 1\) = ([0-9.]+)", printed.getvalue()).group(1))
+    assert abs(got - expected) < 1e-5, (got, expected)
