@@ -266,7 +266,7 @@ class ExperimentConfig:
     """The whole comparison: which methods run and where the results go."""
 
     methods: list[str] = field(default_factory=lambda: [
-        "clsgen", "classification-only", "generation-only", "prompting", "cnn", "tfidf"])
+        "clsgen", "clsgen+consistency", "classification-only", "generation-only", "prompting", "cnn", "tfidf"])
     """Methods to train and evaluate on the same test split, in table order."""
     out_dir: str = "runs/experiment"
     """Folder for every step's outputs; a rerun continues where the last one stopped."""
@@ -274,6 +274,9 @@ class ExperimentConfig:
     """Title of the results table and report."""
     synth_splits: list[str] = field(default_factory=lambda: ["train"])
     """Splits the teacher explains (training uses them; dev only selects and calibrates)."""
+    explanations: str | None = None
+    """A teacher-explanation file made once (`clsgen synth` output, or records {id, explanation}):
+    joined by id to the training split instead of running the teacher."""
 
 
 @dataclass

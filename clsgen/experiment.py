@@ -21,10 +21,14 @@ from .datasets import DatasetSplits, load_dataset
 from .errors import ClsgenError
 from .files import atomic_write_files, atomic_write_json, check_writable, write_error
 
-METHODS = ("clsgen", "classification-only", "generation-only", "prompting", "cnn", "tfidf")
-LLM_TRAINED = {"clsgen": {}, "classification-only": {"w_lm": 0.0}, "generation-only": {"w_cls": 0.0}}
-GENERATING = {"clsgen", "classification-only", "generation-only", "prompting"}
-CALIBRATED = ("clsgen", "classification-only")
+METHODS = ("clsgen", "clsgen+consistency", "classification-only", "generation-only", "prompting", "cnn", "tfidf")
+LLM_TRAINED = {"clsgen": {"w_consistency": 0.0}, "clsgen+consistency": {},
+               "classification-only": {"w_lm": 0.0, "w_consistency": 0.0},
+               "generation-only": {"w_cls": 0.0, "w_consistency": 0.0}}
+"""Each LLM-trained method: its overrides of train.* ('clsgen+consistency' keeps train.w_consistency,
+1.0 when the config leaves it at 0)."""
+GENERATING = {"clsgen", "clsgen+consistency", "classification-only", "generation-only", "prompting"}
+CALIBRATED = ("clsgen", "clsgen+consistency", "classification-only")
 """Methods whose model directory keeps the threshold and temperature fitted by evaluation."""
 TABLE_METRICS = ("auroc", "auprc", "f1", "ece", "brier", "alignment_auroc", "alignment_kappa",
                  "inconsistency_rate", "readability", "flesch")
@@ -102,7 +106,11 @@ def run_experiment(cfg: Config, out_dir: str | Path | None = None, *, methods: l
 
     synth_path = None
     if any(m in LLM_TRAINED for m in methods):
-        synth_path = _synth_step(cfg, ds, out, log, show_examples)
+        if cfg.experiment.explanations:  # made once (e.g. shipped): no teacher runs
+            synth_path = Path(cfg.experiment.explanations)
+            log(f"[synth] teacher explanations read from {synth_path} (no teacher runs; see docs/synth.md)")
+        else:
+            synth_path = _synth_step(cfg, ds, out, log, show_examples)
 
     results: dict[str, dict[str, Any]] = {}
     for method in methods:
@@ -140,10 +148,14 @@ def _synth_step(cfg: Config, ds: DatasetSplits, out: Path, log: Callable[[str], 
     return path
 
 
-def _method_config(cfg: Config, method: str) -> Config:
+def _method_config(cfg: Config, method: str, out: Path | None = None) -> Config:
     c = copy.deepcopy(cfg)
     for k, v in LLM_TRAINED.get(method, {}).items():
         setattr(c.train, k, v)
+    if method == "clsgen+consistency" and c.train.w_consistency == 0:
+        c.train.w_consistency = 1.0
+    if out is not None and c.train.cache_dir is None:  # every method of the run shares one trunk cache
+        c.train.cache_dir = str(out / "trunk-cache")
     return c
 
 
@@ -153,15 +165,22 @@ def _classifier(cfg: Config, ds: DatasetSplits, method: str, out: Path, synth_pa
     if method in LLM_TRAINED:
         from .train import train
 
+        from .train import join_explanations
+
         model_dir = out / "models" / method
         if not (model_dir / "clsgen.json").is_file():
-            log(f"[{method}] training (w_cls={_method_config(cfg, method).train.w_cls}, "
-                f"w_lm={_method_config(cfg, method).train.w_lm}) -> {model_dir}")
-            train(_method_config(cfg, method), synth_path, ds.validation, model_dir, resume=True, task=ds.task)
+            mc = _method_config(cfg, method, out)
+            log(f"[{method}] training (w_cls={mc.train.w_cls}, w_lm={mc.train.w_lm}, "
+                f"w_consistency={mc.train.w_consistency}) -> {model_dir}")
+            examples = join_explanations(ds.train, synth_path) if synth_path is not None else ds.train
+            train(mc, examples, ds.validation, model_dir, resume=True, task=ds.task)
         if method == "generation-only":
             from .baselines.generation_only import GenerationOnlyClassifier
 
-            return GenerationOnlyClassifier(model_dir, batch_size=ev.batch_size, max_new_tokens=ev.max_new_tokens)
+            # its probability is read where it was trained to state the verdict
+            scoring = "prefix" if ds.task.verdict_position == "first" else "explanation"
+            return GenerationOnlyClassifier(model_dir, batch_size=ev.batch_size, max_new_tokens=ev.max_new_tokens,
+                                            scoring=scoring)
         from .inference import ClsgenClassifier
 
         return ClsgenClassifier(model_dir, batch_size=ev.batch_size, max_new_tokens=ev.max_new_tokens)

@@ -202,9 +202,11 @@ def test_evaluate_command_refuses_a_base_model_without_the_flag(data_file, tmp_p
 def test_predict_command(tiny_dir, tmp_path, capsys):
     assert main(["predict", "--model", str(tiny_dir), "A short note.", "--max-new-tokens", "3", "--json"]) == 0
     d = json.loads(capsys.readouterr().out)
-    assert {"probability", "label", "threshold", "explanation", "verdict"} <= set(d)
+    assert {"probability", "label", "threshold", "explanation", "verdict", "agrees"} <= set(d)
+    assert d["agrees"] == (d["verdict"] == d["label"])
     assert main(["predict", "--model", str(tiny_dir), "A short note.", "--max-new-tokens", "3"]) == 0
-    assert "probability" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "probability" in out and "the explanation states no clear verdict" in out  # 3 random tokens
     assert main(["predict", "--model", str(tiny_dir), "--field", "text=Another note.", "--no-explain"]) == 0
     assert "label" in capsys.readouterr().out
     inputs = tmp_path / "in.jsonl"
@@ -298,3 +300,14 @@ def test_evaluation_metrics_and_report_path_reach_the_trackers(tiny_dir, data_fi
     assert last["test/report"] == str((out / "report.html").resolve())
     assert last["test/auroc"] == pytest.approx(_read(out)[1]["metrics"]["auroc"]["value"])
     assert "sent to" in capsys.readouterr().out
+
+
+def test_verdict_note_says_when_the_explanation_disagrees():
+    from clsgen.cli.evaluate import verdict_note
+    from clsgen.inference import Prediction
+
+    words = ("FALSE", "TRUE")
+    agree = Prediction(0.8, 1, 0.5, text="Answer: TRUE", verdict=1)
+    disagree = Prediction(0.8, 1, 0.5, text="Answer: FALSE", verdict=0)
+    assert "agrees" in verdict_note(agree, words)
+    assert verdict_note(disagree, words).startswith("warning: the explanation concludes FALSE")

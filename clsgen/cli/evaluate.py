@@ -8,7 +8,7 @@ import json
 import sys
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence
 
 from ..errors import ClsgenError
 from .common import add_config_options, add_data_options, config_from_args
@@ -353,15 +353,32 @@ def run_predict(args: argparse.Namespace) -> int:
                       f"threshold {event.threshold:.4g}\n", flush=True)
             elif event.type == "delta":
                 print(event.delta, end="", flush=True)
+            elif event.prediction is not None:
+                print("\n" + verdict_note(event.prediction, words), end="")
         print()
         return 0
     for p in predictor.predict(items, explain=explain):
         if args.json:
-            print(json.dumps(p.to_dict(), ensure_ascii=False), flush=True)
+            print(json.dumps({**p.to_dict(), "agrees": _agrees(p)}, ensure_ascii=False), flush=True)
         else:
             head = f"{p.id + '  ' if p.id else ''}probability {p.probability:.4f}  label {p.label} ({words[p.label]})"
-            print(head + (f"\n{p.text}\n" if p.text is not None else ""), flush=True)
+            print(head + (f"\n{p.text}\n{verdict_note(p, words)}\n" if p.text is not None else ""), flush=True)
     return 0
+
+
+def _agrees(p: Any) -> bool | None:
+    """Whether the explanation's stated verdict is the label (None: nothing generated)."""
+    return None if p.text is None else p.verdict == p.label
+
+
+def verdict_note(p: Any, words: Sequence[str]) -> str:
+    """One line saying whether the explanation's verdict agrees with the thresholded probability."""
+    if p.verdict is None:
+        return "note: the explanation states no clear verdict"
+    if p.verdict != p.label:
+        return (f"warning: the explanation concludes {words[p.verdict]}, but the probability gives "
+                f"{words[p.label]}: treat this explanation with caution")
+    return f"the explanation's verdict ({words[p.verdict]}) agrees with the label"
 
 
 # ---------------------------------------------------------------------------------- calibrate
