@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import os
-import time
 import zlib
 from pathlib import Path
 
@@ -242,19 +241,17 @@ def test_embedded_model_evaluates_clinifact_end_to_end(data_dir, tmp_path, capsy
     """The embedded SmolLM2 with an untrained head on 4 CliniFact test examples, short explanations."""
     os.environ.setdefault("CLSGEN_DATA_DIR", str(data_dir))
     out = tmp_path / "run"
-    started = time.perf_counter()
     code = main(["evaluate", "--model", "smollm2-135m", "--untrained-head", "--dataset", "clinifact",
                  "--data-dir", str(data_dir), "--max-eval", "4", "--calibration", "stored",
                  "--max-new-tokens", "12", "--n-bootstrap", "50", "--out", str(out),
                  "--set", "task.max_prompt_tokens=320"])  # real abstracts get truncated: never a crash
-    elapsed = time.perf_counter() - started
     captured = capsys.readouterr()
     assert code == 0, captured.err
     rows, metrics, report = _read(out)
     assert len(rows) == 4 and metrics["n_explained"] == 4
     assert all(r["text"] for r in rows)
     assert report.count("data:image/png;base64,") == 4 and "untrained head" in report
-    assert elapsed < 60
+    # no wall-clock bound: this shared 2-core machine varies 3x; timings live in benchmarks/
 
 
 # ------------------------------------------------------------------------------- trackers
