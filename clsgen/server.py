@@ -286,9 +286,14 @@ class _Engine:
 
 def _render_chat(tokenizer: Any, messages: list[dict[str, str]]) -> str:
     """The chat prompt; 422 when the model's chat template refuses the messages (many templates raise
-    on roles that do not alternate, or on a system message)."""
+    on roles that do not alternate, or on a system message). Control-token strings in a message
+    (`<|im_end|>`) are defused as in the classify fields, so no message can close its turn or forge
+    another one."""
     from jinja2.exceptions import TemplateError
 
+    from .task import defuse_special_tokens
+
+    messages = [{**m, "content": defuse_special_tokens(tokenizer, m["content"])} for m in messages]
     try:
         return tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
     except TemplateError as e:
@@ -356,6 +361,22 @@ def _validation_error(errors: Sequence[dict[str, Any]], request: Request) -> Api
         else:
             parts.append(f"{name or 'body'}: {err.get('msg', 'invalid')}")
     return ApiError(422, "invalid request: " + "; ".join(parts), param=param)
+
+
+_BODY_KEY = "clsgen.body"
+
+
+def _unparsable_body(body: bytes | None) -> ApiError:
+    """422 for a body that JSON parsing gave up on without a syntax error: bytes that are not UTF-8, or
+    nesting deeper than the parser follows. The body as a whole is at fault, so `param` is null."""
+    if body is not None:
+        try:
+            body.decode("utf-8")
+        except UnicodeDecodeError as e:
+            return ApiError(422, f"invalid request: the body is not valid UTF-8 (byte {e.start}); send JSON "
+                            "encoded as UTF-8", code="invalid_json")
+    return ApiError(422, "invalid request: the body could not be parsed as JSON: it is nested too deeply; "
+                    "send one JSON object nested at most a few hundred levels deep", code="invalid_json")
 
 
 def _json_kind(value: Any) -> str:
@@ -433,6 +454,7 @@ class _Guard:
                 if not message.get("more_body", False):
                     break
             body = b"".join(chunks)
+            scope[_BODY_KEY] = body  # for the error a body that cannot be parsed gets
             replayed = False
 
             async def replay() -> dict:
@@ -568,11 +590,9 @@ def create_app(
     @app.exception_handler(StarletteHTTPException)
     async def _http_error(request: Request, e: StarletteHTTPException) -> JSONResponse:
         kind = {404: "not_found_error", 405: "invalid_request_error"}.get(e.status_code, "invalid_request_error")
-        detail = str(e.detail)
-        if e.status_code == 400 and detail == "There was an error parsing the body":  # FastAPI's words
-            detail = ("the body could not be parsed: send one JSON object, UTF-8 encoded, nested at most a "
-                      "few hundred levels deep")
-        return _error_json(e.status_code, detail, kind, headers=getattr(e, "headers", None))
+        if e.status_code == 400 and str(e.detail) == "There was an error parsing the body":  # FastAPI's words
+            return _unparsable_body(request.scope.get(_BODY_KEY)).response()
+        return _error_json(e.status_code, str(e.detail), kind, headers=getattr(e, "headers", None))
 
     # ---------------------------------------------------------------- helpers
     def check_model(requested: str | None) -> None:
