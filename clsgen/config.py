@@ -272,8 +272,20 @@ class Config:
         if bad_labels:
             p.append(Problem(f"must map labels to 0 or 1, got {_short_repr(bad_labels)}",
                              field="data.label_map"))
+        for name in ("max_train", "max_eval", "max_validation"):
+            value = getattr(self.data, name)
+            if value is not None and value < 1:
+                p.append(Problem(f"must be >= 1 (or null for all examples), got {value}", field=f"data.{name}"))
+        if t.max_steps is not None and t.max_steps < 1:
+            p.append(Problem(f"must be >= 1 (or null to train train.epochs), got {t.max_steps}",
+                             field="train.max_steps"))
+        if not (math.isfinite(t.epochs) and t.epochs > 0):
+            p.append(Problem(f"must be > 0, got {t.epochs}", field="train.epochs"))
         if self.teacher.max_attempts < 1:
             p.append(Problem("must be >= 1", field="teacher.max_attempts"))
+        for name, low in (("batch_size", 1), ("max_new_tokens", 0), ("n_bootstrap", 0)):
+            if getattr(self.eval, name) < low:
+                p.append(Problem(f"must be >= {low}, got {getattr(self.eval, name)}", field=f"eval.{name}"))
         if not 0 <= self.eval.fixed_threshold <= 1:
             p.append(Problem("must be in [0, 1]", field="eval.fixed_threshold"))
         return p

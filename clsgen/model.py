@@ -447,16 +447,21 @@ def load_pretrained(path: str | Path, dtype: str | torch.dtype | None = None,
 
 def check_weights_file(file: str | Path) -> None:
     """One clear error for a safetensors file that is truncated or corrupt (its header, its size)."""
+    problem = weights_file_problem(file)
+    if problem is not None:
+        raise ClsgenError(f"{file} is truncated or corrupt ({problem}); copy the model again or re-save it")
+
+
+def weights_file_problem(file: str | Path) -> str | None:
+    """Why safetensors cannot read `file` (one line), or None when its header and size are sound."""
     from safetensors import safe_open
 
-    file = Path(file)
     try:
         with safe_open(str(file), framework="pt") as f:
             f.keys()
     except Exception as e:  # SafetensorError and friends: the file, not clsgen, is at fault
-        reason = (str(e).strip().splitlines() or [type(e).__name__])[0]
-        raise ClsgenError(f"{file} is truncated or corrupt ({reason[:200]}); copy the model again "
-                          "or re-save it") from None
+        return (str(e).strip().splitlines() or [type(e).__name__])[0][:200]
+    return None
 
 
 def _check_finite(file: Path, params: Iterator[tuple[str, torch.Tensor]]) -> None:

@@ -19,6 +19,9 @@ from .verdict import verdict_line
 
 ELLIPSIS = " [...] "
 _MAX_REFITS = 6
+_REACH_CHARS_PER_TOKEN = 8
+"""Characters first read per token a truncated field may keep (doubled until enough tokens)."""
+_REACH_MARGIN_TOKENS = 16
 
 
 @dataclass(frozen=True)
@@ -126,6 +129,7 @@ class Task:
 
     def encode_prompt(self, tokenizer: Any, fields: Mapping[str, Any]) -> PromptIds:
         """Prompt token ids within `max_prompt_tokens`, long fields truncated inside."""
+        fields = self._within_reach(tokenizer, fields)
         ids = _encode(tokenizer, self.render_prompt(tokenizer, fields))
         if len(ids) <= self.max_prompt_tokens:
             return PromptIds(ids)
@@ -143,6 +147,22 @@ class Task:
                 return PromptIds(ids, truncated=True)
             budget -= len(ids) - self.max_prompt_tokens  # merges across the cut changed the count
         raise ClsgenError(f"could not fit the prompt in task.max_prompt_tokens={self.max_prompt_tokens}")
+
+    def _within_reach(self, tokenizer: Any, fields: Mapping[str, Any]) -> dict[str, Any]:
+        """`fields` with each very long text reduced to its head and tail, each still longer than any
+        truncation keeps (`max_prompt_tokens` plus a margin, in tokens): the prompt is the same, and the
+        work no longer grows with the text (a 50 MB field took minutes to tokenize, to be cut anyway)."""
+        need = self.max_prompt_tokens + _REACH_MARGIN_TOKENS
+        out = dict(fields)
+        for f, text in self._field_texts(fields).items():
+            width = need * _REACH_CHARS_PER_TOKEN
+            while 2 * width < len(text):
+                head, tail = text[:width], text[-width:]
+                if min(_encoded_len(tokenizer, head), _encoded_len(tokenizer, tail)) >= need:
+                    out[f] = head + tail  # the joint lies beyond what truncation keeps of either side
+                    break
+                width *= 2
+        return out
 
     def cut_fields(self, tokenizer: Any, fields: Mapping[str, Any], budget: int) -> dict[str, str]:
         """The template's fields cut to `budget` tokens in all (this task's truncation side): short

@@ -636,12 +636,43 @@ def _resume_checkpoint(root: Path, resume: bool | str | Path) -> Path | None:
         found = _checkpoints(root)
         if not found:
             log.warning("no checkpoint in %s: starting from the beginning", root)
-        return found[-1] if found else None
+        for ckpt in reversed(found):  # the latest readable one; a corrupt one is said and passed over
+            problem = _checkpoint_problem(ckpt)
+            if problem is None:
+                return ckpt
+            log.warning("%s; resuming from the checkpoint before it instead", problem)
+        if found:
+            log.warning("no checkpoint in %s is readable: starting from the beginning", root)
+        return None
     path = Path(resume)
     if not (path / TRAINER_STATE).is_file():
         raise ClsgenError(f"{path} is not a clsgen training checkpoint (no {TRAINER_STATE}); pass "
                           f"--resume without a value to use the latest one in {root}")
+    problem = _checkpoint_problem(path)
+    if problem is not None:
+        raise ClsgenError(f"{problem}; pass --resume without a value to use the latest readable one in {root}")
     return path
+
+
+def _checkpoint_problem(path: Path) -> str | None:
+    """Why the checkpoint `path` cannot be loaded (a truncated or corrupt file, named), or None. Every
+    file is read the way resuming reads it: JSON, safetensors, or torch.load(weights_only=True)."""
+    from .model import weights_file_problem
+
+    for file in sorted(p for p in path.rglob("*") if p.is_file() and not p.name.startswith(".")):
+        try:
+            if file.suffix == ".json":
+                json.loads(file.read_text(encoding="utf-8"))
+            elif file.suffix == ".safetensors":
+                problem = weights_file_problem(file)
+                if problem is not None:
+                    raise ValueError(problem)
+            elif file.suffix in (".bin", ".pt", ".pth", ".pkl"):
+                torch.load(file, map_location="cpu", weights_only=True)
+        except Exception as e:  # any failure to read is the file's, not the run's
+            reason = (str(e).strip().splitlines() or [type(e).__name__])[0]
+            return f"checkpoint file {file} is truncated or corrupt ({reason[:160]})"
+    return None
 
 
 def _register_checkpoint_hooks(accelerator: Any) -> None:
