@@ -656,7 +656,9 @@ def _resume_checkpoint(root: Path, resume: bool | str | Path) -> Path | None:
 
 def _checkpoint_problem(path: Path) -> str | None:
     """Why the checkpoint `path` cannot be loaded (a truncated or corrupt file, named), or None. Every
-    file is read the way resuming reads it: JSON, safetensors, or torch.load(weights_only=True)."""
+    file is read the way resuming reads it: JSON, safetensors, or accelerate's torch.load(weights_only=True)."""
+    from accelerate.utils import load as accelerate_load
+
     from .model import weights_file_problem
 
     for file in sorted(p for p in path.rglob("*") if p.is_file() and not p.name.startswith(".")):
@@ -668,7 +670,7 @@ def _checkpoint_problem(path: Path) -> str | None:
                 if problem is not None:
                     raise ValueError(problem)
             elif file.suffix in (".bin", ".pt", ".pth", ".pkl"):
-                torch.load(file, map_location="cpu", weights_only=True)
+                accelerate_load(file, map_location="cpu")
         except Exception as e:  # any failure to read is the file's, not the run's
             reason = (str(e).strip().splitlines() or [type(e).__name__])[0]
             return f"checkpoint file {file} is truncated or corrupt ({reason[:160]})"

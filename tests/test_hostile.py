@@ -283,3 +283,52 @@ def test_nan_head_weights_are_refused(clsgen, tiny_model_dir, tmp_path):
     save_file(state, str(bad / "head.safetensors"))
     run = clsgen.run(["predict", "--model", bad, "--no-explain", "--json", "a note"], cwd=tmp_path)
     _fails_cleanly(run, "head.safetensors", "NaN or infinite")
+
+
+def _train_argv(work: Path, out, *more: str) -> list:
+    return ["train", "--config", work / "c.yaml", "--dataset", work / "toy.jsonl", "--out", out, "--max-steps", "2",
+            "--no-progress", "--set", "train.keep_checkpoints=3", *more]
+
+
+@pytest.mark.parametrize("name", ["optimizer.bin", "model/adapter_model.safetensors", "trainer_state.json"])
+def test_a_corrupt_checkpoint_on_resume_falls_back_to_the_one_before(clsgen, work, tmp_path, name):
+    import shutil
+
+    run_dir = tmp_path / "run"
+    shutil.copytree(work / "model", run_dir)
+    assert sorted(p.name for p in (run_dir / "checkpoints").iterdir() if p.name.startswith("step-")) == [
+        "step-1", "step-2"]
+    bad = run_dir / "checkpoints" / "step-2" / name
+    bad.write_bytes(bad.read_bytes()[:-7])
+    run = clsgen.run(_train_argv(work, run_dir, "--resume", run_dir / "checkpoints" / "step-2"), cwd=tmp_path)
+    _fails_cleanly(run, str(bad), "truncated or corrupt")
+    run = clsgen.run(_train_argv(work, run_dir, "--resume"), cwd=tmp_path)
+    assert run.returncode == 0, run.output()
+    assert str(bad) in run.stderr and "resuming from the checkpoint before it" in run.stderr, run.stderr
+    assert "step-1 at step 1" in run.stdout, run.output()
+    summary = json.loads((run_dir / "train_summary.json").read_text())
+    assert summary["steps"] == 2
+
+
+# ------------------------------------------------------------------------------ 5. sizes
+
+
+@pytest.mark.parametrize("argv, words", [
+    (["--set", "data.max_train=-5"], ["data.max_train", "must be >= 1", "-5"]),
+    (["--set", "data.max_eval=-1"], ["data.max_eval", "must be >= 1"]),
+    (["--set", "data.max_train=0"], ["data.max_train"]),
+    (["--max-steps", "0"], ["train.max_steps", "must be >= 1", "got 0"]),
+    (["--set", "train.epochs=0"], ["train.epochs", "must be > 0"]),
+])
+def test_sizes_below_one_are_refused_by_train(clsgen, work, tmp_path, argv, words):
+    run = clsgen.run(["train", "--config", work / "c.yaml", "--dataset", work / "toy.jsonl", "--out", "new",
+                      "--no-progress", *argv], cwd=tmp_path)
+    _fails_cleanly(run, *words)
+    assert not (tmp_path / "new").exists()
+
+
+def test_evaluate_max_eval_below_one_is_refused(clsgen, work, tmp_path):
+    run = clsgen.run(["evaluate", "--model", work / "model", "--dataset", work / "toy.jsonl", "--split",
+                      "validation", "--max-eval", "-1", "--out", "ev"], cwd=tmp_path)
+    _fails_cleanly(run, "data.max_eval", "must be >= 1")
+    assert not (tmp_path / "ev").exists()
