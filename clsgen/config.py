@@ -272,6 +272,13 @@ class Config:
         if bad_labels:
             p.append(Problem(f"must map labels to 0 or 1, got {_short_repr(bad_labels)}",
                              field="data.label_map"))
+        elif self.data.label_map and len(set(self.data.label_map.values())) < 2:
+            p.append(Problem(f"maps every label to {next(iter(self.data.label_map.values()))}, so one class would "
+                             f"be empty; map some labels to 0 and some to 1", field="data.label_map"))
+        if self.task.template is not None and not _template_fields(self.task.template):
+            p.append(Problem(f"uses no field, so every prompt would be the same; name a field of the data in "
+                             f"braces, e.g. 'Note: {{text}}', got {_short_repr(self.task.template)}",
+                             field="task.template"))
         for name in ("max_train", "max_eval", "max_validation"):
             value = getattr(self.data, name)
             if value is not None and value < 1:
@@ -291,6 +298,16 @@ class Config:
         return p
 
 
+def _template_fields(template: Any) -> list[str]:
+    """The field names a template uses; [] when it names none (or does not parse: checked elsewhere)."""
+    import string
+
+    try:
+        return [name for _, name, _, _ in string.Formatter().parse(str(template)) if name]
+    except ValueError:
+        return ["?"]
+
+
 # ----------------------------------------------------------------------------- loading
 
 
@@ -304,6 +321,23 @@ _Loader.yaml_implicit_resolvers = {
 }
 _Loader.add_implicit_resolver("tag:yaml.org,2002:bool", re.compile(r"^(?:true|True|TRUE|false|False|FALSE)$"),
                               list("tTfF"))
+
+
+def _unique_mapping(loader: _Loader, node: yaml.MappingNode, deep: bool = False) -> dict:
+    """A mapping whose keys are all different: YAML parsers keep the last of a repeated key silently."""
+    seen: set = set()
+    for key_node, _ in node.value:
+        key = loader.construct_object(key_node, deep=deep)
+        if isinstance(key, str) and key in seen:
+            raise yaml.constructor.ConstructorError(
+                "while reading a mapping", node.start_mark, f"the key {key!r} is given twice (the last would "
+                "win silently); give each key once", key_node.start_mark)
+        if isinstance(key, str):
+            seen.add(key)
+    return yaml.SafeLoader.construct_mapping(loader, node, deep=deep)
+
+
+_Loader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _unique_mapping)
 
 
 def _load_yaml(text: str) -> Any:

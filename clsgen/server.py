@@ -34,7 +34,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import HTMLResponse, JSONResponse, Response, StreamingResponse
 from fastapi.security import HTTPBearer
 from fastapi.staticfiles import StaticFiles
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, StrictBool
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from . import __version__
@@ -113,8 +113,8 @@ class ClassifyRequest(BaseModel):
     ]})
     text: str | None = Field(None, description="The input text, for a task whose template has one field.")
     fields: dict[str, str] | None = Field(None, description="The task's fields by name (see GET /v1/task).")
-    explain: bool = Field(True, description="Generate the explanation (false: probability only, fast).")
-    stream: bool = Field(False, description="Answer with server-sent events: `probability` first, then "
+    explain: StrictBool = Field(True, description="Generate the explanation (false: probability only, fast).")
+    stream: StrictBool = Field(False, description="Answer with server-sent events: `probability` first, then "
                          "`delta` events with explanation text, then `done` with the full result.")
     max_tokens: int | None = Field(None, ge=1, description="Explanation length limit in tokens (default: "
                                    "the server's --explain-tokens; capped by its --max-tokens).")
@@ -142,7 +142,7 @@ class ChatMessage(BaseModel):
 
 
 class StreamOptions(BaseModel):
-    include_usage: bool = False
+    include_usage: StrictBool = False
 
 
 class ChatRequest(BaseModel):
@@ -156,7 +156,7 @@ class ChatRequest(BaseModel):
     temperature: float | None = Field(None, ge=0, le=2, description=f"0 (or below {GREEDY_BELOW:g}): greedy.")
     top_p: float | None = Field(None, gt=0, le=1)
     n: int = Field(1, ge=1, le=1, description="Only 1 is supported.")
-    stream: bool = False
+    stream: StrictBool = False
     stream_options: StreamOptions | None = None
     stop: str | list[str] | None = None
     seed: int | None = Field(None, ge=SEED_RANGE[0], le=SEED_RANGE[1])

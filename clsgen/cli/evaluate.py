@@ -147,6 +147,16 @@ def _default_dataset(args: argparse.Namespace, meta: dict[str, Any] | None) -> N
         args.dataset = meta["task"]["name"]
 
 
+def _check_split(ds: Any, split: str, examples: list) -> None:
+    """An empty split fails before the model loads, saying which splits the data has."""
+    if examples:
+        return
+    have = [f"{s} ({len(ds.split(s))})" for s in ("train", "validation", "test") if ds.split(s)]
+    raise ClsgenError(f"dataset {ds.name!r} has no {split} examples; its splits: {', '.join(have) or 'none'}. A "
+                      "single file without a 'split' column is all training data (a validation part is held "
+                      "out of it): add a 'split' column or a test file, or pass --split validation")
+
+
 def _device(name: str | None) -> str:
     import torch
 
@@ -224,6 +234,7 @@ def run_evaluate(args: argparse.Namespace) -> int:
     cfg = _config(args, meta)
     ds = load_dataset(cfg.data, cfg.task)
     examples = ds.split(args.split)
+    _check_split(ds, args.split, examples)
     predictor = load_predictor(args, ds.task, meta, batch_size=cfg.eval.batch_size,
                                max_new_tokens=cfg.eval.max_new_tokens, do_sample=args.sample,
                                temperature=args.temperature, top_p=args.top_p, seed=args.seed, progress=True)
@@ -395,6 +406,7 @@ def run_calibrate(args: argparse.Namespace) -> int:
     cfg = _config(args, meta)
     ds = load_dataset(cfg.data, cfg.task)
     examples = ds.split(args.split)
+    _check_split(ds, args.split, examples)
     split = "validation" if args.split == "dev" else args.split
     if split == "test":
         print("warning: fitting the threshold and temperature on the test split makes test metrics "
