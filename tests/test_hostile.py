@@ -332,3 +332,178 @@ def test_evaluate_max_eval_below_one_is_refused(clsgen, work, tmp_path):
                       "validation", "--max-eval", "-1", "--out", "ev"], cwd=tmp_path)
     _fails_cleanly(run, "data.max_eval", "must be >= 1")
     assert not (tmp_path / "ev").exists()
+
+
+# ------------------------------------------------------------------------------ 6. a word for the user
+
+
+def _write(path: Path, text: str) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(text)
+    return path
+
+
+def _jsonl(rows) -> str:
+    return "".join(json.dumps(r) + "\n" for r in rows)
+
+
+def test_silently_accepted_inputs_now_get_a_clear_error(clsgen, work, tiny_model_dir, tmp_path):
+    toy = work / "toy.jsonl"
+    stats = ["data", "stats", "--no-tokens"]
+    cases = [
+        (stats + [toy, "--set", "task.template=Say something"], ["task.template", "uses no field"]),
+        (stats + [toy, "--set", "data.label_map={0: 1, 1: 1}"], ["data.label_map", "maps every label to 1"]),
+        (stats + [toy, "--config", _write(tmp_path / "dup.yaml", "train:\n  lr: 1.0e-4\n  lr: 1.0\n")],
+         ["dup.yaml", "line 3", "'lr' is given twice"]),
+        (stats + [_write(tmp_path / "dup.jsonl", '{"text": "a", "label": 0, "label": 1}\n')],
+         ["dup.jsonl, row 1", "'label' appears twice"]),
+        (stats + [_write(tmp_path / "empty" / "train.jsonl", "").parent], ["train.jsonl is empty"]),
+        (stats + ["/dev/stdin", "--set", "task.template={text}"], ["/dev/stdin", "not a regular file"]),
+        (["predict", "--model", tiny_model_dir, "--no-explain", "--input", _write(tmp_path / "none.jsonl", "")],
+         ["none.jsonl holds no examples"]),
+        (["predict", "--model", tiny_model_dir, "--no-explain", "--field", "text=a", "--field", "text=b"],
+         ["--field text is given twice"]),
+    ]
+    for argv, words in cases:
+        _fails_cleanly(clsgen.run(argv, cwd=tmp_path), *words)
+
+
+def test_split_test_of_a_single_file_fails_before_the_model_loads(clsgen, work, tiny_model_dir, tmp_path):
+    broken = _truncated(tiny_model_dir, tmp_path / "broken", "adapter_model.safetensors")
+    run = clsgen.run(["evaluate", "--model", broken, "--dataset", _write(tmp_path / "one.jsonl", _jsonl(
+        _rows(12, "train"))), "--split", "test", "--out", "ev"], cwd=tmp_path)
+    err = _fails_cleanly(run, "has no test examples", "--split validation")
+    assert "adapter_model" not in err and not (tmp_path / "ev").exists()
+
+
+def test_a_folder_without_a_test_file_is_said_and_text_needs_no_template(clsgen, tmp_path):
+    folder = tmp_path / "mine"
+    _write(folder / "train.jsonl", _jsonl({k: v for k, v in r.items() if k != "split"} for r in _rows(12, "t")))
+    run = clsgen.run(["data", "stats", folder, "--no-tokens", "--json"], cwd=tmp_path)  # no task.template
+    assert run.returncode == 0, run.output()
+    assert "has no test.* file" in run.stderr
+    assert json.loads(run.stdout)["splits"]["test"]["n"] == 0
+
+
+def test_explain_yes_is_not_taken_for_true(server):
+    import httpx
+
+    for key, value in (("explain", "yes"), ("stream", 1), ("explain", "false")):
+        r = httpx.post(server.base + "/v1/classify", json={"text": "a note", key: value}, timeout=30)
+        assert r.status_code == 422, r.text
+        assert r.json()["error"]["param"] == key
+
+
+# ------------------------------------------------------------------------------ 8. slow path
+
+
+def test_data_stats_on_a_huge_field_costs_what_truncation_keeps(clsgen, tmp_path):
+    big = "word " * 2_000_000  # 10 MB in one field (50 MB took 141 s)
+    data = _write(tmp_path / "big.jsonl", _jsonl([{"id": "a", "text": big, "label": 1},
+                                                   {"id": "b", "text": "short", "label": 0}] * 3))
+    started = time.monotonic()
+    run = clsgen.run(["data", "stats", data, "--json", "--set", "task.max_prompt_tokens=256"], cwd=tmp_path,
+                     timeout=300)
+    took = time.monotonic() - started
+    assert run.returncode == 0, run.output()
+    tokens = json.loads(run.stdout)["splits"]["train"]["prompt_tokens"]
+    assert tokens["p100"] <= 256 and tokens["truncated"] >= 1
+    assert took < 60, took  # reading 30 MB of JSON and one bounded tokenization each; was minutes
+
+
+def test_predict_refuses_a_text_over_the_size_limit(clsgen, tiny_model_dir, tmp_path):
+    run = clsgen.run(["predict", "--model", tiny_model_dir, "--no-explain", "x" * 100_001], cwd=tmp_path)
+    _fails_cleanly(run, "100,001 characters", "--max-text-chars")
+    run = clsgen.run(["predict", "--model", tiny_model_dir, "--no-explain", "--max-text-chars", "200000",
+                      "x" * 100_001], cwd=tmp_path)
+    assert run.returncode == 0, run.output()
+
+
+def _long_texts():
+    from hypothesis import strategies as st
+
+    words = st.sampled_from(["the", "patient", "improved", " ", "  ", "\n", "<|im_end|>", "é", "🙂", "x" * 40,
+                             "12.5", "-", "no"])
+    return st.lists(words, min_size=400, max_size=2500).map(" ".join)
+
+
+def test_bounded_tokenization_gives_the_same_prompt(tiny, monkeypatch):
+    """The head-and-tail reduction of very long fields changes no prompt: checked against the full text."""
+    import dataclasses
+
+    from hypothesis import HealthCheck, given, settings
+    from hypothesis import strategies as st
+
+    import clsgen.task as task_module
+    from clsgen.task import Task
+
+    tok = tiny.tokenizer
+    base = Task("t", "Decide.", "A: {a}\nB: {b}", ("no", "yes"))
+    fixed = len(base.encode_prompt(tok, {"a": "", "b": ""}).input_ids)
+
+    @settings(max_examples=60, derandomize=True, database=None, deadline=None,
+              suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture])
+    @given(a=_long_texts(), b=st.one_of(st.just("short"), _long_texts()), room=st.integers(12, 120),
+           side=st.sampled_from(["head", "tail", "head+tail"]))
+    def check(a, b, room, side):
+        task = dataclasses.replace(base, max_prompt_tokens=fixed + room, truncation=side)
+        fields = {"a": a, "b": b}
+        bounded = task.encode_prompt(tok, fields)
+        with monkeypatch.context() as m:
+            m.setattr(task_module, "_REACH_CHARS_PER_TOKEN", 10**12)  # reads every character
+            full = task.encode_prompt(tok, fields)
+        assert bounded == full
+
+    check()
+
+
+# ------------------------------------------------------------------------------ the property: no command
+# deletes or overwrites a path it did not create
+
+
+USER_NAMES = ["src", "notes.txt", "README.md", "config.json", "model.safetensors", "tokenizer.json", "report.html",
+              "head.safetensors", "train_summary.json", "data.csv", ".hidden", ".model.old", "merged"]
+"""Names a user's folder may hold, many of them names clsgen writes. Marker names (clsgen.json,
+train_log.jsonl, checkpoints/, metrics.json, predictions.jsonl, experiment.json) say that clsgen wrote a
+folder, so a user's tree here holds none of them."""
+
+
+def test_no_command_deletes_or_overwrites_a_path_it_did_not_create(clsgen, work, tmp_path_factory):
+    import tempfile
+
+    from hypothesis import HealthCheck, given, settings
+    from hypothesis import strategies as st
+
+    trees = st.dictionaries(st.lists(st.sampled_from(USER_NAMES), min_size=1, max_size=3).map("/".join),
+                            st.binary(min_size=0, max_size=40), min_size=1, max_size=6)
+    commands = st.sampled_from(["export", "export --overwrite", "train", "evaluate"])
+    targets = st.sampled_from([".", "merged", "src", "src/new", "fresh", "notes.txt"])
+    model_before = _snapshot(work / "model")
+    root_parent = tmp_path_factory.mktemp("property")
+
+    @settings(max_examples=14, derandomize=True, database=None, deadline=None,
+              suppress_health_check=list(HealthCheck))
+    @given(tree=trees, command=commands, target=targets)
+    def check(tree, command, target):
+        root = Path(tempfile.mkdtemp(dir=root_parent))
+        for rel, content in sorted(tree.items()):
+            path = root / rel
+            if any(p.is_file() for p in [root / q for q in Path(rel).parents[:-1]]) or path.is_dir():
+                continue  # a file where a folder is wanted (or the other way round): not this tree
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_bytes(content)
+        before = _snapshot(root)
+        name, *flags = command.split()
+        argv = {"export": ["export", "--merge", work / "model", "--out", target, *flags],
+                "train": _train_argv(work, target)[:-2] + ["--max-steps", "1"],
+                "evaluate": ["evaluate", "--model", work / "model", "--dataset", work / "toy.jsonl", "--split",
+                             "validation", "--out", target, "--no-explain", "--n-bootstrap", "0"]}[name]
+        run = clsgen.run(argv, cwd=root)
+        after = _snapshot(root)
+        assert {k: after.get(k) for k in before} == before, (command, target, run.output())
+        assert run.returncode in (0, 2), run.output()
+        if run.returncode == 2:
+            assert "Traceback" not in run.stderr, run.output()
+        assert _snapshot(work / "model") == model_before
+
+    check()

@@ -224,7 +224,8 @@ def _config(args: argparse.Namespace, meta: dict[str, Any] | None = None):
 
 def run_evaluate(args: argparse.Namespace) -> int:
     from ..datasets import load_dataset
-    from ..evaluate import evaluate
+    from ..evaluate import METRICS_FILE, PREDICTIONS_FILE, evaluate
+    from ..files import check_run_dir
     from ..inference import ClsgenClassifier
 
     started = time.perf_counter()
@@ -235,6 +236,8 @@ def run_evaluate(args: argparse.Namespace) -> int:
     ds = load_dataset(cfg.data, cfg.task)
     examples = ds.split(args.split)
     _check_split(ds, args.split, examples)
+    split = "validation" if args.split == "dev" else args.split
+    out = check_run_dir(args.out or f"runs/eval-{ds.name}-{split}", (METRICS_FILE, PREDICTIONS_FILE))
     predictor = load_predictor(args, ds.task, meta, batch_size=cfg.eval.batch_size,
                                max_new_tokens=cfg.eval.max_new_tokens, do_sample=args.sample,
                                temperature=args.temperature, top_p=args.top_p, seed=args.seed, progress=True)
@@ -246,8 +249,6 @@ def run_evaluate(args: argparse.Namespace) -> int:
     if mode == "validation" and not validation:
         raise ClsgenError(f"dataset {ds.name!r} has no validation split to calibrate on; use "
                           "--calibration stored")
-    split = "validation" if args.split == "dev" else args.split
-    out = Path(args.out or f"runs/eval-{ds.name}-{split}")
     info = {"model": args.model + (" (untrained head)" if meta is None else ""), "dataset": ds.name,
             "split": split, "calibration": mode, "max_new_tokens": cfg.eval.max_new_tokens,
             "decoding": f"sample T={args.temperature} top_p={args.top_p}" if args.sample else "greedy",
