@@ -415,7 +415,9 @@ def _has_column(path: Path, name: str) -> bool:
     files = [path] if path.is_file() else [p for n in ("train", "test") for p in sorted(path.glob(f"{n}.*"))][:1]
     for file in files:
         rows = read_rows(file)
-        return bool(rows) and name in rows[0].values
+        if not rows:
+            raise ClsgenError(f"{file} is empty: it holds no rows; add examples")
+        return name in rows[0].values
     return False
 
 

@@ -238,15 +238,21 @@ def _encoded_len(tokenizer: Any, text: str) -> int:
 
 
 def _water_fill(lengths: Mapping[str, int], budget: int) -> dict[str, int]:
-    """Share `budget` tokens among fields: short fields keep everything, long ones split the rest."""
+    """Share `budget` tokens among fields: short fields keep everything, long ones split the rest
+    equally, the odd tokens going to the earlier fields (in `lengths`' order). How much longer than its
+    share a long field is plays no part, so a field reduced to what truncation can keep
+    (`Task._within_reach`) gets the same quota as the whole field."""
     quotas: dict[str, int] = {}
-    left, remaining = budget, sorted(lengths, key=lambda f: lengths[f])
-    while remaining:
-        share = max(left // len(remaining), 0)
+    left, remaining = max(budget, 0), sorted(lengths, key=lambda f: lengths[f])
+    while remaining and lengths[remaining[0]] <= left // len(remaining):
         f = remaining.pop(0)
-        quotas[f] = min(lengths[f], share)
-        left -= quotas[f]
-    return quotas
+        quotas[f] = lengths[f]
+        left -= lengths[f]
+    long = [f for f in lengths if f in remaining]
+    share, odd = divmod(left, len(long)) if long else (0, 0)
+    for i, f in enumerate(long):
+        quotas[f] = share + (i < odd)
+    return {f: quotas[f] for f in lengths}
 
 
 def prompt_lengths(task: Task, tokenizer: Any, examples: Sequence[Any]) -> list[int]:
