@@ -173,6 +173,23 @@ class _StreamItem:
     queue: asyncio.Queue
 
 
+CPU_PASS_TOKENS = 512
+"""On a CPU, at most this many padded tokens per probability forward pass (rows x longest prompt)."""
+
+
+def length_groups(lengths: Sequence[int], max_tokens: int) -> list[list[int]]:
+    """Indices grouped by similar length, longest first, each group's padded size (rows x its longest
+    length) at most `max_tokens`; a row longer than that runs alone."""
+    order = sorted(range(len(lengths)), key=lambda i: -lengths[i])
+    groups: list[list[int]] = []
+    for i in order:
+        if groups and (len(groups[-1]) + 1) * lengths[groups[-1][0]] <= max_tokens:
+            groups[-1].append(i)
+        else:
+            groups.append([i])
+    return groups
+
+
 def _push(job: Job, event: Any) -> None:
     """From the worker thread: put an event on the job's asyncio queue."""
     job.emit(job.item.queue.put_nowait, ("event", event))
@@ -185,10 +202,22 @@ class _Engine:
         self.predictor = predictor
         self.model = predictor.model
         self.tokenizer = self.model.tokenizer
+        self.pass_tokens = CPU_PASS_TOKENS if self.model.device.type == "cpu" else None
 
     # ---------------------------------------------------------------- classification
     def proba(self, jobs: Sequence[Job]) -> list[Any]:
-        return list(self.predictor.predict([j.item for j in jobs], explain=False))
+        """Probabilities of a micro-batch. On a CPU, rows share a forward pass only up to
+        `pass_tokens` padded tokens: one long prompt already keeps the cores busy, so padding several
+        into one pass only adds work (docs/benchmarks.md, "Server")."""
+        items = [j.item for j in jobs]
+        if self.pass_tokens is None or len(items) == 1:
+            return list(self.predictor.predict(items, explain=False))
+        lengths = [len(self.predictor.encode(it).input_ids) for it in items]
+        results: list[Any] = [None] * len(items)
+        for group in length_groups(lengths, self.pass_tokens):
+            for i, prediction in zip(group, self.predictor.predict([items[i] for i in group], explain=False)):
+                results[i] = prediction
+        return results
 
     def predict(self, jobs: Sequence[Job]) -> list[Any]:
         with _generation(self.predictor, jobs[0].key):
