@@ -513,3 +513,40 @@ def test_no_command_deletes_or_overwrites_a_path_it_did_not_create(clsgen, work,
     outcomes: set = set()
     check()
     assert {code for _, code in outcomes} == {0, 2}, outcomes  # both writes and refusals were tried
+
+
+# ------------------------------------------------------------------------------ 9. CPU micro-batching
+
+
+def test_length_groups_bound_the_padded_size():
+    from clsgen.server import length_groups
+
+    lengths = [500, 40, 480, 45, 38, 600, 50, 41]
+    groups = length_groups(lengths, 512)
+    assert sorted(i for g in groups for i in g) == list(range(len(lengths)))
+    assert all(len(g) * max(lengths[i] for i in g) <= 512 or len(g) == 1 for g in groups)
+    assert [len(g) for g in groups if lengths[g[0]] >= 480] == [1, 1, 1]  # long prompts run alone
+    assert max(len(g) for g in groups) >= 5  # short ones still share a pass
+
+
+def test_cpu_probability_batches_run_long_prompts_alone_with_the_same_results(tiny):
+    from clsgen.batcher import Job
+    from clsgen.inference import Predictor
+    from clsgen.model import DualHeadModel
+    from clsgen.server import _Engine
+    from clsgen.task import Task
+
+    model = DualHeadModel.from_backbone(tiny, Task("t", "", "Note: {text}", ("no", "yes"))).eval()
+    predictor = Predictor(model, batch_size=8)
+    engine = _Engine(predictor)
+    assert engine.pass_tokens == 512
+    texts = ["improved " * 300, "harm", "improved " * 280, "no difference", "better " * 5]
+    passes = []
+    real = predictor.predict
+    predictor.predict = lambda items, explain: passes.append(len(items)) or real(items, explain=explain)
+    batched = engine.proba([Job("proba", t) for t in texts])
+    predictor.predict = real
+    assert sorted(passes) == [1, 1, 3]
+    for text, got in zip(texts, batched):
+        alone = real([text], explain=False)[0]
+        assert abs(got.probability - alone.probability) < 1e-5
