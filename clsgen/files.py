@@ -6,6 +6,7 @@ from __future__ import annotations
 import contextlib
 import errno
 import json
+import math
 import os
 import re
 import shutil
@@ -85,8 +86,22 @@ def atomic_write_text(path: str | Path, text: str) -> None:
     atomic_write_bytes(path, text.encode("utf-8"))
 
 
-def atomic_write_json(path: str | Path, obj: Any) -> None:
-    atomic_write_text(path, json.dumps(obj, indent=2, ensure_ascii=False) + "\n")
+def atomic_write_json(path: str | Path, obj: Any, finite: bool = True) -> None:
+    """Write `obj` as JSON; with `finite`, a NaN or infinity (which JSON has no word for) becomes null.
+    `finite=False` keeps them, in Python's own notation, for files only clsgen reads back."""
+    text = json.dumps(finite_json(obj) if finite else obj, indent=2, ensure_ascii=False, allow_nan=not finite)
+    atomic_write_text(path, text + "\n")
+
+
+def finite_json(obj: Any) -> Any:
+    """`obj` with every float NaN or infinity, at any depth, replaced by None."""
+    if isinstance(obj, float):
+        return obj if math.isfinite(obj) else None
+    if isinstance(obj, dict):
+        return {k: finite_json(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [finite_json(v) for v in obj]
+    return obj
 
 
 @contextlib.contextmanager

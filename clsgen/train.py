@@ -46,7 +46,8 @@ from .collate import (
 from .config import Config
 from .data import Example, map_label, read_rows, rows_from_records, short_repr
 from .errors import ClsgenError, ConfigError, DataError, Problem
-from .files import atomic_write_json, atomic_write_text, check_writable, write_error, writing
+from .files import (atomic_write_json, atomic_write_text, check_writable, finite_json, write_error,
+                    writing)
 from .model import HEAD_FILE, META_FILE, DualHeadModel
 from .task import Task
 
@@ -712,7 +713,7 @@ def _save_checkpoint(accelerator: Any, model: Any, ckpt_root: Path, state: _Loop
             accelerator.save_state(str(tmp))
             accelerator.wait_for_everyone()
             if accelerator.is_main_process:
-                atomic_write_json(tmp / TRAINER_STATE, {**dataclasses.asdict(state), **extra})
+                atomic_write_json(tmp / TRAINER_STATE, {**dataclasses.asdict(state), **extra}, finite=False)
     except BaseException:
         if accelerator.is_main_process:
             shutil.rmtree(tmp, ignore_errors=True)  # a half-written checkpoint: never left to fill the disk
@@ -909,7 +910,7 @@ def _log(accelerator: Any, out_dir: Path, record: dict[str, Any], trackers: list
     if accelerator.is_main_process:
         intact = "the checkpoints saved before are intact; rerun with --resume"
         with writing(out_dir / LOG_FILE, intact), (out_dir / LOG_FILE).open("a", encoding="utf-8") as f:
-            f.write(json.dumps({**record, "time": round(time.time(), 3)}) + "\n")
+            f.write(json.dumps(finite_json({**record, "time": round(time.time(), 3)}), allow_nan=False) + "\n")
     if trackers:
         scalars = {k: v for k, v in record.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
         accelerator.log(scalars, step=record["step"])

@@ -550,3 +550,12 @@ def test_cpu_probability_batches_run_long_prompts_alone_with_the_same_results(ti
     for text, got in zip(texts, batched):
         alone = real([text], explain=False)[0]
         assert abs(got.probability - alone.probability) < 1e-5
+
+
+def test_json_files_never_hold_non_finite_numbers(tmp_path):
+    from clsgen.files import atomic_write_json
+
+    atomic_write_json(tmp_path / "x.json", {"loss": float("nan"), "more": [float("inf"), 1.5, {"z": -float("inf")}]})
+    text = (tmp_path / "x.json").read_text()
+    assert json.loads(text, parse_constant=lambda c: pytest.fail(f"{c} written")) == {
+        "loss": None, "more": [None, 1.5, {"z": None}]}
