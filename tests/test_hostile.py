@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from helpers import ServerProcess, WarmLauncher
+from helpers import ServerProcess, WarmLauncher, write_notes
 
 CONFIG = ("model: {name: tiny, dtype: float32}\nlora: {r: 4, alpha: 8}\n"
           "task: {template: 'Note: {text}', system: 'Is the note positive?'}\n"
@@ -51,6 +51,7 @@ def work(tmp_path_factory, clsgen):
     d = tmp_path_factory.mktemp("hostile")
     (d / "toy.jsonl").write_text("".join(json.dumps(r) + "\n" for r in _rows(8, "train") + _rows(8, "validation")))
     (d / "c.yaml").write_text(CONFIG)
+    write_notes(d)  # notes.jsonl, with a 'rationale' field for the reference teacher
     run = clsgen.run(["train", "--config", "c.yaml", "--dataset", "toy.jsonl", "--out", "model", "--max-steps", "2",
                       "--no-progress", "--set", "train.keep_checkpoints=3"], cwd=d)
     assert run.returncode == 0, run.output()
@@ -471,21 +472,36 @@ train_log.jsonl, checkpoints/, metrics.json, predictions.jsonl, experiment.json)
 folder, so a user's tree here holds none of them."""
 
 
+def _synth_argv(work: Path) -> list:
+    return ["synth", "--dataset", work / "notes.jsonl", "--set", "task.template='Note: {text}'", "--split", "train",
+            "--teacher", "reference", "--reference-field", "rationale", "--limit", "4", "--no-progress"]
+
+
+def test_synth_never_cuts_a_file_it_did_not_write(clsgen, work, tmp_path):
+    for text in ("my notes", "my notes\n", '{"id": 1}\nnot a record\n'):
+        (tmp_path / "notes.txt").write_text(text)
+        run = clsgen.run([*_synth_argv(work), "--out", "notes.txt"], cwd=tmp_path)
+        _fails_cleanly(run, "notes.txt")
+        assert (tmp_path / "notes.txt").read_text() == text
+    run = clsgen.run([*_synth_argv(work), "--out", "."], cwd=tmp_path)  # crashed: "has an empty name"
+    _fails_cleanly(run, "is a folder", "synth.jsonl")
+
+
 def test_no_command_deletes_or_overwrites_a_path_it_did_not_create(clsgen, work, tmp_path_factory):
     import tempfile
 
-    from hypothesis import HealthCheck, given, settings
+    from hypothesis import HealthCheck, Phase, given, settings
     from hypothesis import strategies as st
 
     trees = st.dictionaries(st.lists(st.sampled_from(USER_NAMES), min_size=1, max_size=3).map("/".join),
                             st.binary(min_size=0, max_size=40), min_size=1, max_size=6)
-    commands = st.sampled_from(["export", "export --overwrite", "train", "evaluate"])
+    commands = st.sampled_from(["export", "export --overwrite", "train", "evaluate", "synth"])
     targets = st.sampled_from([".", "merged", "src", "src/new", "fresh", "notes.txt"])
     model_before = _snapshot(work / "model")
     root_parent = tmp_path_factory.mktemp("property")
 
-    @settings(max_examples=14, derandomize=True, database=None, deadline=None,
-              suppress_health_check=list(HealthCheck))
+    @settings(max_examples=16, derandomize=True, database=None, deadline=None,
+              suppress_health_check=list(HealthCheck), phases=[Phase.generate])  # a shrink would take minutes
     @given(tree=trees, command=commands, target=targets)
     def check(tree, command, target):
         root = Path(tempfile.mkdtemp(dir=root_parent))
@@ -500,7 +516,8 @@ def test_no_command_deletes_or_overwrites_a_path_it_did_not_create(clsgen, work,
         argv = {"export": ["export", "--merge", work / "model", "--out", target, *flags],
                 "train": _train_argv(work, target)[:-2] + ["--max-steps", "1"],
                 "evaluate": ["evaluate", "--model", work / "model", "--dataset", work / "toy.jsonl", "--split",
-                             "validation", "--out", target, "--no-explain", "--n-bootstrap", "0"]}[name]
+                             "validation", "--out", target, "--no-explain", "--n-bootstrap", "0"],
+                "synth": [*_synth_argv(work), "--out", target]}[name]
         run = clsgen.run(argv, cwd=root)
         outcomes.add((name, run.returncode))
         after = _snapshot(root)

@@ -239,7 +239,16 @@ class SynthStore:
             raise ClsgenError(f"another process is writing {self.path} (clsgen synth still running?); wait "
                               "for it or choose another --out") from None
         data = self.path.read_bytes()
-        records, good = _scan(data, str(self.path))
+        try:
+            records, good = _scan(data, str(self.path))
+            if good < len(data) and not self.settings_path.exists():
+                raise ClsgenError(f"--out {self.path} ends with a line that is not a synth record, and no "
+                                  f"{self.settings_path.name} says that clsgen wrote it; clsgen cuts a torn "
+                                  "line only from its own files: choose a new --out")
+        except ClsgenError:
+            os.close(self.fd)
+            self.fd = None
+            raise
         if good < len(data):
             os.ftruncate(self.fd, good)  # a line torn by a kill: its example is simply asked again
             os.fsync(self.fd)
