@@ -44,7 +44,8 @@ for r in range(reps):
         modes[k]()
         times[k].append(time.perf_counter() - t)
 for k, v in times.items():
-    print(f"{k:12s} median {statistics.median(v):7.2f} s for {n} requests -> {n / statistics.median(v):.3f} req/s  {['%.2f' % x for x in v]}")
+    m = statistics.median(v)
+    print(f"{k:12s} median {m:7.2f} s for {n} requests -> {n / m:.3f} req/s  {['%.2f' % x for x in v]}")
 u = statistics.median(times["unbatched"])
 for k in ("old batched", "new groups"):
     print(f"{k} / unbatched throughput: {u / statistics.median(times[k]):.2f}x")

@@ -166,9 +166,8 @@ def check_output_dir(path: str | Path, marker: str, *, overwrite: bool = False, 
     if not entries:
         return path
     if marker not in entries:
-        shown = ", ".join(entries[:5]) + (f" and {len(entries) - 5} more" if len(entries) > 5 else "")
-        raise ClsgenError(f"{flag} {path} is a folder that clsgen did not write (it holds {shown}, and no "
-                          f"{marker}); clsgen never replaces such a folder: choose a new or empty {flag}")
+        raise ClsgenError(f"{flag} {path} is a folder that clsgen did not write (it holds {_listing(entries)}, "
+                          f"and no {marker}); clsgen never replaces such a folder: choose a new or empty {flag}")
     if not overwrite:
         raise ClsgenError(f"{flag} {path} already holds a model written by clsgen; pass --overwrite to "
                           f"replace it, or choose another {flag}")
@@ -183,11 +182,15 @@ def check_run_dir(path: str | Path, markers: Sequence[str], *, flag: str = "--ou
         return path
     entries = sorted(os.listdir(path))
     if entries and not set(markers) & set(entries):
-        shown = ", ".join(entries[:5]) + (f" and {len(entries) - 5} more" if len(entries) > 5 else "")
-        raise ClsgenError(f"{flag} {path} is a folder that clsgen did not write (it holds {shown}, and none "
-                          f"of {', '.join(markers)}); clsgen writes only into a new or empty folder or one "
+        raise ClsgenError(f"{flag} {path} is a folder that clsgen did not write (it holds {_listing(entries)}, "
+                          f"and none of {', '.join(markers)}); clsgen writes only into a new or empty folder or one "
                           f"of its own runs: choose another {flag}")
     return path
+
+
+def _listing(entries: Sequence[str], shown: int = 5) -> str:
+    more = len(entries) - shown
+    return ", ".join(entries[:shown]) + (f" and {more} more" if more > 0 else "")
 
 
 def foreign_entries(folder: Path, own: Sequence[str]) -> list[str]:
