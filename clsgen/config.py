@@ -350,11 +350,30 @@ class Config:
         if bad_labels:
             p.append(Problem(f"must map labels to 0 or 1, got {_short_repr(bad_labels)}",
                              field="data.label_map"))
+        elif self.data.label_map and len(set(self.data.label_map.values())) < 2:
+            p.append(Problem(f"maps every label to {next(iter(self.data.label_map.values()))}, so one class would "
+                             f"be empty; map some labels to 0 and some to 1", field="data.label_map"))
+        if self.task.template is not None and not _template_fields(self.task.template):
+            p.append(Problem(f"uses no field, so every prompt would be the same; name a field of the data in "
+                             f"braces, e.g. 'Note: {{text}}', got {_short_repr(self.task.template)}",
+                             field="task.template"))
+        for name in ("max_train", "max_eval", "max_validation"):
+            value = getattr(self.data, name)
+            if value is not None and value < 1:
+                p.append(Problem(f"must be >= 1 (or null for all examples), got {value}", field=f"data.{name}"))
+        if t.max_steps is not None and t.max_steps < 1:
+            p.append(Problem(f"must be >= 1 (or null to train train.epochs), got {t.max_steps}",
+                             field="train.max_steps"))
+        if not (math.isfinite(t.epochs) and t.epochs > 0):
+            p.append(Problem(f"must be > 0, got {t.epochs}", field="train.epochs"))
         if self.teacher.max_attempts < 1:
             p.append(Problem("must be >= 1", field="teacher.max_attempts"))
         ca = self.teacher.class_attempts
         if ca is not None and (len(ca) != 2 or min(ca) < 1):
             p.append(Problem(f"must be two counts >= 1 (label 0, label 1), got {ca}", field="teacher.class_attempts"))
+        for name, low in (("batch_size", 1), ("max_new_tokens", 0), ("n_bootstrap", 0)):
+            if getattr(self.eval, name) < low:
+                p.append(Problem(f"must be >= {low}, got {getattr(self.eval, name)}", field=f"eval.{name}"))
         if not 0 <= self.eval.fixed_threshold <= 1:
             p.append(Problem("must be in [0, 1]", field="eval.fixed_threshold"))
         return p
@@ -467,6 +486,14 @@ def resolve_aliases(data: Any, source: str = "config") -> Any:
     if problems:
         raise ConfigError(problems)
     return out
+def _template_fields(template: Any) -> list[str]:
+    """The field names a template uses; [] when it names none (or does not parse: checked elsewhere)."""
+    import string
+
+    try:
+        return [name for _, name, _, _ in string.Formatter().parse(str(template)) if name]
+    except ValueError:
+        return ["?"]
 
 
 # ----------------------------------------------------------------------------- loading
@@ -482,6 +509,23 @@ _Loader.yaml_implicit_resolvers = {
 }
 _Loader.add_implicit_resolver("tag:yaml.org,2002:bool", re.compile(r"^(?:true|True|TRUE|false|False|FALSE)$"),
                               list("tTfF"))
+
+
+def _unique_mapping(loader: _Loader, node: yaml.MappingNode, deep: bool = False) -> dict:
+    """A mapping whose keys are all different: YAML parsers keep the last of a repeated key silently."""
+    seen: set = set()
+    for key_node, _ in node.value:
+        key = loader.construct_object(key_node, deep=deep)
+        if isinstance(key, str) and key in seen:
+            raise yaml.constructor.ConstructorError(
+                "while reading a mapping", node.start_mark, f"the key {key!r} is given twice (the last would "
+                "win silently); give each key once", key_node.start_mark)
+        if isinstance(key, str):
+            seen.add(key)
+    return yaml.SafeLoader.construct_mapping(loader, node, deep=deep)
+
+
+_Loader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _unique_mapping)
 
 
 def _load_yaml(text: str) -> Any:

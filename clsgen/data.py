@@ -59,7 +59,7 @@ def read_rows(path: str | Path) -> list[Row]:
     except (OSError, ValueError):  # a name too long for the file system, an embedded NUL byte
         is_file = False
     if not is_file:
-        raise DataError([Problem("file not found (or not a file)", file=name)])
+        raise DataError([Problem(_not_a_file(path), file=name)])
     suffix = "".join(s for s in path.suffixes[-2:] if s != ".gz").lower() or path.suffix.lower()
     try:
         if suffix.endswith((".jsonl", ".json", ".csv", ".tsv")):
@@ -69,7 +69,7 @@ def read_rows(path: str | Path) -> list[Row]:
         if suffix.endswith(".json"):
             try:
                 with _open_text(path) as f:
-                    data = json.loads(f.read())
+                    data = json.loads(f.read(), object_pairs_hook=_unique_keys)
             except RecursionError:
                 raise DataError([Problem("JSON nested too deeply to be a list of records", file=name)]) from None
             if isinstance(data, dict) and isinstance(data.get("data"), list):
@@ -191,7 +191,10 @@ def _read_jsonl(path: Path) -> list[Row]:
             if not line.strip():
                 continue
             try:
-                obj = json.loads(line)
+                obj = json.loads(line, object_pairs_hook=_unique_keys)
+            except DuplicateKeyError as e:
+                problems.append(Problem(f"{e}; give each key once", file=str(path), row=number))
+                continue
             except json.JSONDecodeError as e:
                 problems.append(Problem(f"not valid JSON ({e.msg} at column {e.colno}); a truncated "
                                         "or partly written line?", file=str(path), row=number))
@@ -210,6 +213,33 @@ def _read_jsonl(path: Path) -> list[Row]:
     if problems:
         raise DataError(problems)
     return rows
+
+
+class DuplicateKeyError(ValueError):
+    """A JSON object that gives one key twice (JSON parsers keep the last silently)."""
+
+
+def _unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for key, value in pairs:
+        if key in out:
+            raise DuplicateKeyError(f"the key {short_repr(key)} appears twice in one object")
+        out[key] = value
+    return out
+
+
+def _not_a_file(path: Path) -> str:
+    """Why `path` cannot be read as a data file: missing, a folder, or a pipe or device (`/dev/stdin`)."""
+    try:
+        exists, is_dir = path.exists(), path.is_dir()
+    except (OSError, ValueError):
+        return "file not found (the name is not a valid path)"
+    if not exists:
+        return "file not found"
+    if is_dir:
+        return "is a folder, not a file"
+    return ("is not a regular file (a pipe, a device such as /dev/stdin, a socket); clsgen reads a data file "
+            "twice and by its extension: save the data to a .jsonl, .csv or .parquet file first")
 
 
 def _check_objects(items: Sequence[Any], name: str, first_row: int) -> list[Row]:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import os
 import random
 from dataclasses import dataclass, field
@@ -26,6 +27,8 @@ from .data import (
 from .errors import ClsgenError, DataError, Problem
 from .files import atomic_write_bytes, cache_dir
 from .task import Task
+
+log = logging.getLogger(__name__)
 
 SPLITS = ("train", "validation", "test")
 
@@ -332,12 +335,19 @@ def _file_dataset(cfg: DataConfig, task: Task) -> DatasetSplits:
             found = [p for n in names for p in sorted(path.glob(f"{n}.*"))]
             if found:
                 rows = read_rows(found[0])
+                if not rows:
+                    raise ClsgenError(f"{found[0]} is empty: it holds no rows; add examples or remove the file")
                 splits[split] = examples_from_rows(rows, source=str(found[0]), meta_fields=other_columns(rows),
                                                    **common)
         if not splits["train"] and not splits["test"]:
             raise ClsgenError(f"{path} has no train.* or test.* file (jsonl, csv or parquet)")
+        if not splits["test"]:
+            log.warning("%s has no test.* file: the test split is empty (evaluate with --split validation, or "
+                        "add a test file)", path)
     else:
         rows = read_rows(path)
+        if not rows:
+            raise ClsgenError(f"{path} is empty: it holds no rows; add examples")
         common["meta_fields"] = other_columns(rows)
         if rows and "split" in rows[0].values:
             bad = [Problem(f"split {short_repr(r.values.get('split'))} is not train, validation (or dev) or "
@@ -383,11 +393,15 @@ def load_dataset(data: DataConfig | str, task: TaskConfig | None = None) -> Data
         if not exists:
             raise ClsgenError(f"data.dataset {short_repr(cfg.dataset, 300)} is neither a built-in dataset "
                               f"({', '.join(BUILTIN)}) nor an existing file or folder")
-        if task_cfg.template is None:
-            raise ClsgenError("a data file needs task.template (e.g. 'Note: {text}') and, optionally, "
-                              "task.system and task.verbalizers")
+        template = task_cfg.template
+        if template is None and _has_column(Path(cfg.dataset), "text"):
+            template = "{text}"  # the one field a file plainly offers
+        if template is None:
+            raise ClsgenError("a data file without a 'text' column needs task.template (e.g. "
+                              "'Claim: {claim}') and, optionally, task.system and task.verbalizers")
         base = Task(name=Path(cfg.dataset).stem, system=task_cfg.system or "",
-                    template=task_cfg.template, verbalizers=tuple(task_cfg.verbalizers or ("NO", "YES")))
+                    template=template, verbalizers=tuple(task_cfg.verbalizers or ("NO", "YES")))
+        overrides["template"] = template
         ds = _file_dataset(cfg, base.with_overrides(**overrides))
     ds.train = stratified_sample(ds.train, cfg.max_train, seed=cfg.seed)
     max_validation = cfg.max_validation if cfg.max_validation is not None else cfg.max_eval
@@ -395,6 +409,17 @@ def load_dataset(data: DataConfig | str, task: TaskConfig | None = None) -> Data
     ds.test = stratified_sample(ds.test, cfg.max_eval, seed=cfg.seed)
     ds.info.update(max_train=cfg.max_train, max_validation=max_validation, max_eval=cfg.max_eval)
     return ds
+
+
+def _has_column(path: Path, name: str) -> bool:
+    """Whether the data file (or a folder's train/test file) has a column `name` in its first row."""
+    files = [path] if path.is_file() else [p for n in ("train", "test") for p in sorted(path.glob(f"{n}.*"))][:1]
+    for file in files:
+        rows = read_rows(file)
+        if not rows:
+            raise ClsgenError(f"{file} is empty: it holds no rows; add examples")
+        return name in rows[0].values
+    return False
 
 
 def shared_ids(a: Sequence[Example], b: Sequence[Example], key: str) -> set[str]:

@@ -6,11 +6,12 @@ from __future__ import annotations
 import contextlib
 import errno
 import json
+import math
 import os
 import re
 import shutil
 import tempfile
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -85,14 +86,31 @@ def atomic_write_text(path: str | Path, text: str) -> None:
     atomic_write_bytes(path, text.encode("utf-8"))
 
 
-def atomic_write_json(path: str | Path, obj: Any) -> None:
-    atomic_write_text(path, json.dumps(obj, indent=2, ensure_ascii=False) + "\n")
+def atomic_write_json(path: str | Path, obj: Any, finite: bool = True) -> None:
+    """Write `obj` as JSON; with `finite`, a NaN or infinity (which JSON has no word for) becomes null.
+    `finite=False` keeps them, in Python's own notation, for files only clsgen reads back."""
+    text = json.dumps(finite_json(obj) if finite else obj, indent=2, ensure_ascii=False, allow_nan=not finite)
+    atomic_write_text(path, text + "\n")
+
+
+def finite_json(obj: Any) -> Any:
+    """`obj` with every float NaN or infinity, at any depth, replaced by None."""
+    if isinstance(obj, float):
+        return obj if math.isfinite(obj) else None
+    if isinstance(obj, dict):
+        return {k: finite_json(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [finite_json(v) for v in obj]
+    return obj
 
 
 @contextlib.contextmanager
-def atomic_dir(path: str | Path) -> Iterator[Path]:
-    """Yield a temporary directory beside `path`; on success it replaces `path` in one rename."""
-    path = Path(path)
+def atomic_dir(path: str | Path, check: Callable[[Path], None] | None = None) -> Iterator[Path]:
+    """Yield a temporary directory beside `path`; on success it replaces `path` in one rename.
+
+    `check(tmp)`, when given, runs once the folder is written and before anything at `path` is touched;
+    its error leaves `path` as it was."""
+    path = Path(os.path.abspath(path))  # '.' has no name to build a sibling's from
     _writable_parent(path)
     try:
         tmp = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp"))
@@ -101,18 +119,86 @@ def atomic_dir(path: str | Path) -> Iterator[Path]:
     try:
         os.chmod(tmp, 0o777 & ~_umask())
         yield tmp
+        if check is not None:
+            check(tmp)
         _share_like_umask(tmp)
-        old = None
-        if path.exists():
-            old = path.with_name(f".{path.name}.old")
-            shutil.rmtree(old, ignore_errors=True)
-            os.replace(path, old)
-        os.replace(tmp, path)
-        if old is not None:
-            shutil.rmtree(old, ignore_errors=True)
+        replace_dir(tmp, path)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+
+
+def replace_dir(new: Path, path: Path) -> None:
+    """Put the folder `new` at `path` in one rename; a folder already at `path` is renamed to a hidden
+    name of its own (never one a user's file could hold) and then deleted."""
+    path = Path(os.path.abspath(path))
+    old = None
+    if path.exists():
+        old = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}.", suffix=".old"))
+        os.replace(path, old)  # over the empty folder just made: the name is ours alone
+    os.replace(new, path)
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)
+
+
+# ----------------------------------------------------------------------------- output folders
+
+
+def check_output_dir(path: str | Path, marker: str, *, overwrite: bool = False, flag: str = "--out",
+                     sources: Sequence[str | Path] = ()) -> Path:
+    """Refuse an output folder whose replacement would destroy something clsgen did not write, before
+    any slow work. Accepted: a missing path, an empty folder, or (with `overwrite`) a folder that
+    holds `marker`, the file clsgen writes into every folder of this kind. Never a folder that is, holds
+    or lies inside one of `sources` (the inputs of the command)."""
+    path = Path(path)
+    here = Path(os.path.abspath(path))
+    for src in sources:
+        src = Path(os.path.abspath(src))
+        if here == src or src in here.parents or here in src.parents:
+            rel = "is" if here == src else ("lies inside" if src in here.parents else "holds")
+            raise ClsgenError(f"{flag} {path} {rel} the input {src}; clsgen never writes over its input: "
+                              f"choose another {flag}")
+    if not os.path.lexists(here):
+        return path
+    if here.is_symlink() or not here.is_dir():
+        raise ClsgenError(f"{flag} {path} exists and is not a folder; choose another {flag}")
+    entries = sorted(os.listdir(here))
+    if not entries:
+        return path
+    if marker not in entries:
+        raise ClsgenError(f"{flag} {path} is a folder that clsgen did not write (it holds {_listing(entries)}, "
+                          f"and no {marker}); clsgen never replaces such a folder: choose a new or empty {flag}")
+    if not overwrite:
+        raise ClsgenError(f"{flag} {path} already holds a model written by clsgen; pass --overwrite to "
+                          f"replace it, or choose another {flag}")
+    return path
+
+
+def check_run_dir(path: str | Path, markers: Sequence[str], *, flag: str = "--out") -> Path:
+    """Refuse a non-empty folder that holds none of `markers` (the files clsgen writes into every run
+    folder of this kind): writing into it could replace a user's file of the same name."""
+    path = Path(path)
+    if not path.is_dir() or path.is_symlink():
+        return path
+    entries = sorted(os.listdir(path))
+    if entries and not set(markers) & set(entries):
+        raise ClsgenError(f"{flag} {path} is a folder that clsgen did not write (it holds {_listing(entries)}, "
+                          f"and none of {', '.join(markers)}); clsgen writes only into a new or empty folder or one "
+                          f"of its own runs: choose another {flag}")
+    return path
+
+
+def _listing(entries: Sequence[str], shown: int = 5) -> str:
+    more = len(entries) - shown
+    return ", ".join(entries[:shown]) + (f" and {more} more" if more > 0 else "")
+
+
+def foreign_entries(folder: Path, own: Sequence[str]) -> list[str]:
+    """Entries of `folder` that are not in `own` (the names clsgen writes there)."""
+    try:
+        return sorted(set(os.listdir(folder)) - set(own))
+    except FileNotFoundError:
+        return []
 
 
 def _share_like_umask(folder: Path) -> None:

@@ -34,7 +34,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import HTMLResponse, JSONResponse, Response, StreamingResponse
 from fastapi.security import HTTPBearer
 from fastapi.staticfiles import StaticFiles
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, StrictBool
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from . import __version__
@@ -113,8 +113,8 @@ class ClassifyRequest(BaseModel):
     ]})
     text: str | None = Field(None, description="The input text, for a task whose template has one field.")
     fields: dict[str, str] | None = Field(None, description="The task's fields by name (see GET /v1/task).")
-    explain: bool = Field(True, description="Generate the explanation (false: probability only, fast).")
-    stream: bool = Field(False, description="Answer with server-sent events: `probability` first, then "
+    explain: StrictBool = Field(True, description="Generate the explanation (false: probability only, fast).")
+    stream: StrictBool = Field(False, description="Answer with server-sent events: `probability` first, then "
                          "`delta` events with explanation text, then `done` with the full result.")
     max_tokens: int | None = Field(None, ge=1, description="Explanation length limit in tokens (default: "
                                    "the server's --explain-tokens; capped by its --max-tokens).")
@@ -142,7 +142,7 @@ class ChatMessage(BaseModel):
 
 
 class StreamOptions(BaseModel):
-    include_usage: bool = False
+    include_usage: StrictBool = False
 
 
 class ChatRequest(BaseModel):
@@ -156,7 +156,7 @@ class ChatRequest(BaseModel):
     temperature: float | None = Field(None, ge=0, le=2, description=f"0 (or below {GREEDY_BELOW:g}): greedy.")
     top_p: float | None = Field(None, gt=0, le=1)
     n: int = Field(1, ge=1, le=1, description="Only 1 is supported.")
-    stream: bool = False
+    stream: StrictBool = False
     stream_options: StreamOptions | None = None
     stop: str | list[str] | None = None
     seed: int | None = Field(None, ge=SEED_RANGE[0], le=SEED_RANGE[1])
@@ -173,6 +173,23 @@ class _StreamItem:
     queue: asyncio.Queue
 
 
+CPU_PASS_TOKENS = 512
+"""On a CPU, at most this many padded tokens per probability forward pass (rows x longest prompt)."""
+
+
+def length_groups(lengths: Sequence[int], max_tokens: int) -> list[list[int]]:
+    """Indices grouped by similar length, longest first, each group's padded size (rows x its longest
+    length) at most `max_tokens`; a row longer than that runs alone."""
+    order = sorted(range(len(lengths)), key=lambda i: -lengths[i])
+    groups: list[list[int]] = []
+    for i in order:
+        if groups and (len(groups[-1]) + 1) * lengths[groups[-1][0]] <= max_tokens:
+            groups[-1].append(i)
+        else:
+            groups.append([i])
+    return groups
+
+
 def _push(job: Job, event: Any) -> None:
     """From the worker thread: put an event on the job's asyncio queue."""
     job.emit(job.item.queue.put_nowait, ("event", event))
@@ -185,10 +202,22 @@ class _Engine:
         self.predictor = predictor
         self.model = predictor.model
         self.tokenizer = self.model.tokenizer
+        self.pass_tokens = CPU_PASS_TOKENS if self.model.device.type == "cpu" else None
 
     # ---------------------------------------------------------------- classification
     def proba(self, jobs: Sequence[Job]) -> list[Any]:
-        return list(self.predictor.predict([j.item for j in jobs], explain=False))
+        """Probabilities of a micro-batch. On a CPU, rows share a forward pass only up to
+        `pass_tokens` padded tokens: one long prompt already keeps the cores busy, so padding several
+        into one pass only adds work (docs/benchmarks.md, "Server")."""
+        items = [j.item for j in jobs]
+        if self.pass_tokens is None or len(items) == 1:
+            return list(self.predictor.predict(items, explain=False))
+        lengths = [len(self.predictor.encode(it).input_ids) for it in items]
+        results: list[Any] = [None] * len(items)
+        for group in length_groups(lengths, self.pass_tokens):
+            for i, prediction in zip(group, self.predictor.predict([items[i] for i in group], explain=False)):
+                results[i] = prediction
+        return results
 
     def predict(self, jobs: Sequence[Job]) -> list[Any]:
         with _generation(self.predictor, jobs[0].key):
@@ -286,9 +315,14 @@ class _Engine:
 
 def _render_chat(tokenizer: Any, messages: list[dict[str, str]]) -> str:
     """The chat prompt; 422 when the model's chat template refuses the messages (many templates raise
-    on roles that do not alternate, or on a system message)."""
+    on roles that do not alternate, or on a system message). Control-token strings in a message
+    (`<|im_end|>`) are defused as in the classify fields, so no message can close its turn or forge
+    another one."""
     from jinja2.exceptions import TemplateError
 
+    from .task import defuse_special_tokens
+
+    messages = [{**m, "content": defuse_special_tokens(tokenizer, m["content"])} for m in messages]
     try:
         return tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
     except TemplateError as e:
@@ -356,6 +390,22 @@ def _validation_error(errors: Sequence[dict[str, Any]], request: Request) -> Api
         else:
             parts.append(f"{name or 'body'}: {err.get('msg', 'invalid')}")
     return ApiError(422, "invalid request: " + "; ".join(parts), param=param)
+
+
+_BODY_KEY = "clsgen.body"
+
+
+def _unparsable_body(body: bytes | None) -> ApiError:
+    """422 for a body that JSON parsing gave up on without a syntax error: bytes that are not UTF-8, or
+    nesting deeper than the parser follows. The body as a whole is at fault, so `param` is null."""
+    if body is not None:
+        try:
+            body.decode("utf-8")
+        except UnicodeDecodeError as e:
+            return ApiError(422, f"invalid request: the body is not valid UTF-8 (byte {e.start}); send JSON "
+                            "encoded as UTF-8", code="invalid_json")
+    return ApiError(422, "invalid request: the body could not be parsed as JSON: it is nested too deeply; "
+                    "send one JSON object nested at most a few hundred levels deep", code="invalid_json")
 
 
 def _json_kind(value: Any) -> str:
@@ -433,6 +483,7 @@ class _Guard:
                 if not message.get("more_body", False):
                     break
             body = b"".join(chunks)
+            scope[_BODY_KEY] = body  # for the error a body that cannot be parsed gets
             replayed = False
 
             async def replay() -> dict:
@@ -568,11 +619,9 @@ def create_app(
     @app.exception_handler(StarletteHTTPException)
     async def _http_error(request: Request, e: StarletteHTTPException) -> JSONResponse:
         kind = {404: "not_found_error", 405: "invalid_request_error"}.get(e.status_code, "invalid_request_error")
-        detail = str(e.detail)
-        if e.status_code == 400 and detail == "There was an error parsing the body":  # FastAPI's words
-            detail = ("the body could not be parsed: send one JSON object, UTF-8 encoded, nested at most a "
-                      "few hundred levels deep")
-        return _error_json(e.status_code, detail, kind, headers=getattr(e, "headers", None))
+        if e.status_code == 400 and str(e.detail) == "There was an error parsing the body":  # FastAPI's words
+            return _unparsable_body(request.scope.get(_BODY_KEY)).response()
+        return _error_json(e.status_code, str(e.detail), kind, headers=getattr(e, "headers", None))
 
     # ---------------------------------------------------------------- helpers
     def check_model(requested: str | None) -> None:

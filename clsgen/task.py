@@ -19,6 +19,9 @@ from .verdict import verdict_line
 
 ELLIPSIS = " [...] "
 _MAX_REFITS = 6
+_REACH_CHARS_PER_TOKEN = 8
+"""Characters first read per token a truncated field may keep (doubled until enough tokens)."""
+_REACH_MARGIN_TOKENS = 16
 
 
 @dataclass(frozen=True)
@@ -147,6 +150,7 @@ class Task:
 
     def encode_prompt(self, tokenizer: Any, fields: Mapping[str, Any]) -> PromptIds:
         """Prompt token ids within `max_prompt_tokens`, long fields truncated inside."""
+        fields = self._within_reach(tokenizer, fields)
         ids = _encode(tokenizer, self.render_prompt(tokenizer, fields))
         if len(ids) <= self.max_prompt_tokens:
             return PromptIds(ids)
@@ -164,6 +168,22 @@ class Task:
                 return PromptIds(ids, truncated=True)
             budget -= len(ids) - self.max_prompt_tokens  # merges across the cut changed the count
         raise ClsgenError(f"could not fit the prompt in task.max_prompt_tokens={self.max_prompt_tokens}")
+
+    def _within_reach(self, tokenizer: Any, fields: Mapping[str, Any]) -> dict[str, Any]:
+        """`fields` with each very long text reduced to its head and tail, each still longer than any
+        truncation keeps (`max_prompt_tokens` plus a margin, in tokens): the prompt is the same, and the
+        work no longer grows with the text (a 50 MB field took minutes to tokenize, to be cut anyway)."""
+        need = self.max_prompt_tokens + _REACH_MARGIN_TOKENS
+        out = dict(fields)
+        for f, text in self._field_texts(fields).items():
+            width = need * _REACH_CHARS_PER_TOKEN
+            while 2 * width < len(text):
+                head, tail = text[:width], text[-width:]
+                if min(_encoded_len(tokenizer, head), _encoded_len(tokenizer, tail)) >= need:
+                    out[f] = head + tail  # the joint lies beyond what truncation keeps of either side
+                    break
+                width *= 2
+        return out
 
     def cut_fields(self, tokenizer: Any, fields: Mapping[str, Any], budget: int) -> dict[str, str]:
         """The template's fields cut to `budget` tokens in all (this task's truncation side): short
@@ -239,15 +259,21 @@ def _encoded_len(tokenizer: Any, text: str) -> int:
 
 
 def _water_fill(lengths: Mapping[str, int], budget: int) -> dict[str, int]:
-    """Share `budget` tokens among fields: short fields keep everything, long ones split the rest."""
+    """Share `budget` tokens among fields: short fields keep everything, long ones split the rest
+    equally, the odd tokens going to the earlier fields (in `lengths`' order). How much longer than its
+    share a long field is plays no part, so a field reduced to what truncation can keep
+    (`Task._within_reach`) gets the same quota as the whole field."""
     quotas: dict[str, int] = {}
-    left, remaining = budget, sorted(lengths, key=lambda f: lengths[f])
-    while remaining:
-        share = max(left // len(remaining), 0)
+    left, remaining = max(budget, 0), sorted(lengths, key=lambda f: lengths[f])
+    while remaining and lengths[remaining[0]] <= left // len(remaining):
         f = remaining.pop(0)
-        quotas[f] = min(lengths[f], share)
-        left -= quotas[f]
-    return quotas
+        quotas[f] = lengths[f]
+        left -= lengths[f]
+    long = [f for f in lengths if f in remaining]
+    share, odd = divmod(left, len(long)) if long else (0, 0)
+    for i, f in enumerate(long):
+        quotas[f] = share + (i < odd)
+    return {f: quotas[f] for f in lengths}
 
 
 def prompt_lengths(task: Task, tokenizer: Any, examples: Sequence[Any]) -> list[int]:

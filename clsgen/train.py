@@ -46,7 +46,8 @@ from .collate import (
 from .config import Config
 from .data import Example, map_label, read_rows, rows_from_records, short_repr
 from .errors import ClsgenError, ConfigError, DataError, Problem
-from .files import atomic_write_json, atomic_write_text, check_writable, write_error, writing
+from .files import (atomic_write_json, atomic_write_text, check_writable, finite_json, write_error,
+                    writing)
 from .model import HEAD_FILE, META_FILE, DualHeadModel
 from .task import Task
 
@@ -824,12 +825,45 @@ def _resume_checkpoint(root: Path, resume: bool | str | Path) -> Path | None:
         found = _checkpoints(root)
         if not found:
             log.warning("no checkpoint in %s: starting from the beginning", root)
-        return found[-1] if found else None
+        for ckpt in reversed(found):  # the latest readable one; a corrupt one is said and passed over
+            problem = _checkpoint_problem(ckpt)
+            if problem is None:
+                return ckpt
+            log.warning("%s; resuming from the checkpoint before it instead", problem)
+        if found:
+            log.warning("no checkpoint in %s is readable: starting from the beginning", root)
+        return None
     path = Path(resume)
     if not (path / TRAINER_STATE).is_file():
         raise ClsgenError(f"{path} is not a clsgen training checkpoint (no {TRAINER_STATE}); pass "
                           f"--resume without a value to use the latest one in {root}")
+    problem = _checkpoint_problem(path)
+    if problem is not None:
+        raise ClsgenError(f"{problem}; pass --resume without a value to use the latest readable one in {root}")
     return path
+
+
+def _checkpoint_problem(path: Path) -> str | None:
+    """Why the checkpoint `path` cannot be loaded (a truncated or corrupt file, named), or None. Every
+    file is read the way resuming reads it: JSON, safetensors, or accelerate's torch.load(weights_only=True)."""
+    from accelerate.utils import load as accelerate_load
+
+    from .model import weights_file_problem
+
+    for file in sorted(p for p in path.rglob("*") if p.is_file() and not p.name.startswith(".")):
+        try:
+            if file.suffix == ".json":
+                json.loads(file.read_text(encoding="utf-8"))
+            elif file.suffix == ".safetensors":
+                problem = weights_file_problem(file)
+                if problem is not None:
+                    raise ValueError(problem)
+            elif file.suffix in (".bin", ".pt", ".pth", ".pkl"):
+                accelerate_load(file, map_location="cpu")
+        except Exception as e:  # any failure to read is the file's, not the run's
+            reason = (str(e).strip().splitlines() or [type(e).__name__])[0]
+            return f"checkpoint file {file} is truncated or corrupt ({reason[:160]})"
+    return None
 
 
 def _register_checkpoint_hooks(accelerator: Any) -> None:
@@ -867,7 +901,7 @@ def _save_checkpoint(accelerator: Any, model: Any, ckpt_root: Path, state: _Loop
             accelerator.save_state(str(tmp))
             accelerator.wait_for_everyone()
             if accelerator.is_main_process:
-                atomic_write_json(tmp / TRAINER_STATE, {**dataclasses.asdict(state), **extra})
+                atomic_write_json(tmp / TRAINER_STATE, {**dataclasses.asdict(state), **extra}, finite=False)
     except BaseException:
         if accelerator.is_main_process:
             shutil.rmtree(tmp, ignore_errors=True)  # a half-written checkpoint: never left to fill the disk
@@ -1064,7 +1098,7 @@ def _log(accelerator: Any, out_dir: Path, record: dict[str, Any], trackers: list
     if accelerator.is_main_process:
         intact = "the checkpoints saved before are intact; rerun with --resume"
         with writing(out_dir / LOG_FILE, intact), (out_dir / LOG_FILE).open("a", encoding="utf-8") as f:
-            f.write(json.dumps({**record, "time": round(time.time(), 3)}) + "\n")
+            f.write(json.dumps(finite_json({**record, "time": round(time.time(), 3)}), allow_nan=False) + "\n")
     if trackers:
         scalars = {k: v for k, v in record.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
         accelerator.log(scalars, step=record["step"])

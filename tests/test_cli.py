@@ -126,9 +126,9 @@ def test_config_errors_give_exit_2(capsys, tmp_path, data_dir):
 def test_missing_dataset_and_template(capsys, tmp_path):
     code, _, err = _run(capsys, "data", "stats", tmp_path / "nothing.jsonl", "--no-tokens", "--set", TEMPLATE)
     assert code == 2 and "nothing.jsonl" in err and "neither a built-in dataset" in err
-    path = _write(tmp_path / "ok.jsonl", '{"id": 1, "text": "a", "label": 1}\n')
+    path = _write(tmp_path / "ok.jsonl", '{"id": 1, "claim": "a", "label": 1}\n')
     code, _, err = _run(capsys, "data", "stats", path, "--no-tokens")
-    assert code == 2 and "task.template" in err
+    assert code == 2 and "task.template" in err  # no 'text' column: '{text}' cannot be the default
 
 
 def test_user_file_stats(capsys, tmp_path):

@@ -383,9 +383,13 @@ def test_user_file_problems(tmp_path):
     with pytest.raises(DataError) as e:
         load_dataset(DataConfig(dataset=str(path)), TaskConfig(template="Note: {text}"))
     assert f"{path}, row 1, field 'label'" in str(e.value)
-    with pytest.raises(ClsgenError) as e:
+    claims = _write_jsonl(tmp_path / "claims.jsonl", [{"id": 1, "claim": "a", "label": 1}])
+    with pytest.raises(ClsgenError) as e:  # no 'text' column: the template cannot be guessed
+        load_dataset(DataConfig(dataset=str(claims)))
+    assert "task.template" in str(e.value) and "'text' column" in str(e.value)
+    with pytest.raises(DataError) as e:  # a 'text' column: '{text}' by default, so the label is read
         load_dataset(DataConfig(dataset=str(path)))
-    assert "task.template" in str(e.value)
+    assert f"{path}, row 1, field 'label'" in str(e.value)
     with pytest.raises(ClsgenError) as e:
         load_dataset(DataConfig(dataset=str(tmp_path / "missing.jsonl")), TaskConfig(template="{text}"))
     assert "missing.jsonl" in str(e.value) and "clinifact" in str(e.value)

@@ -10,7 +10,7 @@ import time
 from pathlib import Path
 from typing import Any, Sequence
 
-from ..errors import ClsgenError
+from ..errors import ClsgenError, ConfigError
 from .common import add_config_options, add_data_options, config_from_args
 
 CALIBRATION_MODES = ("auto", "validation", "stored")
@@ -96,6 +96,9 @@ def register(sub: argparse._SubParsersAction) -> None:
                     help="a task field (repeat for each field of a multi-field task)")
     pr.add_argument("--input", metavar="FILE", help="a JSONL/CSV/Parquet file with the task's fields (and "
                     "optionally id)")
+    pr.add_argument("--max-text-chars", type=int, default=MAX_TEXT_CHARS, metavar="N",
+                    help=f"refuse an input whose fields hold more than N characters together (default "
+                    f"{MAX_TEXT_CHARS:,}, as the server's --max-text-chars)")
     pr.add_argument("--json", action="store_true", help="print JSON (one object per line)")
     pr.add_argument("--no-explain", action="store_true", help="probability and label only")
     pr.add_argument("--dataset", default=None, help="with --untrained-head: the built-in dataset whose task "
@@ -142,6 +145,16 @@ def _default_dataset(args: argparse.Namespace, meta: dict[str, Any] | None) -> N
 
     if getattr(args, "dataset", None) is None and meta and meta.get("task", {}).get("name") in LOADERS:
         args.dataset = meta["task"]["name"]
+
+
+def _check_split(ds: Any, split: str, examples: list) -> None:
+    """An empty split fails before the model loads, saying which splits the data has."""
+    if examples:
+        return
+    have = [f"{s} ({len(ds.split(s))})" for s in ("train", "validation", "test") if ds.split(s)]
+    raise ClsgenError(f"dataset {ds.name!r} has no {split} examples; its splits: {', '.join(have) or 'none'}. A "
+                      "single file without a 'split' column is all training data (a validation part is held "
+                      "out of it): add a 'split' column or a test file, or pass --split validation")
 
 
 def _device(name: str | None) -> str:
@@ -200,6 +213,9 @@ def _config(args: argparse.Namespace, meta: dict[str, Any] | None = None):
         e.calibrate = False
     if getattr(args, "no_explain", False):
         e.explain = 0
+    problems = cfg.validate()  # the flags above bypass the config's own check
+    if problems:
+        raise ConfigError(problems)
     return cfg
 
 
@@ -208,7 +224,8 @@ def _config(args: argparse.Namespace, meta: dict[str, Any] | None = None):
 
 def run_evaluate(args: argparse.Namespace) -> int:
     from ..datasets import load_dataset
-    from ..evaluate import evaluate
+    from ..evaluate import METRICS_FILE, PREDICTIONS_FILE, evaluate
+    from ..files import check_run_dir
     from ..inference import ClsgenClassifier
 
     started = time.perf_counter()
@@ -218,6 +235,9 @@ def run_evaluate(args: argparse.Namespace) -> int:
     cfg = _config(args, meta)
     ds = load_dataset(cfg.data, cfg.task)
     examples = ds.split(args.split)
+    _check_split(ds, args.split, examples)
+    split = "validation" if args.split == "dev" else args.split
+    out = check_run_dir(args.out or f"runs/eval-{ds.name}-{split}", (METRICS_FILE, PREDICTIONS_FILE))
     predictor = load_predictor(args, ds.task, meta, batch_size=cfg.eval.batch_size,
                                max_new_tokens=cfg.eval.max_new_tokens, do_sample=args.sample,
                                temperature=args.temperature, top_p=args.top_p, seed=args.seed, progress=True)
@@ -229,8 +249,6 @@ def run_evaluate(args: argparse.Namespace) -> int:
     if mode == "validation" and not validation:
         raise ClsgenError(f"dataset {ds.name!r} has no validation split to calibrate on; use "
                           "--calibration stored")
-    split = "validation" if args.split == "dev" else args.split
-    out = Path(args.out or f"runs/eval-{ds.name}-{split}")
     info = {"model": args.model + (" (untrained head)" if meta is None else ""), "dataset": ds.name,
             "split": split, "calibration": mode, "max_new_tokens": cfg.eval.max_new_tokens,
             "decoding": f"sample T={args.temperature} top_p={args.top_p}" if args.sample else "greedy",
@@ -291,12 +309,26 @@ def _parse_fields(pairs: list[str], names: list[str]) -> dict[str, str]:
             raise ClsgenError(f"--field {pair!r} must be NAME=VALUE (fields: {', '.join(names)})")
         if name not in names:
             raise ClsgenError(f"--field {name!r} is not a field of the task; its fields are {', '.join(names)}")
+        if name in fields:
+            raise ClsgenError(f"--field {name} is given twice; give each field once")
         fields[name] = value
     missing = [n for n in names if n not in fields]
     if missing:
         raise ClsgenError(f"missing --field {missing[0]}=...; the task needs " +
                           " ".join(f"--field {n}=..." for n in names))
     return fields
+
+
+MAX_TEXT_CHARS = 100_000
+
+
+def _check_text_size(chars: int, args: argparse.Namespace, row: int | None) -> None:
+    """Refuse a text longer than --max-text-chars: most of it would be truncated away, after work that
+    grows with its length."""
+    if chars > args.max_text_chars:
+        where = f"{args.input} row {row + 1}: " if row is not None else ""
+        raise ClsgenError(f"{where}the text has {chars:,} characters; predict accepts at most "
+                          f"{args.max_text_chars:,} (--max-text-chars); shorten it or raise the limit")
 
 
 def _task_for_predict(args: argparse.Namespace, meta: dict[str, Any] | None):
@@ -334,10 +366,12 @@ def run_predict(args: argparse.Namespace) -> int:
 
         items = examples_from_rows(read_rows(args.input), source=args.input, text_fields=task.fields,
                                    label_field=None, require_label=False)
+        if not items:
+            raise ClsgenError(f"--input {args.input} holds no examples; give a file with one row per text")
     from ..inference import fields_of
 
-    for it in items:  # fail before the model is loaded on a bad input
-        fields_of(it, task)
+    for i, it in enumerate(items):  # fail before the model is loaded on a bad input
+        _check_text_size(sum(len(t) for t in fields_of(it, task).values()), args, i if args.input else None)
     predictor = load_predictor(args, task, meta, batch_size=args.batch_size or 8,
                                max_new_tokens=256 if args.max_new_tokens is None else args.max_new_tokens,
                                do_sample=args.sample, temperature=args.temperature, top_p=args.top_p,
@@ -359,7 +393,8 @@ def run_predict(args: argparse.Namespace) -> int:
         return 0
     for p in predictor.predict(items, explain=explain):
         if args.json:
-            print(json.dumps({**p.to_dict(), "agrees": _agrees(p)}, ensure_ascii=False), flush=True)
+            print(json.dumps({**p.to_dict(), "agrees": _agrees(p)}, ensure_ascii=False, allow_nan=False),
+                  flush=True)
         else:
             head = f"{p.id + '  ' if p.id else ''}probability {p.probability:.4f}  label {p.label} ({words[p.label]})"
             print(head + (f"\n{p.text}\n{verdict_note(p, words)}\n" if p.text is not None else ""), flush=True)
@@ -397,6 +432,7 @@ def run_calibrate(args: argparse.Namespace) -> int:
     cfg = _config(args, meta)
     ds = load_dataset(cfg.data, cfg.task)
     examples = ds.split(args.split)
+    _check_split(ds, args.split, examples)
     split = "validation" if args.split == "dev" else args.split
     if split == "test":
         print("warning: fitting the threshold and temperature on the test split makes test metrics "

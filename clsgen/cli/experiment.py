@@ -44,11 +44,13 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def _run(args: argparse.Namespace) -> "object":
-    from ..experiment import run_experiment
+    from ..experiment import RUN_FILE, run_experiment
+    from ..files import check_run_dir
 
     args.config = str(packaged_config(args.config)) if args.config else None
     cfg = config_from_args(args)
     methods = [m.strip() for m in args.methods.split(",")] if getattr(args, "methods", None) else None
+    check_run_dir(args.out or cfg.experiment.out_dir, (RUN_FILE,))
     result = run_experiment(cfg, args.out, methods=methods, show_examples=args.show_examples)
     print()
     print(result.table_markdown)

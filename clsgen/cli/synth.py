@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import random
+from pathlib import Path
 
 from .common import add_config_options, add_data_options, config_from_args
 
@@ -59,6 +60,9 @@ def run(args: argparse.Namespace) -> int:
         if value is not None:
             args.overrides.append(f"teacher.{key}={json.dumps(value)}")
     cfg = config_from_args(args)
+    if Path(args.out).is_dir() or not Path(args.out).name:
+        raise ClsgenError(f"--out {args.out} is a folder; synth writes one JSONL file: give a file name, e.g. "
+                          f"--out {Path(args.out) / 'synth.jsonl'}")
     if args.limit is not None and args.limit < 1:
         raise ClsgenError(f"--limit must be >= 1, got {args.limit}")
     ds = load_dataset(cfg.data, cfg.task)

@@ -240,7 +240,16 @@ class SynthStore:
         self._lock = lock
         self.fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_APPEND, 0o644)
         data = self.path.read_bytes()
-        records, good = _scan(data, str(self.path))
+        try:
+            records, good = _scan(data, str(self.path))
+            if good < len(data) and not self.settings_path.exists():
+                raise ClsgenError(f"--out {self.path} ends with a line that is not a synth record, and no "
+                                  f"{self.settings_path.name} says that clsgen wrote it; clsgen cuts a torn "
+                                  "line only from its own files: choose a new --out")
+        except ClsgenError:
+            os.close(self.fd)
+            self.fd = None
+            raise
         if good < len(data):
             os.ftruncate(self.fd, good)  # a line torn by a kill: its example is simply asked again
             os.fsync(self.fd)
