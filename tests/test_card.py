@@ -139,7 +139,7 @@ def test_embedded_base_is_named_by_its_hub_id_and_still_resolves_offline(tmp_pat
                                                             "r": 8}))
     meta = {"base_model": EMBEDDED, "task": {"name": "claims", "system": "", "template": "{claim}",
                                              "verbalizers": ["NO", "YES"]},
-            "threshold": 0.3, "temperature": 2.0, "dtype": "bfloat16",
+            "threshold": 0.3, "temperature": 2.0, "dtype": "bfloat16", "hidden_size": 64,
             "calibration": {"split": "validation", "n": 40, "threshold_method": "max_f1",
                             "after": {"auroc": {"value": 0.81, "low": 0.7, "high": 0.9, "n": 40},
                                       "ece": {"value": 0.05, "low": None, "high": None, "n": 40}}}}

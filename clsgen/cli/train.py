@@ -58,8 +58,6 @@ def run_train(args: argparse.Namespace) -> int:
     from ..model import META_FILE
     from ..train import CHECKPOINTS, LOG_FILE, join_explanations, load_training_examples, train
 
-    check_run_dir(args.out, (META_FILE, LOG_FILE, CHECKPOINTS))
-
     if args.max_steps is not None:
         args.overrides = [*args.overrides, f"train.max_steps={args.max_steps}"]
     if args.trust_remote_code:
@@ -71,6 +69,7 @@ def run_train(args: argparse.Namespace) -> int:
     if not args.out:
         raise ClsgenError("no output folder: pass --out DIR, or set output_dir in the config "
                           "(e.g. `clsgen train run.yaml output_dir=runs/x`)")
+    check_run_dir(args.out, (META_FILE, LOG_FILE, CHECKPOINTS))
     ds = None
     if args.data is None or args.dev is None:
         ds = load_dataset(cfg.data, cfg.task)
