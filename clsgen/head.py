@@ -96,8 +96,9 @@ def fit_probe(head: ClassificationHead, train_pooled: np.ndarray, train_y: Seque
     """Warm-start `head` from a logistic regression on pooled features (n, k, hidden).
 
     Sets the standardisation from the training rows, then fits scikit-learn's LogisticRegression on
-    the (mixed, for 'mix': uniform weights) standardised features, with C chosen by dev AUROC when
-    dev rows of both classes are given. Returns what was chosen (C, dev AUROC per C).
+    the standardised features, with C chosen by dev AUROC when dev rows of both classes are given. A
+    'mix' head starts with softmax weight 0.9 on the layer whose own probe scores best on dev (uniform
+    weights without dev rows). Returns what was chosen (C, dev AUROC per C, per layer for a mix).
     """
     from sklearn.linear_model import LogisticRegression
     from sklearn.metrics import roc_auc_score
@@ -105,20 +106,36 @@ def fit_probe(head: ClassificationHead, train_pooled: np.ndarray, train_y: Seque
     x = np.asarray(train_pooled, dtype=np.float64)
     shift = x.mean(0)
     scale = x.std(0) + 1e-6
+    yt = np.asarray(train_y)
+    weight = "balanced" if balanced else None
+    has_dev = dev_pooled is not None and dev_y is not None and len(set(dev_y)) == 2 and len(dev_y) > 0
+    mix = np.full(x.shape[1], 1.0 / x.shape[1])
+    info: dict[str, Any] = {}
+    if head.mix is not None and has_dev:
+        # start the mix at the layer whose own probe does best on dev (softmax weight 0.9 there): a
+        # uniform mix of every layer is dragged down by the weak early ones
+        z, zd = (x - shift) / scale, (np.asarray(dev_pooled, dtype=np.float64) - shift) / scale
+        by_layer = [float(roc_auc_score(dev_y, LogisticRegression(C=0.01, class_weight=weight, max_iter=2000)
+                                        .fit(z[:, k], yt).decision_function(zd[:, k])))
+                    for k in range(x.shape[1])]
+        best_layer = int(np.argmax(by_layer))
+        logits = np.zeros(x.shape[1])
+        logits[best_layer] = np.log(9.0 * (x.shape[1] - 1))
+        mix = np.exp(logits) / np.exp(logits).sum()
+        info.update(best_layer=best_layer, dev_auroc_by_layer=[round(v, 4) for v in by_layer])
     with torch.no_grad():
         head.shift.copy_(torch.from_numpy(shift).float())
         head.scale.copy_(torch.from_numpy(scale).float())
         if head.mix is not None:
-            head.mix.zero_()
+            head.mix.copy_(torch.from_numpy(np.log(mix)).float())
 
     def features(pooled: np.ndarray) -> np.ndarray:
-        return ((np.asarray(pooled, dtype=np.float64) - shift) / scale).mean(1)
+        return (((np.asarray(pooled, dtype=np.float64) - shift) / scale) * mix[None, :, None]).sum(1)
 
-    xt, yt = features(x), np.asarray(train_y)
+    xt = features(x)
     grid = [0.001, 0.003, 0.01, 0.03, 0.1, 0.3, 1.0]
-    weight = "balanced" if balanced else None
     scores: dict[float, float] = {}
-    if dev_pooled is not None and dev_y is not None and len(set(dev_y)) == 2 and len(dev_y):
+    if has_dev:
         xd = features(dev_pooled)
         for c in grid:
             lr = LogisticRegression(C=c, class_weight=weight, max_iter=2000).fit(xt, yt)
@@ -130,4 +147,4 @@ def fit_probe(head: ClassificationHead, train_pooled: np.ndarray, train_y: Seque
     with torch.no_grad():
         head.linear.weight.copy_(torch.from_numpy(lr.coef_).float())
         head.linear.bias.copy_(torch.from_numpy(lr.intercept_).float())
-    return {"C": best, "dev_auroc_by_C": {str(c): round(v, 4) for c, v in scores.items()}}
+    return {"C": best, "dev_auroc_by_C": {str(c): round(v, 4) for c, v in scores.items()}, **info}

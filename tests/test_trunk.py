@@ -190,3 +190,23 @@ def test_mean_pooling_is_the_same_under_left_and_right_padding():
                            for p in prompts])
     torch.testing.assert_close(a, alone, rtol=0, atol=1e-5)
     torch.testing.assert_close(b, alone, rtol=0, atol=1e-5)
+
+
+def test_probe_init_of_a_mix_starts_at_the_best_layer():
+    import numpy as np
+
+    from clsgen.head import ClassificationHead, fit_probe
+
+    rng = np.random.default_rng(0)
+    y = rng.integers(0, 2, 200)
+    x = rng.normal(size=(200, 4, 8))
+    x[:, 2, 0] += 3.0 * y  # only layer 2 carries the label
+    head = ClassificationHead(8, "mix", "mean", num_layers=3)
+    info = fit_probe(head, x[:150], y[:150], x[150:], y[150:])
+    assert info["best_layer"] == 2
+    assert torch.softmax(head.mix, 0)[2].item() == pytest.approx(0.9, abs=1e-4)
+    with torch.no_grad():
+        p = torch.sigmoid(head(torch.from_numpy(x[150:]).float())).numpy()
+    from sklearn.metrics import roc_auc_score
+
+    assert roc_auc_score(y[150:], p) > 0.9
