@@ -88,8 +88,11 @@ def test_prepare_tokenizer_without_pad_or_eos():
     assert "pad" in str(e.value) and "eos" in str(e.value)
 
 
-def test_resolve_dtype():
-    assert resolve_dtype("auto") == torch.bfloat16
+def test_resolve_dtype(monkeypatch):
+    for native, expected in ((True, torch.bfloat16), (False, torch.float32)):
+        monkeypatch.setattr(backbones, "native_bfloat16", lambda native=native: native)
+        assert resolve_dtype("auto") == expected  # bfloat16 only where the hardware computes it natively
+    monkeypatch.undo()
     assert resolve_dtype("float32") == torch.float32
     assert resolve_dtype(torch.float16) == torch.float16
     with pytest.raises(ClsgenError) as e:
@@ -162,7 +165,8 @@ def test_embedded_second_load_is_fast(embedded):
     again = load_model("smollm2-135m", dtype="float32")
     assert time.perf_counter() - started < 10
     assert again.model.dtype == torch.float32
-    assert load_model("smollm2-135m").model.dtype == torch.bfloat16  # 'auto'
+    auto = torch.bfloat16 if backbones.native_bfloat16() else torch.float32
+    assert load_model("smollm2-135m").model.dtype == auto
     assert again.tokenizer.pad_token_id is not None
 
 

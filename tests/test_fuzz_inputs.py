@@ -716,7 +716,10 @@ def _known_paths():
 
     out = []
     for section in dataclasses.fields(Config):
-        for f in dataclasses.fields(typing.get_type_hints(Config)[section.name]):
+        tp = typing.get_type_hints(Config)[section.name]
+        if not dataclasses.is_dataclass(tp):  # a top-level setting such as output_dir
+            continue
+        for f in dataclasses.fields(tp):
             out.append((section.name, f.name))
     return out
 
