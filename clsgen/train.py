@@ -287,7 +287,10 @@ def train(cfg: Config, train_examples: Sequence[Any] | str | Path,
     trackers = _available_trackers(tc.log_with)
     # accelerate decides the device and the precision (`accelerate config`, `accelerate launch
     # --mixed_precision`, ACCELERATE_MIXED_PRECISION) unless train.mixed_precision names one
-    accelerator = Accelerator(mixed_precision=None if tc.mixed_precision == "no" else tc.mixed_precision,
+    # with no GPU at all the CPU is the only device: say so, or several CPU processes (torchrun) are not
+    # joined into one distributed run and race on the same checkpoint folders
+    no_gpu = not torch.cuda.is_available() and not (hasattr(torch.backends, "mps") and torch.backends.mps.is_available())
+    accelerator = Accelerator(cpu=no_gpu, mixed_precision=None if tc.mixed_precision == "no" else tc.mixed_precision,
                               gradient_accumulation_steps=tc.grad_accum, log_with=trackers or None,
                               project_dir=str(out_dir))
     try:
