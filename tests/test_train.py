@@ -463,7 +463,9 @@ def test_accelerate_mixed_precision_from_the_environment_is_honoured(tmp_path, m
     result = train(make_cfg(max_steps=1), toy(8, 1), [], tmp_path / "env", progress=False)
     assert result.steps == 1
     kwargs, precision, device = made[-1]
-    assert precision == "bf16" and "cpu" not in kwargs and kwargs.get("mixed_precision") is None
+    assert precision == "bf16" and kwargs.get("mixed_precision") is None
+    # the device is forced to the CPU only where there is no GPU at all (torchrun's CPU processes need it)
+    assert kwargs.get("cpu", False) == (not torch.cuda.is_available())
     monkeypatch.setenv("ACCELERATE_MIXED_PRECISION", "no")
     train(make_cfg(max_steps=1), toy(8, 1), [], tmp_path / "no", progress=False)
     assert made[-1][1] == "no"
