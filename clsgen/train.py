@@ -501,7 +501,7 @@ def _step(accelerator: Any, model: Any, optimizer: Any, trainable: list, enc: Se
         batch = _batch(model, enc, trunk, mb.indices, pad_id, accelerator.device, mb.weights, pos_weight)
         with accelerator.accumulate(model):
             out = model(batch["input_ids"], batch["attention_mask"], batch["cls_index"],
-                        labels=batch["labels"] if tc.w_lm > 0 else None, w_lm=tc.w_lm, **_lm_inputs(batch))
+                        labels=batch["labels"] if tc.w_lm > 0 else None, w_lm=tc.w_lm, **_model_inputs(batch))
             cls_sum, lm_sum, cons_sum = _loss_sums(out, batch, pos_weight, tc.w_cls)
             loss = 0.0 * out.cls_logits.sum()  # keeps every trainable parameter in the graph
             if tc.w_cls > 0:
@@ -658,12 +658,8 @@ def _batch(model: Any, enc: Sequence[Encoded], trunk: Sequence[Any] | None, indi
     return {k: v.to(device) for k, v in batch.items()}
 
 
-def _trunk_inputs(batch: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    return {k: batch[k] for k in ("trunk_hidden", "trunk_pooled") if k in batch}
-
-
-def _lm_inputs(batch: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """The trunk's states, the LM weights and the verdict positions of a training batch."""
+def _model_inputs(batch: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """The trunk's states, the LM weights and the verdict positions of a batch (those it has)."""
     keys = ("trunk_hidden", "trunk_pooled", "lm_weights", "verdict_at", "verdict_ids")
     return {k: batch[k] for k in keys if k in batch}
 
@@ -702,7 +698,7 @@ def _check_trunk(model: DualHeadModel, enc: Sequence[Encoded], states: Sequence[
     try:
         full = model(batch["input_ids"], batch["attention_mask"], batch["cls_index"], lm_positions="all")
         cached = model(batch["input_ids"], batch["attention_mask"], batch["cls_index"], lm_positions="all",
-                       **_trunk_inputs(batch))
+                       **_model_inputs(batch))
     finally:
         model.train(was_training)
     scale = full.lm_logits.abs().max().clamp(min=1.0)
@@ -726,7 +722,7 @@ def _probe_init(model: DualHeadModel, enc: Sequence[Encoded], trunk: Sequence[An
             idx = list(range(start, min(start + cfg.eval.batch_size, len(rows))))
             batch = _batch(model, rows, states, idx, pad_id, model.device)
             result = model(batch["input_ids"], batch["attention_mask"], batch["cls_index"],
-                           lm_positions="none", **_trunk_inputs(batch))
+                           lm_positions="none", **_model_inputs(batch))
             out.append(result.pooled.cpu().numpy())
         return np.concatenate(out)
 
@@ -771,7 +767,7 @@ def _evaluate(accelerator: Any, model: Any, dev_enc: Sequence[Encoded], dev_trun
         idx = batches[g]
         batch = _batch(model, dev_enc, dev_trunk, idx, pad_id, accelerator.device)
         out = model(batch["input_ids"], batch["attention_mask"], batch["cls_index"],
-                    labels=batch["labels"] if w_lm > 0 else None, w_lm=w_lm, **_lm_inputs(batch))
+                    labels=batch["labels"] if w_lm > 0 else None, w_lm=w_lm, **_model_inputs(batch))
         if g >= n_real:
             continue
         verdict = out.verdict_logits if out.verdict_logits is not None else out.cls_logits.new_full(

@@ -210,3 +210,26 @@ def test_probe_init_of_a_mix_starts_at_the_best_layer():
     from sklearn.metrics import roc_auc_score
 
     assert roc_auc_score(y[150:], p) > 0.9
+
+
+def test_train_with_a_cached_trunk_and_a_probe_head(tmp_path):
+    """The whole loop on the cached path: the cache is built once and shared by a second run, the
+    probe warm-starts the head, and the saved model is an ordinary folder that reloads."""
+    from test_train import make_cfg, toy
+
+    from clsgen.model import load_pretrained
+    from clsgen.train import train
+
+    cfg = make_cfg(max_steps=2, batch_size=4, eval_every=2, cache_dir=str(tmp_path / "cache"))
+    cfg.model.name, cfg.lora.top_layers = "tiny", 1
+    cfg.head = HeadConfig(layer="mix", pooling="mean", init="probe")
+    first = train(cfg, toy(12, 1), toy(8, 2), tmp_path / "a", progress=False)
+    s = first.summary
+    # 20 rows; identical token ids are stored once
+    assert s["trunk_cache"]["examples"] == 20 and 0 < s["trunk_cache"]["computed"] <= 20
+    assert s["trunk_cache"]["trunk_layers"] == 1
+    assert s["probe"]["best_layer"] in (0, 1, 2) and first.best_dev_auroc is not None
+    again = train(cfg, toy(12, 1), toy(8, 2), tmp_path / "b", progress=False)
+    assert again.summary["trunk_cache"]["computed"] == 0  # shared, not rebuilt
+    loaded = load_pretrained(tmp_path / "a")
+    assert loaded.trunk_layers == 1 and loaded.head.settings()["layer"] == "mix"
