@@ -78,9 +78,9 @@ class HeadConfig:
     """'last' = the last prompt token; 'mean' = the masked mean over the prompt tokens."""
     init: Literal["random", "probe"] = "random"
     """'random' = small random weights (not zero: a zero head passes no gradient to LoRA at first);
-    'probe' = standardise the features and warm-start from a
-    logistic regression on the training rows' features of the model before training (C chosen on the
-    dev rows)."""
+    'probe' = standardise the features and warm-start from a logistic regression on the training
+    rows' features of the model before training (C, and a mix's starting layer, chosen by 5-fold
+    cross-validation on the training rows)."""
 
 
 @dataclass

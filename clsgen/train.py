@@ -716,7 +716,12 @@ def _probe_init(model: DualHeadModel, enc: Sequence[Encoded], trunk: Sequence[An
     """head.init = probe: a logistic regression on what the head reads, before any training step."""
     from .head import fit_probe
 
+    layers = model.head.read_layers()
+    in_trunk = all(isinstance(layer, int) and layer <= model.trunk_layers for layer in layers)
+
     def pooled(rows: Sequence[Encoded], states: Sequence[Any] | None) -> np.ndarray:
+        if states is not None and in_trunk:  # the head reads the frozen trunk only: the cache holds it
+            return np.stack([s.pooled[model.head.pooling][layers].numpy() for s in states])
         out = []
         for start in range(0, len(rows), cfg.eval.batch_size):
             idx = list(range(start, min(start + cfg.eval.batch_size, len(rows))))

@@ -203,6 +203,7 @@ def test_probe_init_of_a_mix_starts_at_the_best_layer():
     x[:, 2, 0] += 3.0 * y  # only layer 2 carries the label
     head = ClassificationHead(8, "mix", "mean", num_layers=3)
     info = fit_probe(head, x[:150], y[:150], x[150:], y[150:])
+    assert info["folds"] == 5 and "dev_auroc" in info
     assert info["best_layer"] == 2
     assert torch.softmax(head.mix, 0)[2].item() == pytest.approx(0.9, abs=1e-4)
     with torch.no_grad():
@@ -233,3 +234,35 @@ def test_train_with_a_cached_trunk_and_a_probe_head(tmp_path):
     assert again.summary["trunk_cache"]["computed"] == 0  # shared, not rebuilt
     loaded = load_pretrained(tmp_path / "a")
     assert loaded.trunk_layers == 1 and loaded.head.settings()["layer"] == "mix"
+
+
+def test_probe_of_a_head_inside_the_trunk_reads_the_cache(tmp_path):
+    """A head reading a frozen trunk layer is probed from the cached pooled states, without running
+    the LoRA layers: the same head a probe on the full forward pass's features gives."""
+    import numpy as np
+    from test_train import make_cfg, toy
+
+    from clsgen.head import ClassificationHead, fit_probe
+    from clsgen.model import load_pretrained
+    from clsgen.train import train
+
+    cfg = make_cfg(max_steps=1, batch_size=4, eval_every=1, head_lr=0.0, cache_dir=str(tmp_path / "cache"))
+    cfg.model.name, cfg.lora.top_layers = "tiny", 1
+    cfg.head = HeadConfig(layer=1, pooling="mean", init="probe")
+    rows, dev = toy(12, 1), toy(8, 2)
+    result = train(cfg, rows, dev, tmp_path / "m", progress=False)
+    assert result.summary["probe"]["folds"] >= 2
+    model = load_pretrained(tmp_path / "m")
+    assert model.trunk_layers == 1 and model.head.layer == 1
+
+    def features(examples):
+        enc = [encode_example(model.task, model.tokenizer, ex.fields, ex.label, None, 128) for ex in examples]
+        batch = collate_train(enc, model.tokenizer.pad_token_id)
+        with torch.no_grad():
+            out = model(batch["input_ids"], batch["attention_mask"], batch["cls_index"], lm_positions="none")
+        return out.pooled.numpy()
+
+    fresh = ClassificationHead(model.head.hidden_size, 1, "mean")
+    fit_probe(fresh, features(rows), [r.label for r in rows])
+    torch.testing.assert_close(model.head.linear.weight, fresh.linear.weight, rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(model.head.shift, fresh.shift, rtol=1e-4, atol=1e-5)
