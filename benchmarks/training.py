@@ -46,6 +46,9 @@ SIZES = {
     True: {"batch_size": 2, "max_length": 256, "max_prompt_tokens": 192, "warmup": 1, "measured": 2, "rounds": 1,
            "hf_grouped": False},
 }
+TOP_LAYERS = (10, 6, 4)
+TOP_LAYERS_QUICK = (6,)
+"""K of the `lora.top_layers` rows (LoRA in the top K of the model's 30 layers, the rest a cached trunk)."""
 PADDING_CONFIGS = [(4, 320, 256), (4, 1024, None), (8, 1024, None)]
 """(batch size, max length, prompt cap) of the whole-epoch padding table (None: the task's, 768)."""
 PADDING_SEEDS = 5
@@ -69,10 +72,11 @@ def _config(spec: dict[str, Any]) -> Any:
     return Config(
         model=ModelConfig(name="smollm2-135m", dtype=spec["dtype"]),
         data=DataConfig(dataset="pubmedqa", data_dir=spec["data_dir"]),
-        lora=LoraConfig(),
+        lora=LoraConfig(top_layers=spec.get("top_layers")),
         task=TaskConfig(max_prompt_tokens=spec["max_prompt_tokens"]),
         train=TrainConfig(batch_size=spec["batch_size"], max_length=spec["max_length"], max_steps=steps,
-                          epochs=1.0, warmup_ratio=0.0, log_every=1, save_every=10**6, seed=0),
+                          epochs=1.0, warmup_ratio=0.0, log_every=1, save_every=10**6, seed=0,
+                          cache_dir=spec.get("cache_dir")),
     )
 
 
@@ -122,7 +126,8 @@ def _child_clsgen(spec: dict[str, Any]) -> dict[str, Any]:
     trainable = sum(p.numel() for p in result.model.parameters() if p.requires_grad) if result.model else None
     return {"steps": steps, "real_tokens": s["tokens"],
             "padded_tokens": round(s["tokens"] / s["padding_efficiency"]) if s["padding_efficiency"] else None,
-            "peak_rss_mb": _peak_rss_mb(), "threads": torch.get_num_threads(), "trainable_params": trainable}
+            "peak_rss_mb": _peak_rss_mb(), "threads": torch.get_num_threads(), "trainable_params": trainable,
+            "trunk_cache": s.get("trunk_cache")}
 
 
 def _child_hf(spec: dict[str, Any]) -> dict[str, Any]:
@@ -241,6 +246,15 @@ def _spawn(spec: dict[str, Any], tmp: Path, name: str) -> dict[str, Any]:
     return res
 
 
+def _side_spec(side: str, tmp: Path) -> dict[str, Any]:
+    """'clsgen-topK': clsgen with LoRA in the top K layers over a trunk cache (one per K, built by
+    the first round's process and reused by the next)."""
+    if not side.startswith("clsgen-top"):
+        return {"side": side}
+    k = int(side.removeprefix("clsgen-top"))
+    return {"side": "clsgen", "top_layers": k, "cache_dir": str(tmp / f"trunk-cache-{k}")}
+
+
 def _rates(res: dict[str, Any], warmup: int) -> list[float]:
     """tokens/s of each measured step."""
     return [s["tokens"] / s["seconds"] for s in res["steps"][warmup:] if s["seconds"] > 0]
@@ -255,8 +269,11 @@ def run(quick: bool = False) -> Section:
 
     sz = SIZES[quick]
     threads = torch.get_num_threads()
-    dtype = "auto" if "bfloat16" in hardware.supported_dtypes() else "float32"
-    dtype_used = "bfloat16" if dtype == "auto" else "float32"
+    from clsgen.backbones import native_bfloat16
+
+    # what `model.dtype: auto` trains in: bfloat16 only where the hardware has it natively
+    dtype = "auto"
+    dtype_used = "bfloat16" if native_bfloat16() else "float32"
     steps = sz["warmup"] + sz["measured"]
     n = steps * sz["batch_size"]  # one epoch: both sides see every example exactly once
 
@@ -266,8 +283,8 @@ def run(quick: bool = False) -> Section:
     records = [{"id": ex.id, "label": ex.label, "fields": ex.fields, "explanation": ex.meta["long_answer"]}
                for ex in chosen]
 
-    sides = ["clsgen", "hf"]
-    results: dict[str, list[dict[str, Any]]] = {"clsgen": [], "hf": [], "hf_grouped": []}
+    sides = ["clsgen", "hf"] + [f"clsgen-top{k}" for k in (TOP_LAYERS_QUICK if quick else TOP_LAYERS)]
+    results: dict[str, list[dict[str, Any]]] = {side: [] for side in [*sides, "hf_grouped"]}
     with tempfile.TemporaryDirectory(prefix="bench-training-") as tmpdir:
         tmp = Path(tmpdir)
         (tmp / "examples.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records), encoding="utf-8")
@@ -279,7 +296,7 @@ def run(quick: bool = False) -> Section:
                 order = order + ["hf_grouped"]
             for side in order:
                 print(f"  training round {r + 1}/{sz['rounds']}: {side}", file=sys.stderr, flush=True)
-                results[side].append(_spawn({**base, "side": side}, tmp, f"{side}-{r}"))
+                results[side].append(_spawn({**base, **_side_spec(side, tmp)}, tmp, f"{side}-{r}"))
         # the token counts of the data, for the FLOP count and padding figures
         from clsgen.backbones import load_tokenizer
 
@@ -394,6 +411,7 @@ def _section(sz: dict[str, Any], quick: bool, threads: int, dtype: str, results:
                      f"{100 * s['mfu']:.1f}%" if s["mfu"] is not None else "-",
                      f"{s['lm_loss_mean']:.3f}" if s["lm_loss_mean"] is not None else "-"])
     md += [table(["side", "tokens/s", "s/step", "padding eff.", "peak RSS MB", "MFU", "mean LM loss"], rows), ""]
+    md += _top_layers_md(summary, ok)
     md += [f"Tokens = real (non-pad) tokens through the forward pass, prompt + explanation, on both sides. MFU = "
            f"tokens/s x {flops_tok / 1e6:.0f} MFLOP per token / the {dtype} matmul peak at {threads} threads "
            f"({peak / 1e9:.0f} GFLOP/s, hardware.py)" if peak else "MFU: no matmul peak measured for this dtype",
@@ -427,6 +445,10 @@ def _section(sz: dict[str, Any], quick: bool, threads: int, dtype: str, results:
         targets.append(Target("training tokens/s clsgen / HF Trainer+PEFT", ratio, ">= 1.0"))
     else:
         targets.append(Target("training tokens/s clsgen / HF Trainer+PEFT", float("nan"), ">= 1.0"))
+    top6 = summary.get("clsgen-top6")
+    if top6 and "hf" in summary:
+        targets.append(Target("training tokens/s clsgen top-6 LoRA over a cached trunk / HF Trainer+PEFT (all "
+                              "layers)", top6["tokens_per_s"] / summary["hf"]["tokens_per_s"], ">= 3.0"))
     md += ["", f"Padding efficiency (real / padded tokens) of one epoch over the whole PubMedQA training split "
            f"({padding[0]['examples']} examples, prompt + `LONG_ANSWER`), mean of {PADDING_SEEDS} seeds; the timed "
            "runs above hold too few examples to show it:", ""]
@@ -442,6 +464,41 @@ def _section(sz: dict[str, Any], quick: bool, threads: int, dtype: str, results:
     if quick:
         md += ["", "_Quick mode: smaller batch, shorter rows, one round; read the full run's figures._"]
     return Section("Training throughput", "\n".join(md), figures, targets)
+
+
+CLINIFACT_EPOCH_TOKENS = 400_756
+"""Tokens of one CliniFact trial-disjoint training epoch (1259 rows, prompts capped at 320, verdict-only
+targets; train_summary.json of the run in docs/results.md)."""
+CLINIFACT_CACHE_TOKENS = 500_752
+"""Tokens the trunk cache of that run holds (its 1259 training + 316 validation rows)."""
+
+
+def _top_layers_md(summary: dict[str, dict[str, Any]], ok: dict[str, list[dict[str, Any]]]) -> list[str]:
+    """The LoRA band sweep: all layers against the top K over a cached trunk."""
+    sides = ["clsgen"] + sorted((s for s in summary if s.startswith("clsgen-top")),
+                                key=lambda s: -int(s.removeprefix("clsgen-top")))
+    if len(sides) < 2 or "clsgen" not in summary:
+        return []
+    hf = summary.get("hf", {}).get("tokens_per_s")
+    rows = []
+    for side in sides:
+        s = summary[side]
+        cache = next((r["trunk_cache"] for r in ok[side] if r.get("trunk_cache", {}) and r["trunk_cache"]["computed"]),
+                     None)
+        cache_rate = cache["tokens"] / cache["seconds"] if cache and cache["seconds"] else None
+        epoch_min = CLINIFACT_EPOCH_TOKENS / s["tokens_per_s"] / 60
+        rows.append(["all 30" if side == "clsgen" else side.removeprefix("clsgen-top"), f"{s['tokens_per_s']:.0f}",
+                     f"{s['tokens_per_s'] / hf:.2f}x" if hf else "-",
+                     f"{s['tokens_per_s'] / summary['clsgen']['tokens_per_s']:.2f}x",
+                     f"{cache_rate:.0f}" if cache_rate else "-",
+                     f"{CLINIFACT_CACHE_TOKENS / cache_rate / 60:.1f}" if cache_rate else "-",
+                     f"{epoch_min:.1f}", f"{s['peak_rss_mb']:.0f}" if s["peak_rss_mb"] else "-"])
+    return ["", "LoRA in the top K layers only (`lora.top_layers: K`), the layers below a frozen trunk whose "
+            "output is computed once per example and cached on disk; the same rows and steps. The CliniFact "
+            f"columns are estimates from these rates: one trial-disjoint epoch ({CLINIFACT_EPOCH_TOKENS:,} tokens) "
+            f"and its cache ({CLINIFACT_CACHE_TOKENS:,} tokens, built once and shared by every epoch and method):",
+            "", table(["LoRA layers", "tokens/s", "/ HF (all layers)", "/ clsgen all layers", "cache build tokens/s",
+                       "CliniFact cache min (est.)", "CliniFact epoch min (est.)", "peak RSS MB"], rows), ""]
 
 
 def _lora_desc() -> str:
