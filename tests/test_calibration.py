@@ -13,7 +13,6 @@ from clsgen.backbones import tiny_model
 from clsgen.calibration import (
     Calibration,
     apply_calibration,
-    calibrate_predictor,
     fit_calibration,
     format_calibration,
     store_calibration,
@@ -21,6 +20,7 @@ from clsgen.calibration import (
 from clsgen.cli import main
 from clsgen.data import Example
 from clsgen.errors import ClsgenError
+from clsgen.estimator import calibrate_predictor
 from clsgen.inference import Predictor
 from clsgen.metrics import apply_temperature, choose_threshold, ece, fit_temperature
 from clsgen.model import META_FILE, DualHeadModel

@@ -478,7 +478,7 @@ def test_clsgen_classifier_fit_trains_then_calibrates(tmp_path):
     """The scikit-learn-like face: fit trains (what `clsgen train` does) and calibrates on validation;
     predict_proba gives two columns."""
     from clsgen.classifier import Classifier
-    from clsgen.inference import ClsgenClassifier
+    from clsgen.estimator import ClsgenClassifier
 
     clf = ClsgenClassifier(make_cfg(max_steps=3, eval_every=3), out_dir=tmp_path / "m")
     assert isinstance(clf, Classifier)

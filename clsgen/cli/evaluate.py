@@ -226,7 +226,7 @@ def run_evaluate(args: argparse.Namespace) -> int:
     from ..datasets import load_dataset
     from ..evaluate import METRICS_FILE, PREDICTIONS_FILE, evaluate
     from ..files import check_run_dir
-    from ..inference import ClsgenClassifier
+    from ..estimator import ClsgenClassifier
 
     started = time.perf_counter()
     meta = _model_meta(args.model)
@@ -420,7 +420,8 @@ def verdict_note(p: Any, words: Sequence[str]) -> str:
 
 
 def run_calibrate(args: argparse.Namespace) -> int:
-    from ..calibration import calibrate_predictor, format_calibration, store_calibration
+    from ..calibration import format_calibration, store_calibration
+    from ..estimator import calibrate_predictor
     from ..datasets import load_dataset
     from ..inference import Predictor
 
