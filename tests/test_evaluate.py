@@ -301,7 +301,7 @@ def test_evaluation_metrics_and_report_path_reach_the_trackers(tiny_dir, data_fi
 
 
 def test_verdict_note_says_when_the_explanation_disagrees():
-    from clsgen.cli.evaluate import verdict_note
+    from clsgen.cli.predict import verdict_note
     from clsgen.inference import Prediction
 
     words = ("FALSE", "TRUE")
