@@ -86,7 +86,7 @@ def _examples(spec: dict[str, Any]) -> list[Any]:
 def _encoded(spec: dict[str, Any], tokenizer: Any) -> list[Any]:
     """The examples as clsgen encodes them for training (prompt + explanation + verdict line)."""
     from clsgen.collate import encode_example, training_task
-    from clsgen.train import task_from_config
+    from clsgen.datasets import task_from_config
 
     cfg = _config(spec)
     task = training_task(task_from_config(cfg), tokenizer, cfg.train.max_length)
@@ -142,7 +142,7 @@ def _child_hf(spec: dict[str, Any]) -> dict[str, Any]:
     from transformers.utils import logging as hf_logging
 
     from clsgen.backbones import embedded_checkpoint, prepare_tokenizer, resolve_dtype
-    from clsgen.model import IGNORE_INDEX
+    from clsgen.collate import IGNORE_INDEX
 
     hf_logging.set_verbosity_error()
     torch.set_num_threads(spec["threads"])

@@ -93,6 +93,26 @@ def prepare_tokenizer(tokenizer: Any) -> Any:
     return tokenizer
 
 
+END_OF_TURN_TOKENS = ("<|im_end|>", "<|eot_id|>", "<|end_of_turn|>", "<end_of_turn>", "<|endoftext|>",
+                      "<|end|>", "</s>")
+"""Special tokens that end the assistant turn when the tokenizer has them (besides its eos)."""
+
+
+def stop_token_ids(model: Any, tokenizer: Any) -> set[int]:
+    """The token ids that end a generated assistant turn: the tokenizer's eos, the model's generation
+    config eos (one id or a list), and every end-of-turn token of `END_OF_TURN_TOKENS` in the vocabulary
+    (a chat template may close a turn with a token its configs do not name as eos)."""
+    ids: set[int] = set()
+    if tokenizer.eos_token_id is not None:
+        ids.add(int(tokenizer.eos_token_id))
+    eos = getattr(getattr(model, "generation_config", None), "eos_token_id", None)
+    if eos is not None:
+        ids.update(int(e) for e in (eos if isinstance(eos, (list, tuple)) else [eos]))
+    vocab = tokenizer.get_vocab()
+    ids.update(vocab[t] for t in END_OF_TURN_TOKENS if t in vocab)
+    return ids
+
+
 # ---------------------------------------------------------------------------- embedded model
 
 

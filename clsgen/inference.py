@@ -9,7 +9,6 @@ then runs a small greedy / sampling loop over the cache, stopping each row at it
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -18,15 +17,15 @@ from typing import Any, Iterator, Literal, Mapping, Sequence
 import numpy as np
 import torch
 
+from .backbones import stop_token_ids as turn_end_ids
+from .collate import pad_left
 from .data import Example
 from .errors import ClsgenError
 from .metrics import sigmoid
+from .modes import eval_mode
 from .model import DualHeadModel, load_pretrained
 from .task import PromptIds, Task
 
-END_OF_TURN_TOKENS = ("<|im_end|>", "<|eot_id|>", "<|end_of_turn|>", "<end_of_turn>", "<|endoftext|>",
-                      "<|end|>", "</s>")
-"""Special tokens that end the assistant turn when the tokenizer has them (besides its eos)."""
 MIN_NEW_TOKENS_ROOM = 16
 """Context positions kept free for the explanation when a prompt is cut to fit the model."""
 
@@ -125,7 +124,7 @@ class Predictor:
         self.context = _context_length(model)
         self.task = _fit_task_to_context(model.task, self.context)
         self.stop_token_ids = sorted(set(stop_token_ids) if stop_token_ids is not None
-                                     else _stop_token_ids(model))
+                                     else turn_end_ids(model.causal_lm, model.tokenizer))
 
     @classmethod
     def from_pretrained(cls, path: str | Path, dtype: str | torch.dtype | None = None,
@@ -160,7 +159,7 @@ class Predictor:
         """Raw head logits (no temperature), one prefill per batch, no generation."""
         prompts = [self.encode(it) for it in _as_list(items)]
         out = np.zeros(len(prompts), dtype=np.float64)
-        with self._eval_mode():
+        with eval_mode(self.model):
             for idx in self._batches(prompts, "scoring"):
                 steps = self._batch_steps([prompts[i] for i in idx], explain=False, generator=None)
                 out[idx] = next(steps).numpy()
@@ -177,7 +176,7 @@ class Predictor:
         prompts = [self.encode(it) for it in items]
         results: list[Prediction | None] = [None] * len(items)
         generator = self._generator()
-        with self._eval_mode():
+        with eval_mode(self.model):
             for idx in self._batches(prompts, "explaining" if explain else "scoring"):
                 batch = [prompts[i] for i in idx]
                 steps = self._batch_steps(batch, explain=explain and self.max_new_tokens > 0,
@@ -197,7 +196,7 @@ class Predictor:
         """Events for one input: the probability, then explanation text deltas, then the Prediction."""
         prompt = self.encode(item)
         generator = self._generator()
-        with self._eval_mode():
+        with eval_mode(self.model):
             steps = self._batch_steps([prompt], explain=explain and self.max_new_tokens > 0,
                                       generator=generator)
             logit = float(next(steps)[0])
@@ -254,20 +253,12 @@ class Predictor:
             return iter(tqdm(batches, desc=what, unit="batch", leave=False))
         return iter(batches)
 
-    def _pad_left(self, prompts: list[PromptIds]) -> tuple[torch.Tensor, torch.Tensor]:
-        width = max(len(p.input_ids) for p in prompts)
-        pad = self.tokenizer.pad_token_id
-        ids = [[pad] * (width - len(p.input_ids)) + p.input_ids for p in prompts]
-        mask = [[0] * (width - len(p.input_ids)) + [1] * len(p.input_ids) for p in prompts]
-        device = self.model.device
-        return (torch.tensor(ids, dtype=torch.long, device=device),
-                torch.tensor(mask, dtype=torch.long, device=device))
-
     def _batch_steps(self, prompts: list[PromptIds], explain: bool,
                      generator: torch.Generator | None) -> Iterator[Any]:
         """Yield the head logits (CPU float tensor) after the prefill, then, when explaining, one
         list per decoding step with each row's new token id (None once the row has stopped)."""
-        input_ids, attention_mask = self._pad_left(prompts)
+        input_ids, attention_mask = pad_left([p.input_ids for p in prompts], self.tokenizer.pad_token_id,
+                                             self.model.device)
         with torch.inference_mode():
             out = self.model(input_ids, attention_mask, lm_positions="last" if explain else "none",
                              use_cache=explain)
@@ -307,15 +298,6 @@ class Predictor:
             probs = torch.zeros_like(probs).scatter(-1, order, sorted_probs)
         return torch.multinomial(probs, 1, generator=generator).squeeze(-1)
 
-    @contextlib.contextmanager
-    def _eval_mode(self) -> Iterator[None]:
-        was_training = self.model.training
-        self.model.eval()
-        try:
-            yield
-        finally:
-            if was_training:
-                self.model.train()
 
 
 # ---------------------------------------------------------------------------------- helpers
@@ -384,17 +366,3 @@ def _fit_task_to_context(task: Task, context: int | None) -> Task:
     if context is None or task.max_prompt_tokens <= context - MIN_NEW_TOKENS_ROOM:
         return task
     return dataclasses.replace(task, max_prompt_tokens=max(context - MIN_NEW_TOKENS_ROOM, 1))
-
-
-def _stop_token_ids(model: DualHeadModel) -> set[int]:
-    tok = model.tokenizer
-    ids: set[int] = set()
-    if tok.eos_token_id is not None:
-        ids.add(int(tok.eos_token_id))
-    gen_cfg = getattr(model.causal_lm, "generation_config", None)
-    eos = getattr(gen_cfg, "eos_token_id", None)
-    if eos is not None:
-        ids.update(int(e) for e in (eos if isinstance(eos, (list, tuple)) else [eos]))
-    vocab = tok.get_vocab()
-    ids.update(vocab[t] for t in END_OF_TURN_TOKENS if t in vocab)
-    return ids

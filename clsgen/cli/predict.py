@@ -60,13 +60,13 @@ def _check_text_size(chars: int, args: argparse.Namespace, row: int | None) -> N
 
 
 def _task_for_predict(args: argparse.Namespace, meta: dict[str, Any] | None):
-    from ..datasets import CLINIFACT_TASK, LCD_TASK, PUBMEDQA_TASK
+    from ..datasets import BUILTIN_TASKS
     from ..task import Task
 
     if meta is not None:
         t = meta["task"]
         return Task(**{**t, "verbalizers": tuple(t["verbalizers"])})
-    tasks = {"clinifact": CLINIFACT_TASK, "pubmedqa": PUBMEDQA_TASK, "lcd": LCD_TASK}
+    tasks = BUILTIN_TASKS
     name = args.dataset or "clinifact"
     if name not in tasks:
         raise ClsgenError(f"--dataset {name!r}: with --untrained-head, predict takes the task of a built-in "

@@ -222,18 +222,19 @@ class LocalTeacher:
     def _generate(self, requests: list[Request], greedy: bool) -> list[Reply]:
         import torch
 
+        from ..backbones import stop_token_ids
+        from ..collate import pad_left
+
         started = time.perf_counter()
         model, tok = self.backbone.model, self.backbone.tokenizer
         prompts = [self.prompt_ids(r) for r in requests]
-        width = max(len(p) for p in prompts)
         pad = tok.pad_token_id
-        input_ids = torch.tensor([[pad] * (width - len(p)) + p for p in prompts])  # left padding
-        attention = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in prompts])
+        input_ids, attention = pad_left(prompts, pad)
+        width = input_ids.shape[1]
         device = next(model.parameters()).device
-        eos = model.generation_config.eos_token_id
-        eos_ids = set(eos if isinstance(eos, (list, tuple)) else [eos if eos is not None else tok.eos_token_id])
+        eos_ids = stop_token_ids(model, tok)
         kwargs: dict[str, Any] = dict(max_new_tokens=self.max_new_tokens, pad_token_id=pad,
-                                      do_sample=not greedy)
+                                      eos_token_id=sorted(eos_ids), do_sample=not greedy)
         if greedy:
             kwargs.update(temperature=None, top_p=None, top_k=None)
         else:
