@@ -19,7 +19,7 @@ from clsgen.config import DataConfig  # noqa: E402
 from clsgen.datasets import load_dataset  # noqa: E402
 from clsgen.inference import Predictor  # noqa: E402
 from clsgen.model import DualHeadModel  # noqa: E402
-from clsgen.server import _Engine  # noqa: E402
+from clsgen.server import Engine  # noqa: E402
 from clsgen.batcher import Job  # noqa: E402
 
 dtype, n, reps = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
@@ -28,7 +28,7 @@ ds = load_dataset(DataConfig(dataset="clinifact", data_dir=data_dir(), max_eval=
 items = [dict(ex.fields) for ex in ds.test][:n]
 model = DualHeadModel.from_backbone(load_model("smollm2-135m", dtype=dtype), ds.task).eval()
 pred = Predictor(model, batch_size=8)
-engine = _Engine(pred)
+engine = Engine(pred)
 lengths = [len(pred.encode(it).input_ids) for it in items]
 print("prompt tokens", min(lengths), statistics.median(lengths), max(lengths))
 modes = {

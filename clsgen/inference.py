@@ -117,7 +117,7 @@ class Predictor:
         self.batch_size = batch_size
         self.max_new_tokens = max_new_tokens
         self.do_sample = do_sample
-        self.temperature = temperature
+        self.temperature = temperature  # sampling; the calibration temperature is `temperature_scale`
         self.top_p = top_p
         self.seed = seed
         self.progress = progress
@@ -217,6 +217,14 @@ class Predictor:
             if prediction.text is not None and len(prediction.text) > len(sent) and prediction.text.startswith(sent):
                 yield StreamEvent("delta", delta=prediction.text[len(sent):])
         yield StreamEvent("done", prediction=prediction)
+
+    # ------------------------------------------------------------------ chat
+    def chat(self, messages: list[dict[str, str]], max_new_tokens: int, **kwargs: Any) -> Any:
+        """An assistant reply to chat `messages` from the fine-tuned LM (a `clsgen.chat.ChatReply`);
+        see `clsgen.chat.chat` for the decoding options, stop strings and streaming callback."""
+        from .chat import chat
+
+        return chat(self, messages, max_new_tokens, **kwargs)
 
     # ------------------------------------------------------------------ internals
     def _prediction(self, logit: float, prompt: PromptIds, item: Item,

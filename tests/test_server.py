@@ -550,7 +550,8 @@ def test_cli_serve_reports_a_missing_api_key_variable(capsys, monkeypatch):
 
 def _run_jobs(batcher: Batcher, jobs: list[tuple[str, object, object]], timeout: float = 10):
     async def go():
-        submitted = [batcher.submit(kind, item, key) for kind, item, key in jobs]
+        with batcher._cond:  # the worker takes no job before all are queued: batches never depend on timing
+            submitted = [batcher.submit(kind, item, key) for kind, item, key in jobs]
         return await asyncio.gather(*(Batcher.wait(j, timeout) for j in submitted), return_exceptions=True)
 
     try:
