@@ -125,7 +125,7 @@ def run(quick: bool = False) -> Section:
     results: dict[str, dict] = {}
     with _Server(apps["batched"]) as a, _Server(apps["unbatched"]) as b:
         servers = {"batched": a, "unbatched": b}
-        for mode, srv in servers.items():  # warm-up: both request kinds once
+        for srv in servers.values():  # warm-up: both request kinds once
             for kind in counts:
                 asyncio.run(_cell(srv.base, bodies(kind, 1), 1))
         flip = False

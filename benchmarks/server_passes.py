@@ -13,14 +13,16 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import torch  # noqa: E402
-from common import data_dir  # noqa: E402
+
 from clsgen.backbones import load_model  # noqa: E402
+from clsgen.batcher import Job  # noqa: E402
 from clsgen.config import DataConfig  # noqa: E402
 from clsgen.datasets import load_dataset  # noqa: E402
 from clsgen.inference import Predictor  # noqa: E402
 from clsgen.model import DualHeadModel  # noqa: E402
 from clsgen.server import Engine  # noqa: E402
-from clsgen.batcher import Job  # noqa: E402
+
+from common import data_dir  # noqa: E402
 
 dtype, n, reps = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
 torch.set_num_threads(1)
@@ -45,7 +47,7 @@ for r in range(reps):
         times[k].append(time.perf_counter() - t)
 for k, v in times.items():
     m = statistics.median(v)
-    print(f"{k:12s} median {m:7.2f} s for {n} requests -> {n / m:.3f} req/s  {['%.2f' % x for x in v]}")
+    print(f"{k:12s} median {m:7.2f} s for {n} requests -> {n / m:.3f} req/s  {[f'{x:.2f}' for x in v]}")
 u = statistics.median(times["unbatched"])
 for k in ("old batched", "new groups"):
     print(f"{k} / unbatched throughput: {u / statistics.median(times[k]):.2f}x")

@@ -34,8 +34,9 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 sys.path.insert(0, str(HERE.parent))
 
-from common import Section, Target, data_dir, main, table  # noqa: E402
 from hardware import WAIT_POLICY  # noqa: E402  (both sides run under it; see hardware.py)
+
+from common import Section, Target, data_dir, main, table  # noqa: E402
 
 SIZES = {
     # batch size, max length, prompt cap, steps per process (the first is warm-up), rounds; hf_grouped also

@@ -69,8 +69,9 @@ class Calibration:
 
 
 def fit_calibration(y: Any, logits: Any, method: str = "max_f1", fixed: float = DEFAULT_THRESHOLD,
-                    temperature: bool = True, n_boot: int = 0, split: str = "validation") -> Calibration:
-    """Fit the temperature (unless `temperature` is False) and choose the threshold on dev data.
+                    scale_temperature: bool = True, n_boot: int = 0, split: str = "validation") -> Calibration:
+    """Fit the calibration temperature (unless `scale_temperature` is False: T = 1) and choose the
+    threshold on dev data.
 
     `logits` are the head's raw logits (no temperature applied).
     """
@@ -83,7 +84,7 @@ def fit_calibration(y: Any, logits: Any, method: str = "max_f1", fixed: float = 
     if len(y) == 0:
         raise ClsgenError(f"the {split} split is empty: nothing to choose a threshold or fit a "
                           "temperature on; use a dataset with a validation split")
-    t = fit_temperature(y, z) if temperature else 1.0
+    t = fit_temperature(y, z) if scale_temperature else 1.0
     p_before = apply_temperature(z, 1.0)
     p_after = apply_temperature(z, t)
     try:

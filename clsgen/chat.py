@@ -8,8 +8,9 @@ that could still become a stop string is held back, and so is a half-decoded cha
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Callable, Sequence
+from typing import TYPE_CHECKING, Any
 
 from .errors import ClsgenError
 from .modes import eval_mode

@@ -11,9 +11,10 @@ import json
 import logging
 import os
 import random
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any
 
 from .config import Config, DataConfig, TaskConfig
 from .data import (

@@ -9,8 +9,9 @@ trained model, `calibrate` chooses the threshold and temperature on validation d
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -26,14 +27,15 @@ from .task import Task
 
 
 def calibrate_predictor(predictor: Predictor, examples: Sequence[Example], method: str = "max_f1",
-                        fixed: float = DEFAULT_THRESHOLD, temperature: bool = True, n_boot: int = 0,
+                        fixed: float = DEFAULT_THRESHOLD, scale_temperature: bool = True, n_boot: int = 0,
                         split: str = "validation") -> Calibration:
-    """Fit on `examples` (dev) and set the model's meta threshold/temperature (in memory)."""
+    """Fit on `examples` (dev) and set the model's meta threshold/temperature (in memory); see
+    `clsgen.calibration.fit_calibration`."""
     if not examples:
         raise ClsgenError(f"the {split} split is empty: nothing to calibrate on")
     y = labels_of(examples)
     cal = fit_calibration(y, predictor.logits(examples), method=method, fixed=fixed,
-                          temperature=temperature, n_boot=n_boot, split=split)
+                          scale_temperature=scale_temperature, n_boot=n_boot, split=split)
     apply_calibration(predictor.model.meta, cal)
     return cal
 
@@ -121,7 +123,8 @@ class ClsgenClassifier(TwoColumnProba):
         """Choose the threshold and fit the temperature on `validation` (the model is unchanged)."""
         self._explained = {}
         self.calibration = calibrate_predictor(self._fitted(), validation, method=self.threshold_method,
-                                               fixed=self.fixed_threshold, temperature=self.calibrate_temperature)
+                                               fixed=self.fixed_threshold,
+                                               scale_temperature=self.calibrate_temperature)
         return self
 
     def save_calibration(self, path: str | Path | None = None) -> Path:

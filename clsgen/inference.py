@@ -10,9 +10,10 @@ then runs a small greedy / sampling loop over the cache, stopping each row at it
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterator, Literal, Mapping, Sequence
+from typing import Any, Literal
 
 import numpy as np
 import torch
@@ -22,8 +23,8 @@ from .collate import pad_left
 from .data import Example
 from .errors import ClsgenError
 from .metrics import sigmoid
-from .modes import eval_mode
 from .model import DualHeadModel, load_pretrained
+from .modes import eval_mode
 from .task import PromptIds, Task
 
 MIN_NEW_TOKENS_ROOM = 16

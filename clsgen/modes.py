@@ -4,7 +4,8 @@ the mode it had, so a training loop can score or generate with its own model in 
 from __future__ import annotations
 
 import contextlib
-from typing import Any, Iterator
+from collections.abc import Iterator
+from typing import Any
 
 
 @contextlib.contextmanager

@@ -60,7 +60,7 @@ def test_threshold_options():
     y, logits = _overconfident(seed=1)
     youden = fit_calibration(y, logits, method="youden")
     assert youden.threshold == choose_threshold(y, apply_temperature(logits, youden.temperature), "youden")
-    fixed = fit_calibration(y, logits, method="fixed", fixed=0.3, temperature=False)
+    fixed = fit_calibration(y, logits, method="fixed", fixed=0.3, scale_temperature=False)
     assert fixed.threshold == 0.3 and fixed.temperature == 1.0
     with pytest.raises(ClsgenError, match="not one of"):
         fit_calibration(y, logits, method="median")

@@ -6,11 +6,18 @@ import pytest
 import torch
 
 from clsgen.collate import (
-    Encoded, collate_prompts, pad_left, collate_train, encode_example, padding_stats, plan_epoch, prompt_fixed_part,
+    IGNORE_INDEX,
+    Encoded,
+    collate_prompts,
+    collate_train,
+    encode_example,
+    pad_left,
+    padding_stats,
+    plan_epoch,
+    prompt_fixed_part,
     training_task,
 )
 from clsgen.errors import ClsgenError
-from clsgen.collate import IGNORE_INDEX
 from clsgen.task import Task
 
 TASK = Task(name="t", system="Decide.", template="Note: {text}", verbalizers=("NO", "YES"))

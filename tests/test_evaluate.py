@@ -15,8 +15,8 @@ from clsgen.backbones import tiny_model
 from clsgen.cli import main
 from clsgen.data import Example
 from clsgen.errors import ClsgenError
-from clsgen.evaluate import evaluate
 from clsgen.estimator import ClsgenClassifier
+from clsgen.evaluate import evaluate
 from clsgen.inference import Predictor
 from clsgen.metrics import apply_temperature, choose_threshold, compute_metrics, fit_temperature, logit
 from clsgen.model import DualHeadModel

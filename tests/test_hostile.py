@@ -144,9 +144,9 @@ def test_control_tokens_in_chat_messages_stay_plain_text_on_the_real_tokenizer(e
 
 @pytest.fixture(scope="module")
 def tiny_model_dir(tmp_path_factory):
-    from helpers import save_tiny_classifier
-
     from clsgen.task import Task
+
+    from helpers import save_tiny_classifier
 
     return save_tiny_classifier(Task("t", "Is it positive?", "Note: {text}", ("no", "yes")),
                                 tmp_path_factory.mktemp("served") / "model")

@@ -5,10 +5,10 @@ from __future__ import annotations
 import re
 import subprocess
 import sys
-import tomllib
 from pathlib import Path
 
 import pytest
+import tomllib
 
 import clsgen
 
@@ -52,8 +52,16 @@ def test_the_python_api_names_resolve():
     code = ("from clsgen import train, evaluate; from clsgen.train import train as t; "
             "from clsgen.evaluate import evaluate as e; assert train is t and evaluate is e")
     subprocess.run([sys.executable, "-c", code], check=True, timeout=300)
-    from clsgen import ClsgenClassifier, Config, Predictor, load_config, load_dataset, load_pretrained, push_to_hub
-    from clsgen import write_model_card
+    from clsgen import (
+        ClsgenClassifier,
+        Config,
+        Predictor,
+        load_config,
+        load_dataset,
+        load_pretrained,
+        push_to_hub,
+        write_model_card,
+    )
     assert callable(load_dataset) and callable(load_config) and callable(load_pretrained)
     assert callable(push_to_hub) and callable(write_model_card)
     assert Predictor.__name__ == "Predictor" and ClsgenClassifier.name == "clsgen" and Config().train.lr > 0

@@ -18,8 +18,8 @@ import pytest
 
 from clsgen.cli import main
 from clsgen.data import Example
-from clsgen.evaluate import evaluate
 from clsgen.estimator import ClsgenClassifier
+from clsgen.evaluate import evaluate
 from clsgen.inference import Predictor
 from clsgen.task import Task
 

@@ -12,12 +12,11 @@ import threading
 import time
 
 import pytest
+from test_synth_openai import GOOD, TASK, FakeServer, examples, teacher
 
 from clsgen.errors import ClsgenError
 from clsgen.synth import read_synth, synthesize
 from clsgen.synth.build import FAULT_KINDS
-
-from test_synth_openai import GOOD, TASK, FakeServer, examples, teacher
 
 # tag -> (the fault kind counted for it, how many times)
 FAULTS = {

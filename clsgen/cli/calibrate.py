@@ -38,8 +38,8 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 def run_calibrate(args: argparse.Namespace) -> int:
     from ..calibration import format_calibration, store_calibration
-    from ..estimator import calibrate_predictor
     from ..datasets import load_dataset
+    from ..estimator import calibrate_predictor
     from ..inference import Predictor
 
     meta = model_meta(args.model)
@@ -57,7 +57,7 @@ def run_calibrate(args: argparse.Namespace) -> int:
               "optimistic", file=sys.stderr)
     predictor = Predictor(load_trained(args), batch_size=cfg.eval.batch_size, progress=True)
     cal = calibrate_predictor(predictor, examples, method=cfg.eval.threshold, fixed=cfg.eval.fixed_threshold,
-                              temperature=cfg.eval.calibrate, n_boot=args.n_bootstrap, split=split)
+                              scale_temperature=cfg.eval.calibrate, n_boot=args.n_bootstrap, split=split)
     if args.json:
         print(json.dumps(cal.to_meta(), indent=2))
     else:

@@ -58,9 +58,9 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 def run_evaluate(args: argparse.Namespace) -> int:
     from ..datasets import load_dataset
+    from ..estimator import ClsgenClassifier
     from ..evaluate import METRICS_FILE, PREDICTIONS_FILE, evaluate
     from ..files import check_run_dir
-    from ..estimator import ClsgenClassifier
 
     started = time.perf_counter()
     meta = model_meta(args.model)

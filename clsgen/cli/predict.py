@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import argparse
 import json
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 from ..errors import ClsgenError
 from .model_options import add_model_options, add_sampling_options, check_model_kind, load_predictor, model_meta

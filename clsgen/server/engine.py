@@ -4,8 +4,9 @@ server that calls the `Predictor` (never the model itself)."""
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, Sequence
+from typing import Any
 
 from ..batcher import Job
 from ..chat import ChatTemplateError

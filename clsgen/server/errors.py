@@ -6,7 +6,8 @@ from __future__ import annotations
 import asyncio
 import logging
 import traceback
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 from fastapi import Request
 from fastapi.responses import JSONResponse
