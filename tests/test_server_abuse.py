@@ -33,7 +33,7 @@ import httpx
 import numpy as np
 import pytest
 
-from helpers import ServerProcess, randomize_lora
+from helpers import NOTE_TASK, ServerProcess, talking_model
 
 REPO = Path(__file__).resolve().parent.parent
 KEY = "abuse-test-key-90210"
@@ -91,15 +91,8 @@ def distinct_texts(model, n: int, gap: float = 5e-4) -> list[str]:
 
 @pytest.fixture(scope="module")
 def setup(tmp_path_factory):
-    from clsgen.backbones import tiny_model
-    from clsgen.model import DualHeadModel
-    from clsgen.task import Task
-
     root = tmp_path_factory.mktemp("abuse")
-    task = Task(name="note", system="Decide whether the patient dies within 30 days.",
-                template="Note: {text}", verbalizers=("NO", "YES"))
-    model = DualHeadModel.from_backbone(tiny_model(), task).eval()
-    randomize_lora(model)
+    model = talking_model(NOTE_TASK).eval()
     model_dir = model.save_pretrained(root / "tiny-note")
     texts = distinct_texts(model, N_TEXTS)
     srv = ServerProcess(model_dir, root / "server.log", "--api-key-env", KEY_ENV, "--threads", "1", "--max-body-bytes", str(MAX_BODY),
