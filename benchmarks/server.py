@@ -15,14 +15,12 @@ from __future__ import annotations
 
 import asyncio
 import socket
-import sys
 import threading
 import time
-from pathlib import Path
 
-HERE = Path(__file__).resolve().parent
-sys.path.insert(0, str(HERE))
-sys.path.insert(0, str(HERE.parent))
+import _path  # noqa: F401  (first: this checkout's clsgen on sys.path)
+
+# isort: split
 
 from common import Section, data_dir, table  # noqa: E402
 

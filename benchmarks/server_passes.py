@@ -7,10 +7,10 @@ no batching (one row per pass). Interleaved runs, medians; ratios are what to re
 import statistics
 import sys
 import time
-from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+import _path  # noqa: F401  (first: this checkout's clsgen on sys.path)
+
+# isort: split
 
 import torch  # noqa: E402
 

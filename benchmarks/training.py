@@ -30,9 +30,9 @@ import time
 from pathlib import Path
 from typing import Any
 
-HERE = Path(__file__).resolve().parent
-sys.path.insert(0, str(HERE))
-sys.path.insert(0, str(HERE.parent))
+from _path import HERE  # first: this checkout's clsgen on sys.path
+
+# isort: split
 
 from hardware import WAIT_POLICY  # noqa: E402  (both sides run under it; see hardware.py)
 

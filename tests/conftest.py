@@ -15,6 +15,33 @@ import pytest
 
 REPO = Path(__file__).resolve().parent.parent
 
+SYSTEM_TESTS = {
+    "test_crash_resume", "test_disk_errors", "test_distributed", "test_fuzz_http", "test_fuzz_inputs",
+    "test_hostile", "test_load", "test_privacy", "test_server_abuse", "test_server_process",
+    "test_synth_faults", "test_synth_openai", "test_webpage",
+}
+"""The system layer: real processes, kills, full disks, fuzzing, abuse, load, a browser."""
+WHOLE_RUN_TESTS = {"test_card", "test_evaluate", "test_experiment", "test_report", "test_train", "test_trunk"}
+"""Unit tests of the layers that run whole trainings, evaluations and reports on the tiny model."""
+
+
+def pytest_ignore_collect(collection_path, config):
+    """Under `-m "not slow"` (make test-fast) the slow modules are not even imported."""
+    if config.getoption("markexpr", "") == "not slow" and collection_path.suffix == ".py":
+        return collection_path.stem in SYSTEM_TESTS | WHOLE_RUN_TESTS or None
+    return None
+
+
+def pytest_collection_modifyitems(config, items):
+    """Mark the system tests `system`, and those and the whole-run tests `slow`: `make test-fast`
+    (`-m "not slow"`) runs the rest, the edit loop's tests, in under a minute."""
+    for item in items:
+        module = item.path.stem
+        if module in SYSTEM_TESTS:
+            item.add_marker(pytest.mark.system)
+        if module in SYSTEM_TESTS or module in WHOLE_RUN_TESTS:
+            item.add_marker(pytest.mark.slow)
+
 
 @pytest.fixture(scope="session", autouse=True)
 def one_cpu_thread():

@@ -45,6 +45,7 @@ def test_import_clsgen_is_cheap_and_the_api_is_lazy():
     assert out.stdout.strip() == "[]"
 
 
+@pytest.mark.slow  # a fresh interpreter imports the whole stack
 def test_the_python_api_names_resolve():
     # `train` and `evaluate` are also submodule names: in a process that imported the submodule
     # `clsgen.train` first, the package attribute is that module (a known defect, see issue 18's note);

@@ -45,7 +45,8 @@ from ..task import Task
 from ..verdict import parse_verdict, split_verdict
 from .prompts import TeacherPrompt, settings_hash
 from .store import SynthStore
-from .teachers import TRANSPORT_FAULTS, Reply, Request, Teacher, make_teacher
+from .teacher import TRANSPORT_FAULTS, Reply, Request, Teacher
+from .teachers import make_teacher
 
 CONTENT_FAULTS = ("empty", "too_long", "missing_verdict", "wrong_verdict", "text_after_verdict",
                   "degenerate", "too_short", "ungrounded_number", "http_4xx", "missing_reference")

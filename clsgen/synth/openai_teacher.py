@@ -15,7 +15,7 @@ from typing import Any
 
 from ..data import Example
 from ..errors import ClsgenError
-from .teachers import Reply, Request, request_seed
+from .teacher import Reply, Request, request_seed
 
 
 class TeacherAbort(ClsgenError):
