@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import ast
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -78,5 +79,8 @@ def test_readme_layout_names_every_module_and_package():
     missing = sorted(m for m in modules | packages if m not in words)
     assert not missing, f"README.md's layout omits {', '.join(missing)}"
     for package in ("synth", "server", "baselines"):
+        listed = re.search(rf"{package}/ \(([^)]*)\)", layout)
+        assert listed, f"README.md's layout does not list {package}/'s modules in parentheses"
         named = {p.stem for p in (PACKAGE / package).glob("*.py") if p.name != "__init__.py"}
-        assert named <= words, f"README.md's layout omits {package}/ {sorted(named - words)}"
+        words_listed = {w.strip() for w in listed.group(1).split(",")}
+        assert named <= words_listed, f"README.md's layout omits {package}/ {sorted(named - words_listed)}"
