@@ -27,7 +27,7 @@ test: install
 	-bash scripts/ensure_chromium.sh
 	$(PY) -m pytest -q $(PYTEST_ARGS)
 
-# The edit loop: the tests that run in seconds (no real model, no server process, no fuzzing); under a minute.
+# The edit loop: the tests that take seconds (no real model, no server process, no fuzzing); about a minute of CPU.
 test-fast: install
 	$(PY) -m pytest -q -m "not slow" $(PYTEST_ARGS)
 
