@@ -7,7 +7,7 @@ PYTEST_ARGS ?=
 # Built-in datasets: ../shared/data when it is there (this repository's CI), else the user cache.
 export CLSGEN_DATA_DIR ?= $(if $(wildcard ../shared/data),$(abspath ../shared/data),)
 
-.PHONY: install test demo clean-venv
+.PHONY: install test test-fast lint demo clean-venv
 
 install: $(STAMP)
 
@@ -26,6 +26,14 @@ test: install
 	# The web-page test drives Debian's Chromium (installed here when missing; never a downloaded browser).
 	-bash scripts/ensure_chromium.sh
 	$(PY) -m pytest -q $(PYTEST_ARGS)
+
+# The edit loop: the tests that take seconds (no real model, no server process, no fuzzing); about a minute of CPU.
+test-fast: install
+	$(PY) -m pytest -q -m "not slow" $(PYTEST_ARGS)
+
+# ruff, configured in pyproject.toml (lint only: the tree is not reformatted in one sweep).
+lint: install
+	$(PY) -m ruff check .
 
 demo: install
 	$(VENV)/bin/clsgen demo

@@ -24,12 +24,11 @@ import sys
 import tempfile
 import textwrap
 import time
-from pathlib import Path
 from typing import Any
 
-HERE = Path(__file__).resolve().parent
-sys.path.insert(0, str(HERE))
-sys.path.insert(0, str(HERE.parent))
+from _path import HERE  # first: this checkout's clsgen on sys.path
+
+# isort: split
 
 from common import Section, interleaved, main, table  # noqa: E402
 

@@ -15,12 +15,10 @@ same ones. Every side starts from the example's text fields and ends with the de
 from __future__ import annotations
 
 import copy
-import sys
-from pathlib import Path
 
-HERE = Path(__file__).resolve().parent
-sys.path.insert(0, str(HERE))
-sys.path.insert(0, str(HERE.parent))
+import _path  # noqa: F401  (first: this checkout's clsgen on sys.path)
+
+# isort: split
 
 from common import Section, Target, data_dir, interleaved, table  # noqa: E402
 

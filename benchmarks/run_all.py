@@ -10,14 +10,13 @@ from __future__ import annotations
 import argparse
 import importlib
 import json
-import sys
 import time
 from datetime import datetime, timezone
 from pathlib import Path
 
-HERE = Path(__file__).resolve().parent
-sys.path.insert(0, str(HERE))
-sys.path.insert(0, str(HERE.parent))
+from _path import HERE  # first: this checkout's clsgen on sys.path
+
+# isort: split
 
 from common import machine  # noqa: E402
 

@@ -9,12 +9,9 @@ real CliniFact test examples (claim + abstract, the task's default prompt limit 
 
 from __future__ import annotations
 
-import sys
-from pathlib import Path
+import _path  # noqa: F401  (first: this checkout's clsgen on sys.path)
 
-HERE = Path(__file__).resolve().parent
-sys.path.insert(0, str(HERE))
-sys.path.insert(0, str(HERE.parent))
+# isort: split
 
 from common import Section, Target, data_dir, interleaved, table  # noqa: E402
 

@@ -15,14 +15,12 @@ from __future__ import annotations
 
 import asyncio
 import socket
-import sys
 import threading
 import time
-from pathlib import Path
 
-HERE = Path(__file__).resolve().parent
-sys.path.insert(0, str(HERE))
-sys.path.insert(0, str(HERE.parent))
+import _path  # noqa: F401  (first: this checkout's clsgen on sys.path)
+
+# isort: split
 
 from common import Section, data_dir, table  # noqa: E402
 
@@ -125,7 +123,7 @@ def run(quick: bool = False) -> Section:
     results: dict[str, dict] = {}
     with _Server(apps["batched"]) as a, _Server(apps["unbatched"]) as b:
         servers = {"batched": a, "unbatched": b}
-        for mode, srv in servers.items():  # warm-up: both request kinds once
+        for srv in servers.values():  # warm-up: both request kinds once
             for kind in counts:
                 asyncio.run(_cell(srv.base, bodies(kind, 1), 1))
         flip = False

@@ -7,20 +7,22 @@ no batching (one row per pass). Interleaved runs, medians; ratios are what to re
 import statistics
 import sys
 import time
-from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+import _path  # noqa: F401  (first: this checkout's clsgen on sys.path)
+
+# isort: split
 
 import torch  # noqa: E402
-from common import data_dir  # noqa: E402
+
 from clsgen.backbones import load_model  # noqa: E402
+from clsgen.batcher import Job  # noqa: E402
 from clsgen.config import DataConfig  # noqa: E402
 from clsgen.datasets import load_dataset  # noqa: E402
 from clsgen.inference import Predictor  # noqa: E402
 from clsgen.model import DualHeadModel  # noqa: E402
-from clsgen.server import _Engine  # noqa: E402
-from clsgen.batcher import Job  # noqa: E402
+from clsgen.server import Engine  # noqa: E402
+
+from common import data_dir  # noqa: E402
 
 dtype, n, reps = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
 torch.set_num_threads(1)
@@ -28,7 +30,7 @@ ds = load_dataset(DataConfig(dataset="clinifact", data_dir=data_dir(), max_eval=
 items = [dict(ex.fields) for ex in ds.test][:n]
 model = DualHeadModel.from_backbone(load_model("smollm2-135m", dtype=dtype), ds.task).eval()
 pred = Predictor(model, batch_size=8)
-engine = _Engine(pred)
+engine = Engine(pred)
 lengths = [len(pred.encode(it).input_ids) for it in items]
 print("prompt tokens", min(lengths), statistics.median(lengths), max(lengths))
 modes = {
@@ -45,7 +47,7 @@ for r in range(reps):
         times[k].append(time.perf_counter() - t)
 for k, v in times.items():
     m = statistics.median(v)
-    print(f"{k:12s} median {m:7.2f} s for {n} requests -> {n / m:.3f} req/s  {['%.2f' % x for x in v]}")
+    print(f"{k:12s} median {m:7.2f} s for {n} requests -> {n / m:.3f} req/s  {[f'{x:.2f}' for x in v]}")
 u = statistics.median(times["unbatched"])
 for k in ("old batched", "new groups"):
     print(f"{k} / unbatched throughput: {u / statistics.median(times[k]):.2f}x")

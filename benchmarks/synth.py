@@ -11,12 +11,9 @@ not enter the figures.
 
 from __future__ import annotations
 
-import sys
-from pathlib import Path
+import _path  # noqa: F401  (first: this checkout's clsgen on sys.path)
 
-HERE = Path(__file__).resolve().parent
-sys.path.insert(0, str(HERE))
-sys.path.insert(0, str(HERE.parent))
+# isort: split
 
 from common import Section, data_dir, interleaved, table  # noqa: E402
 
@@ -27,8 +24,8 @@ def run(quick: bool = False) -> Section:
     from clsgen.backbones import load_model
     from clsgen.config import DataConfig
     from clsgen.datasets import load_dataset
+    from clsgen.synth import LocalTeacher, Request
     from clsgen.synth.prompts import TeacherPrompt
-    from clsgen.synth.teachers import LocalTeacher, Request
 
     n = 4 if quick else 8
     repeats = 1 if quick else 2

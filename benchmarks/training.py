@@ -30,12 +30,13 @@ import time
 from pathlib import Path
 from typing import Any
 
-HERE = Path(__file__).resolve().parent
-sys.path.insert(0, str(HERE))
-sys.path.insert(0, str(HERE.parent))
+from _path import HERE  # first: this checkout's clsgen on sys.path
+
+# isort: split
+
+from hardware import WAIT_POLICY  # noqa: E402  (both sides run under it; see hardware.py)
 
 from common import Section, Target, data_dir, main, table  # noqa: E402
-from hardware import WAIT_POLICY  # noqa: E402  (both sides run under it; see hardware.py)
 
 SIZES = {
     # batch size, max length, prompt cap, steps per process (the first is warm-up), rounds; hf_grouped also
@@ -90,7 +91,7 @@ def _examples(spec: dict[str, Any]) -> list[Any]:
 def _encoded(spec: dict[str, Any], tokenizer: Any) -> list[Any]:
     """The examples as clsgen encodes them for training (prompt + explanation + verdict line)."""
     from clsgen.collate import encode_example, training_task
-    from clsgen.train import task_from_config
+    from clsgen.datasets import task_from_config
 
     cfg = _config(spec)
     task = training_task(task_from_config(cfg), tokenizer, cfg.train.max_length)
@@ -147,7 +148,7 @@ def _child_hf(spec: dict[str, Any]) -> dict[str, Any]:
     from transformers.utils import logging as hf_logging
 
     from clsgen.backbones import embedded_checkpoint, prepare_tokenizer, resolve_dtype
-    from clsgen.model import IGNORE_INDEX
+    from clsgen.collate import IGNORE_INDEX
 
     hf_logging.set_verbosity_error()
     torch.set_num_threads(spec["threads"])

@@ -30,9 +30,9 @@ _EXPORTS = {
     "DualHeadModel": "model", "load_pretrained": "model",
     # training, inference, evaluation
     "train": "train", "score": "train", "load_training_examples": "train", "TrainResult": "train",
-    "Predictor": "inference", "Prediction": "inference", "ClsgenClassifier": "inference",
+    "Predictor": "inference", "Prediction": "inference", "ClsgenClassifier": "estimator",
     "evaluate": "evaluate", "EvalResult": "evaluate",
-    "fit_calibration": "calibration", "calibrate_predictor": "calibration",
+    "fit_calibration": "calibration", "calibrate_predictor": "estimator",
     "synthesize": "synth", "make_teacher": "synth",
     "run_experiment": "experiment",
     "write_model_card": "card", "push_to_hub": "hub",
@@ -56,16 +56,17 @@ def __dir__() -> list[str]:
 
 if TYPE_CHECKING:  # for type checkers and IDEs; nothing is imported at run time
     from .backbones import load_model
-    from .calibration import calibrate_predictor, fit_calibration
+    from .calibration import fit_calibration
     from .card import write_model_card
     from .config import Config, load_config
     from .data import Example
     from .datasets import DatasetSplits, load_dataset
     from .errors import ClsgenError, ConfigError, DataError
+    from .estimator import ClsgenClassifier, calibrate_predictor
     from .evaluate import EvalResult, evaluate
     from .experiment import run_experiment
     from .hub import push_to_hub
-    from .inference import ClsgenClassifier, Prediction, Predictor
+    from .inference import Prediction, Predictor
     from .model import DualHeadModel, load_pretrained
     from .synth import make_teacher, synthesize
     from .task import Task

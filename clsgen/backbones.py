@@ -12,10 +12,12 @@ index, tokenizer_config.json) must stay inside it (`check_model_dir`).
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import importlib.util
 import json
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -93,7 +95,43 @@ def prepare_tokenizer(tokenizer: Any) -> Any:
     return tokenizer
 
 
+END_OF_TURN_TOKENS = ("<|im_end|>", "<|eot_id|>", "<|end_of_turn|>", "<end_of_turn>", "<|endoftext|>",
+                      "<|end|>", "</s>")
+"""Special tokens that end the assistant turn when the tokenizer has them (besides its eos)."""
+
+
+def stop_token_ids(model: Any, tokenizer: Any) -> set[int]:
+    """The token ids that end a generated assistant turn: the tokenizer's eos, the model's generation
+    config eos (one id or a list), and every end-of-turn token of `END_OF_TURN_TOKENS` in the vocabulary
+    (a chat template may close a turn with a token its configs do not name as eos)."""
+    ids: set[int] = set()
+    if tokenizer.eos_token_id is not None:
+        ids.add(int(tokenizer.eos_token_id))
+    eos = getattr(getattr(model, "generation_config", None), "eos_token_id", None)
+    if eos is not None:
+        ids.update(int(e) for e in (eos if isinstance(eos, (list, tuple)) else [eos]))
+    vocab = tokenizer.get_vocab()
+    ids.update(vocab[t] for t in END_OF_TURN_TOKENS if t in vocab)
+    return ids
+
+
 # ---------------------------------------------------------------------------- embedded model
+
+
+@contextlib.contextmanager
+def quiet_loading() -> Iterator[None]:
+    """No "Loading weights" progress bar from transformers for the block (a local load takes seconds and
+    the bar repeated on every load); the setting is restored afterwards. Use it only around loads
+    that download nothing, so a hub download keeps its progress bar."""
+    from transformers.utils import logging as hf_logging
+
+    was_enabled = hf_logging.is_progress_bar_enabled()
+    hf_logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        if was_enabled:
+            hf_logging.enable_progress_bar()
 
 
 def embedded_gguf_path() -> Path:
@@ -113,8 +151,9 @@ def load_gguf(dtype: torch.dtype = torch.float32) -> tuple[Any, Any]:
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     gguf = embedded_gguf_path()
-    tokenizer = AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
-    model = AutoModelForCausalLM.from_pretrained(str(gguf.parent), gguf_file=gguf.name, dtype=dtype)
+    with quiet_loading():
+        tokenizer = AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
+        model = AutoModelForCausalLM.from_pretrained(str(gguf.parent), gguf_file=gguf.name, dtype=dtype)
     return model, tokenizer
 
 
@@ -317,9 +356,10 @@ def load_model(spec: str = EMBEDDED, dtype: str | torch.dtype = "auto", revision
     # an explicit bool: with None, transformers would ask on stdin whether to run a model's code
     kwargs = dict(revision=revision, trust_remote_code=bool(trust_remote_code))
     try:
-        tokenizer = AutoTokenizer.from_pretrained(str(path), **kwargs)
-        model = AutoModelForCausalLM.from_pretrained(str(path), dtype=torch_dtype, use_safetensors=True,
-                                                     **kwargs)
+        with quiet_loading() if is_dir else contextlib.nullcontext():  # a hub download keeps its bar
+            tokenizer = AutoTokenizer.from_pretrained(str(path), **kwargs)
+            model = AutoModelForCausalLM.from_pretrained(str(path), dtype=torch_dtype, use_safetensors=True,
+                                                         **kwargs)
     except OSError as e:
         where = "the directory" if is_dir else "the hub id (needs network and, for gated models, a token)"
         raise ClsgenError(f"cannot load model {spec!r}: {str(e).splitlines()[0]}; check {where}") from None

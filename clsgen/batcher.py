@@ -18,8 +18,9 @@ import math
 import threading
 import time
 from collections import deque
+from collections.abc import Callable, Hashable, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Callable, Hashable, Sequence
+from typing import Any
 
 Handler = Callable[[Sequence["Job"]], Sequence[Any]]
 """Runs a batch of jobs in the worker thread; returns one result per job, in order."""

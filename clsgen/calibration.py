@@ -7,6 +7,9 @@ into the model directory's clsgen.json (written atomically), where `Predictor` r
 "Before" means the model as trained: T = 1 and threshold 0.5. "After" means the fitted T and the
 chosen threshold. Temperature scaling leaves AUROC/AUPRC unchanged (it is monotone); it moves ECE
 and Brier, and the threshold moves F1 and accuracy.
+
+Everything here works on labels and logits (numpy, no torch); `clsgen.estimator.calibrate_predictor` runs a Predictor
+to get them.
 """
 
 from __future__ import annotations
@@ -14,12 +17,10 @@ from __future__ import annotations
 import datetime as _dt
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Sequence
+from typing import Any
 
 import numpy as np
 
-from .classifier import labels_of
-from .data import Example
 from .errors import ClsgenError
 from .files import atomic_write_json
 from .metrics import (
@@ -31,11 +32,6 @@ from .metrics import (
     compute_metrics,
     fit_temperature,
 )
-from .card import write_model_card
-from .model import META_FILE, read_meta
-
-if TYPE_CHECKING:
-    from .inference import Predictor
 
 DEFAULT_THRESHOLD = 0.5
 SUMMARY_METRICS = ("auroc", "auprc", "f1", "accuracy", "ece", "brier")
@@ -73,8 +69,9 @@ class Calibration:
 
 
 def fit_calibration(y: Any, logits: Any, method: str = "max_f1", fixed: float = DEFAULT_THRESHOLD,
-                    temperature: bool = True, n_boot: int = 0, split: str = "validation") -> Calibration:
-    """Fit the temperature (unless `temperature` is False) and choose the threshold on dev data.
+                    scale_temperature: bool = True, n_boot: int = 0, split: str = "validation") -> Calibration:
+    """Fit the calibration temperature (unless `scale_temperature` is False: T = 1) and choose the
+    threshold on dev data.
 
     `logits` are the head's raw logits (no temperature applied).
     """
@@ -87,7 +84,7 @@ def fit_calibration(y: Any, logits: Any, method: str = "max_f1", fixed: float = 
     if len(y) == 0:
         raise ClsgenError(f"the {split} split is empty: nothing to choose a threshold or fit a "
                           "temperature on; use a dataset with a validation split")
-    t = fit_temperature(y, z) if temperature else 1.0
+    t = fit_temperature(y, z) if scale_temperature else 1.0
     p_before = apply_temperature(z, 1.0)
     p_after = apply_temperature(z, t)
     try:
@@ -103,19 +100,6 @@ def fit_calibration(y: Any, logits: Any, method: str = "max_f1", fixed: float = 
                        after={k: after[k] for k in SUMMARY_METRICS}, split=split)
 
 
-def calibrate_predictor(predictor: Predictor, examples: Sequence[Example], method: str = "max_f1",
-                        fixed: float = DEFAULT_THRESHOLD, temperature: bool = True, n_boot: int = 0,
-                        split: str = "validation") -> Calibration:
-    """Fit on `examples` (dev) and set the model's meta threshold/temperature (in memory)."""
-    if not examples:
-        raise ClsgenError(f"the {split} split is empty: nothing to calibrate on")
-    y = labels_of(examples)
-    cal = fit_calibration(y, predictor.logits(examples), method=method, fixed=fixed,
-                          temperature=temperature, n_boot=n_boot, split=split)
-    apply_calibration(predictor.model.meta, cal)
-    return cal
-
-
 def apply_calibration(meta: dict[str, Any], cal: Calibration) -> dict[str, Any]:
     """Put the calibration into a model meta dict (in place) and return it."""
     meta["threshold"] = cal.threshold
@@ -127,6 +111,9 @@ def apply_calibration(meta: dict[str, Any], cal: Calibration) -> dict[str, Any]:
 def store_calibration(model_dir: str | Path, cal: Calibration) -> Path:
     """Write threshold and temperature into `model_dir`/clsgen.json atomically (other keys are kept)
     and rewrite its README.md."""
+    from .card import write_model_card  # the model folder's modules load torch; fitting needs none
+    from .model import META_FILE, read_meta
+
     model_dir = Path(model_dir)
     meta = read_meta(model_dir)
     apply_calibration(meta, cal)

@@ -14,8 +14,9 @@ from __future__ import annotations
 import json
 import re
 import string
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 import yaml
 
@@ -168,16 +169,18 @@ def load_snippet(meta: Mapping[str, Any], head_keys: frozenset[str] = frozenset(
         pick = "[0][:, -1]" if pooling == "last" else "[0].mean(1)"
     standardise = "shift" in head_keys or "scale" in head_keys
     system = ('{"role": "system", "content": meta["task"]["system"]}, ' if task.get("system") else "")
-    loader = ('lm = AutoModelForCausalLM.from_pretrained(".", dtype=torch.%s).eval()' % dtype if merged else
+    loader = (f'lm = AutoModelForCausalLM.from_pretrained(".", dtype=torch.{dtype}).eval()' if merged else
               'base = json.load(open("adapter_config.json"))["base_model_name_or_path"]\n'
-              f'lm = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(base, dtype=torch.{dtype}), ".").eval()')
+              "lm = PeftModel.from_pretrained("
+              f'AutoModelForCausalLM.from_pretrained(base, dtype=torch.{dtype}), ".").eval()')
     lines = [
         "import json, torch",
         *([] if merged else ["from peft import PeftModel"]),
         "from safetensors.torch import load_file",
         "from transformers import AutoModelForCausalLM, AutoTokenizer",
         "",
-        'meta, head, tok = json.load(open("clsgen.json")), load_file("head.safetensors"), AutoTokenizer.from_pretrained(".")',
+        'meta, head, tok = json.load(open("clsgen.json")), load_file("head.safetensors"), '
+        'AutoTokenizer.from_pretrained(".")',
         loader,
         f"fields = {_example_fields(task)}  # your input",
         f'messages = [{system}{{"role": "user", "content": meta["task"]["template"].format(**fields)}}]',

@@ -9,7 +9,8 @@ which returns one text per example (ending with the task's verdict line when the
 
 from __future__ import annotations
 
-from typing import Protocol, Sequence, runtime_checkable
+from collections.abc import Sequence
+from typing import Protocol, runtime_checkable
 
 import numpy as np
 
@@ -22,7 +23,7 @@ class Classifier(Protocol):
 
     name: str
 
-    def fit(self, train: Sequence[Example], validation: Sequence[Example]) -> "Classifier": ...
+    def fit(self, train: Sequence[Example], validation: Sequence[Example]) -> Classifier: ...
 
     def predict_proba(self, examples: Sequence[Example]) -> np.ndarray:
         """(n, 2): P(label 0), P(label 1) per example."""

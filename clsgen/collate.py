@@ -13,16 +13,18 @@ and the number of processes changes only how a global batch is divided, never wh
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, Mapping, Sequence
+from typing import Any
 
 import numpy as np
 import torch
 
 from .errors import ClsgenError
-from .model import IGNORE_INDEX
 from .task import ELLIPSIS, Task
 
+IGNORE_INDEX = -100
+"""The LM target of a position that carries no loss (prompt, padding); cross-entropy skips it."""
 MEGABATCH_STEPS = 50
 """Length grouping sorts within windows of this many global micro-batches (as HF's sampler does)."""
 
@@ -136,15 +138,27 @@ def collate_train(rows: Sequence[Encoded], pad_id: int, weights: Sequence[float]
     }
 
 
-def collate_prompts(prompts: Sequence[Sequence[int]], pad_id: int) -> dict[str, torch.Tensor]:
-    """Left-padded prompt batch for scoring; the head reads the last position of every row."""
+def pad_left(prompts: Sequence[Sequence[int]], pad_id: int,
+             device: torch.device | str | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Left-padded `(input_ids, attention_mask)` of token id sequences, so every row ends at the last
+    position (where the head reads and generation continues); on `device` when given."""
     width = max(len(p) for p in prompts)
     n = len(prompts)
     input_ids = torch.full((n, width), pad_id, dtype=torch.long)
     attention_mask = torch.zeros((n, width), dtype=torch.long)
     for i, p in enumerate(prompts):
-        input_ids[i, width - len(p):] = torch.tensor(list(p), dtype=torch.long)
-        attention_mask[i, width - len(p):] = 1
+        if len(p):
+            input_ids[i, width - len(p):] = torch.tensor(list(p), dtype=torch.long)
+            attention_mask[i, width - len(p):] = 1
+    if device is not None:
+        return input_ids.to(device), attention_mask.to(device)
+    return input_ids, attention_mask
+
+
+def collate_prompts(prompts: Sequence[Sequence[int]], pad_id: int) -> dict[str, torch.Tensor]:
+    """Left-padded prompt batch for scoring; the head reads the last position of every row."""
+    input_ids, attention_mask = pad_left(prompts, pad_id)
+    n, width = input_ids.shape
     return {"input_ids": input_ids, "attention_mask": attention_mask,
             "cls_index": torch.full((n,), width - 1, dtype=torch.long)}
 

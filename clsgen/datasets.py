@@ -11,11 +11,12 @@ import json
 import logging
 import os
 import random
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any
 
-from .config import DataConfig, TaskConfig
+from .config import Config, DataConfig, TaskConfig
 from .data import (
     Example,
     examples_from_rows,
@@ -100,6 +101,32 @@ LCD_TASK = Task(
     max_prompt_tokens=2048,
     truncation="tail",
 )
+
+BUILTIN_TASKS = {"clinifact": CLINIFACT_TASK, "pubmedqa": PUBMEDQA_TASK, "lcd": LCD_TASK}
+"""The task of each built-in dataset, by dataset name."""
+
+
+def _task_overrides(task_cfg: TaskConfig) -> dict[str, Any]:
+    return dict(system=task_cfg.system, template=task_cfg.template, verbalizers=task_cfg.verbalizers,
+                max_prompt_tokens=task_cfg.max_prompt_tokens, truncation=task_cfg.truncation,
+                verdict_position=task_cfg.verdict_position)
+
+
+def _file_task(dataset: str, task_cfg: TaskConfig, template: str) -> Task:
+    """The task of a user's data file: `task_cfg` applied, with `template` rendering its rows."""
+    base = Task(name=Path(dataset).stem, system=task_cfg.system or "", template=template,
+                verbalizers=tuple(task_cfg.verbalizers or ("NO", "YES")))
+    return base.with_overrides(**{**_task_overrides(task_cfg), "template": template})
+
+
+def task_from_config(cfg: Config) -> Task:
+    """The task of `cfg.data.dataset` (a built-in one, or one made of `cfg.task`) with `cfg.task` applied."""
+    if cfg.data.dataset in BUILTIN_TASKS:
+        return BUILTIN_TASKS[cfg.data.dataset].with_overrides(**_task_overrides(cfg.task))
+    if not cfg.task.template:
+        raise ClsgenError("a data file needs task.template (e.g. 'Note: {text}') and, optionally, "
+                          "task.system and task.verbalizers")
+    return _file_task(cfg.data.dataset, cfg.task, cfg.task.template)
 
 # ---------------------------------------------------------------------------- sources
 
@@ -379,12 +406,9 @@ def load_dataset(data: DataConfig | str, task: TaskConfig | None = None) -> Data
     """Load a built-in dataset or a user file as splits, with the task overrides and subsampling applied."""
     cfg = DataConfig(dataset=data) if isinstance(data, str) else data
     task_cfg = task or TaskConfig()
-    overrides = dict(system=task_cfg.system, template=task_cfg.template, verbalizers=task_cfg.verbalizers,
-                     max_prompt_tokens=task_cfg.max_prompt_tokens, truncation=task_cfg.truncation,
-                     verdict_position=task_cfg.verdict_position)
     if cfg.dataset in LOADERS:
         ds = LOADERS[cfg.dataset](cfg)
-        ds.task = ds.task.with_overrides(**overrides)
+        ds.task = ds.task.with_overrides(**_task_overrides(task_cfg))
     else:
         try:
             exists = Path(cfg.dataset).exists()
@@ -399,10 +423,7 @@ def load_dataset(data: DataConfig | str, task: TaskConfig | None = None) -> Data
         if template is None:
             raise ClsgenError("a data file without a 'text' column needs task.template (e.g. "
                               "'Claim: {claim}') and, optionally, task.system and task.verbalizers")
-        base = Task(name=Path(cfg.dataset).stem, system=task_cfg.system or "",
-                    template=template, verbalizers=tuple(task_cfg.verbalizers or ("NO", "YES")))
-        overrides["template"] = template
-        ds = _file_dataset(cfg, base.with_overrides(**overrides))
+        ds = _file_dataset(cfg, _file_task(cfg.dataset, task_cfg, template))
     ds.train = stratified_sample(ds.train, cfg.max_train, seed=cfg.seed)
     max_validation = cfg.max_validation if cfg.max_validation is not None else cfg.max_eval
     ds.validation = stratified_sample(ds.validation, max_validation, seed=cfg.seed)

@@ -61,3 +61,8 @@ class ConfigError(ValidationError):
 
     def __init__(self, problems: list[Problem]):
         super().__init__(problems, what="the configuration")
+
+
+class UndefinedMetricError(ValueError):
+    """The metric does not exist for these data (e.g. only one class present); `compute_metrics` reports
+    it as a value of None with a note."""

@@ -21,6 +21,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
+from .calibration import fit_calibration
 from .classifier import Explainer, VerdictScorer, labels_of, positive_proba
 from .data import Example, stratified_sample
 from .errors import ClsgenError
@@ -32,7 +33,6 @@ from .metrics import (
     apply_temperature,
     choose_threshold,
     compute_metrics,
-    fit_temperature,
     logit,
 )
 from .report import render_report
@@ -173,10 +173,9 @@ def evaluate(
         timing["validation_predict_proba"] = time.perf_counter() - started
         threshold_raw = _threshold(y_val, p_val, threshold_method, fixed_threshold)
         if calibrate:
-            temperature = fit_temperature(y_val, logit(p_val))
+            cal = fit_calibration(y_val, logit(p_val), method=threshold_method, fixed=fixed_threshold)
+            temperature, threshold = cal.temperature, cal.threshold
             p_final = apply_temperature(logit(p_model), temperature)
-            threshold = _threshold(y_val, apply_temperature(logit(p_val), temperature), threshold_method,
-                                   fixed_threshold)
             p_raw = p_model
             threshold_source = f"validation ({threshold_method}, after temperature scaling)"
         else:

@@ -181,7 +181,7 @@ def _classifier(cfg: Config, ds: DatasetSplits, method: str, out: Path, synth_pa
             scoring = "prefix" if ds.task.verdict_position == "first" else "explanation"
             return GenerationOnlyClassifier(model_dir, batch_size=ev.batch_size, max_new_tokens=ev.max_new_tokens,
                                             scoring=scoring)
-        from .inference import ClsgenClassifier
+        from .estimator import ClsgenClassifier
 
         return ClsgenClassifier(model_dir, batch_size=ev.batch_size, max_new_tokens=ev.max_new_tokens)
     from .baselines import make_baseline

@@ -4,32 +4,29 @@ decoded from that same cache.
 `Predictor` batches prompts with left padding (positions come from the attention mask, so a padded
 row computes exactly what it would alone), reads the classification head at the last prompt token,
 then runs a small greedy / sampling loop over the cache, stopping each row at its end of turn.
-`ClsgenClassifier` puts clsgen in the `fit` / `predict_proba` / `explain` protocol that every
-classifier shares: built from a config, `fit` trains (through `clsgen.train`) and calibrates; built
-from a trained model, `calibrate` chooses the threshold and temperature on validation data.
+`clsgen.estimator.ClsgenClassifier` puts a Predictor in the protocol every classifier shares.
 """
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterator, Literal, Mapping, Sequence
+from typing import Any, Literal
 
 import numpy as np
 import torch
 
-from .classifier import TwoColumnProba
-from .config import Config
+from .backbones import stop_token_ids as turn_end_ids
+from .collate import pad_left
 from .data import Example
 from .errors import ClsgenError
+from .metrics import sigmoid
 from .model import DualHeadModel, load_pretrained
+from .modes import eval_mode
 from .task import PromptIds, Task
 
-END_OF_TURN_TOKENS = ("<|im_end|>", "<|eot_id|>", "<|end_of_turn|>", "<end_of_turn>", "<|endoftext|>",
-                      "<|end|>", "</s>")
-"""Special tokens that end the assistant turn when the tokenizer has them (besides its eos)."""
 MIN_NEW_TOKENS_ROOM = 16
 """Context positions kept free for the explanation when a prompt is cut to fit the model."""
 
@@ -121,14 +118,14 @@ class Predictor:
         self.batch_size = batch_size
         self.max_new_tokens = max_new_tokens
         self.do_sample = do_sample
-        self.temperature = temperature
+        self.temperature = temperature  # sampling; the calibration temperature is `temperature_scale`
         self.top_p = top_p
         self.seed = seed
         self.progress = progress
         self.context = _context_length(model)
         self.task = _fit_task_to_context(model.task, self.context)
         self.stop_token_ids = sorted(set(stop_token_ids) if stop_token_ids is not None
-                                     else _stop_token_ids(model))
+                                     else turn_end_ids(model.causal_lm, model.tokenizer))
 
     @classmethod
     def from_pretrained(cls, path: str | Path, dtype: str | torch.dtype | None = None,
@@ -163,7 +160,7 @@ class Predictor:
         """Raw head logits (no temperature), one prefill per batch, no generation."""
         prompts = [self.encode(it) for it in _as_list(items)]
         out = np.zeros(len(prompts), dtype=np.float64)
-        with self._eval_mode():
+        with eval_mode(self.model):
             for idx in self._batches(prompts, "scoring"):
                 steps = self._batch_steps([prompts[i] for i in idx], explain=False, generator=None)
                 out[idx] = next(steps).numpy()
@@ -171,7 +168,7 @@ class Predictor:
 
     def predict_proba(self, items: Sequence[Item]) -> np.ndarray:
         """Calibrated P(label 1) for each input, without generating (batched by prompt length)."""
-        return _sigmoid(self.logits(items) / self.temperature_scale)
+        return sigmoid(self.logits(items) / self.temperature_scale)
 
     # ------------------------------------------------------------------ probability + explanation
     def predict(self, items: Sequence[Item] | Item, explain: bool = True) -> list[Prediction]:
@@ -180,7 +177,7 @@ class Predictor:
         prompts = [self.encode(it) for it in items]
         results: list[Prediction | None] = [None] * len(items)
         generator = self._generator()
-        with self._eval_mode():
+        with eval_mode(self.model):
             for idx in self._batches(prompts, "explaining" if explain else "scoring"):
                 batch = [prompts[i] for i in idx]
                 steps = self._batch_steps(batch, explain=explain and self.max_new_tokens > 0,
@@ -200,11 +197,11 @@ class Predictor:
         """Events for one input: the probability, then explanation text deltas, then the Prediction."""
         prompt = self.encode(item)
         generator = self._generator()
-        with self._eval_mode():
+        with eval_mode(self.model):
             steps = self._batch_steps([prompt], explain=explain and self.max_new_tokens > 0,
                                       generator=generator)
             logit = float(next(steps)[0])
-            probability = float(_sigmoid(logit / self.temperature_scale))
+            probability = float(sigmoid(logit / self.temperature_scale))
             yield StreamEvent("probability", probability=probability,
                               label=int(probability >= self.threshold), threshold=self.threshold)
             ids: list[int] = []
@@ -222,10 +219,18 @@ class Predictor:
                 yield StreamEvent("delta", delta=prediction.text[len(sent):])
         yield StreamEvent("done", prediction=prediction)
 
+    # ------------------------------------------------------------------ chat
+    def chat(self, messages: list[dict[str, str]], max_new_tokens: int, **kwargs: Any) -> Any:
+        """An assistant reply to chat `messages` from the fine-tuned LM (a `clsgen.chat.ChatReply`);
+        see `clsgen.chat.chat` for the decoding options, stop strings and streaming callback."""
+        from .chat import chat
+
+        return chat(self, messages, max_new_tokens, **kwargs)
+
     # ------------------------------------------------------------------ internals
     def _prediction(self, logit: float, prompt: PromptIds, item: Item,
                     token_ids: list[int] | None) -> Prediction:
-        probability = float(_sigmoid(logit / self.temperature_scale))
+        probability = float(sigmoid(logit / self.temperature_scale))
         p = Prediction(probability=probability, label=int(probability >= self.threshold),
                        threshold=self.threshold, logit=logit, prompt_tokens=len(prompt.input_ids),
                        truncated=prompt.truncated, id=_id_of(item))
@@ -257,20 +262,12 @@ class Predictor:
             return iter(tqdm(batches, desc=what, unit="batch", leave=False))
         return iter(batches)
 
-    def _pad_left(self, prompts: list[PromptIds]) -> tuple[torch.Tensor, torch.Tensor]:
-        width = max(len(p.input_ids) for p in prompts)
-        pad = self.tokenizer.pad_token_id
-        ids = [[pad] * (width - len(p.input_ids)) + p.input_ids for p in prompts]
-        mask = [[0] * (width - len(p.input_ids)) + [1] * len(p.input_ids) for p in prompts]
-        device = self.model.device
-        return (torch.tensor(ids, dtype=torch.long, device=device),
-                torch.tensor(mask, dtype=torch.long, device=device))
-
     def _batch_steps(self, prompts: list[PromptIds], explain: bool,
                      generator: torch.Generator | None) -> Iterator[Any]:
         """Yield the head logits (CPU float tensor) after the prefill, then, when explaining, one
         list per decoding step with each row's new token id (None once the row has stopped)."""
-        input_ids, attention_mask = self._pad_left(prompts)
+        input_ids, attention_mask = pad_left([p.input_ids for p in prompts], self.tokenizer.pad_token_id,
+                                             self.model.device)
         with torch.inference_mode():
             out = self.model(input_ids, attention_mask, lm_positions="last" if explain else "none",
                              use_cache=explain)
@@ -310,171 +307,9 @@ class Predictor:
             probs = torch.zeros_like(probs).scatter(-1, order, sorted_probs)
         return torch.multinomial(probs, 1, generator=generator).squeeze(-1)
 
-    @contextlib.contextmanager
-    def _eval_mode(self) -> Iterator[None]:
-        was_training = self.model.training
-        self.model.eval()
-        try:
-            yield
-        finally:
-            if was_training:
-                self.model.train()
-
-
-class ClsgenClassifier(TwoColumnProba):
-    """clsgen in the shared classifier protocol (`fit` / `predict_proba` / `explain`), like scikit-learn.
-
-    Built from a `Config` (`ClsgenClassifier(cfg, out_dir="runs/x")`), `fit(train, validation)` trains
-    LoRA + head on `train` (synth records or labelled examples; see `train.train`), keeps the best
-    checkpoint by dev AUROC, then chooses the threshold and fits the temperature on `validation`.
-    Built from a trained model (a folder, a `DualHeadModel` or a `Predictor`), it is already fitted:
-    `fit` refuses to pretend, and `calibrate(validation)` chooses threshold and temperature (kept in
-    the model's meta; `save_calibration(dir)` stores them). `predict_proba` gives (n, 2) columns for
-    labels 0 and 1; `positive_proba` P(label 1) alone.
-    """
-
-    name = "clsgen"
-
-    def __init__(self, model: DualHeadModel | Predictor | str | Path | Config, *, out_dir: str | Path | None = None,
-                 task: Task | None = None, threshold_method: str = "max_f1", fixed_threshold: float = 0.5,
-                 calibrate: bool = True, progress: bool = False, **predictor_kwargs: Any):
-        self.config: Config | None = model if isinstance(model, Config) else None
-        self.out_dir = None if out_dir is None else Path(out_dir)
-        self._task = task
-        self._progress = progress
-        self._predictor_kwargs = predictor_kwargs
-        self.predictor: Predictor | None
-        if self.config is not None:
-            if self.out_dir is None:
-                raise ClsgenError("ClsgenClassifier(config) trains into a folder: pass out_dir=")
-            self.predictor = None
-            self.model_dir: Path | None = self.out_dir
-        elif isinstance(model, Predictor):
-            self.predictor, self.model_dir = model, None
-        elif isinstance(model, DualHeadModel):
-            self.predictor, self.model_dir = Predictor(model, **predictor_kwargs), None
-        else:
-            self.predictor, self.model_dir = Predictor.from_pretrained(model, **predictor_kwargs), Path(model)
-        self.threshold_method = threshold_method
-        self.fixed_threshold = fixed_threshold
-        self.calibrate_temperature = calibrate
-        self.calibration: Any = None
-        self.train_result: Any = None
-        self._explained: dict[tuple[int, ...], float] = {}
-
-    def _fitted(self) -> Predictor:
-        if self.predictor is None:
-            raise ClsgenError("this clsgen classifier is not trained yet: call fit(train, validation) first")
-        return self.predictor
-
-    @property
-    def model(self) -> DualHeadModel:
-        return self._fitted().model
-
-    @property
-    def task(self) -> Task:
-        return self._fitted().task
-
-    @property
-    def threshold(self) -> float:
-        return self._fitted().threshold
-
-    def fit(self, train: Sequence[Any], validation: Sequence[Example]) -> ClsgenClassifier:
-        """Train on `train` (select and calibrate on `validation`); see the class docstring."""
-        if self.config is None:
-            raise ClsgenError("this classifier holds a trained model, so fit() would not train it; build "
-                              "one from a config to train (ClsgenClassifier(cfg, out_dir=...).fit(train, "
-                              "validation)), or call calibrate(validation) to choose the threshold and "
-                              "temperature")
-        from .train import load_training_examples
-        from .train import train as train_model
-
-        dev = load_training_examples(list(validation)) if validation else []
-        self.train_result = train_model(self.config, train, dev or None, self.out_dir,
-                                        task=self._task, progress=self._progress)
-        model = self.train_result.model
-        self.predictor = (Predictor(model, **self._predictor_kwargs) if model is not None
-                          else Predictor.from_pretrained(self.out_dir, **self._predictor_kwargs))
-        self._explained = {}
-        if dev:
-            self.calibrate([Example(ex.id, dict(ex.fields), ex.label) for ex in dev])
-        return self
-
-    def calibrate(self, validation: Sequence[Example]) -> ClsgenClassifier:
-        """Choose the threshold and fit the temperature on `validation` (the model is unchanged)."""
-        from .calibration import calibrate_predictor
-
-        self._explained = {}
-        self.calibration = calibrate_predictor(self._fitted(), validation, method=self.threshold_method,
-                                               fixed=self.fixed_threshold, temperature=self.calibrate_temperature)
-        return self
-
-    def save_calibration(self, path: str | Path | None = None) -> Path:
-        """Store the fitted threshold and temperature in a model directory's clsgen.json (atomically)."""
-        from .calibration import store_calibration
-
-        target = Path(path) if path is not None else self.model_dir
-        if target is None:
-            raise ClsgenError("no model directory to store the calibration in; pass one")
-        if self.calibration is None:
-            raise ClsgenError("nothing to store: call calibrate(validation) (or fit) first")
-        return store_calibration(target, self.calibration)
-
-    def positive_proba(self, examples: Sequence[Example]) -> np.ndarray:
-        """Calibrated P(label 1). Rows explained by the previous `explain` call reuse the logit of
-        that call's prefill (the probability that came with the explanation) instead of a second
-        prefill; that reuse happens once, on the next call only."""
-        predictor = self._fitted()
-        reuse, self._explained = self._explained, {}
-        if not reuse:
-            return predictor.predict_proba(examples)
-        keys = [tuple(predictor.encode(ex).input_ids) for ex in examples]
-        todo = [i for i, k in enumerate(keys) if k not in reuse]
-        logits = np.array([reuse.get(k, np.nan) for k in keys], dtype=np.float64)
-        if todo:
-            logits[todo] = predictor.logits([examples[i] for i in todo])
-        return _sigmoid(logits / predictor.temperature_scale)
-
-    def predict(self, examples: Sequence[Item], explain: bool = True) -> list[Prediction]:
-        """Predictions (probability, label, explanation) as `Predictor.predict` gives them."""
-        return self._fitted().predict(examples, explain=explain)
-
-    def explain(self, examples: Sequence[Example], max_new_tokens: int = 256) -> list[str]:
-        """The generated text (explanation + verdict line) for each example; `cut_off` tells, per
-        text, whether the token limit stopped it before its end of turn."""
-        predictor = self._fitted()
-        saved = predictor.max_new_tokens
-        predictor.max_new_tokens = max_new_tokens
-        try:
-            predictions = predictor.predict(examples, explain=True)
-        finally:
-            predictor.max_new_tokens = saved
-        self._explained = {tuple(predictor.encode(ex).input_ids): p.logit
-                           for ex, p in zip(examples, predictions)}
-        stops = set(predictor.stop_token_ids)
-        self.cut_off = [not (p.token_ids and p.token_ids[-1] in stops) for p in predictions]
-        return [p.text or "" for p in predictions]
-
-    def verdicts(self, examples: Sequence[Example]) -> list[int | None]:
-        """The verdict the LM states for each example, scored teacher-forced without generating: the
-        more likely verbalizer right after 'Answer: ' at the start of the turn. Defined only for
-        models trained with the verdict first (task.verdict_position 'first')."""
-        from .baselines.prompting import verbalizer_log_probs
-
-        if self._fitted().task.verdict_position != "first":
-            raise ClsgenError("verdicts() scores the verdict at the start of the turn, where only a model "
-                              "trained with task.verdict_position=first writes it")
-        predictor = self._fitted()
-        scores = verbalizer_log_probs(predictor.model.lm, predictor.tokenizer, predictor.task, list(examples),
-                                      batch_size=predictor.batch_size)
-        return [int(s[1] > s[0]) for s in scores]
 
 
 # ---------------------------------------------------------------------------------- helpers
-
-
-def _sigmoid(x: Any) -> np.ndarray:
-    return np.exp(-np.logaddexp(0.0, -np.asarray(x, dtype=np.float64)))
 
 
 def _as_list(items: Sequence[Item] | Item) -> list[Item]:
@@ -540,17 +375,3 @@ def _fit_task_to_context(task: Task, context: int | None) -> Task:
     if context is None or task.max_prompt_tokens <= context - MIN_NEW_TOKENS_ROOM:
         return task
     return dataclasses.replace(task, max_prompt_tokens=max(context - MIN_NEW_TOKENS_ROOM, 1))
-
-
-def _stop_token_ids(model: DualHeadModel) -> set[int]:
-    tok = model.tokenizer
-    ids: set[int] = set()
-    if tok.eos_token_id is not None:
-        ids.add(int(tok.eos_token_id))
-    gen_cfg = getattr(model.causal_lm, "generation_config", None)
-    eos = getattr(gen_cfg, "eos_token_id", None)
-    if eos is not None:
-        ids.update(int(e) for e in (eos if isinstance(eos, (list, tuple)) else [eos]))
-    vocab = tok.get_vocab()
-    ids.update(vocab[t] for t in END_OF_TURN_TOKENS if t in vocab)
-    return ids

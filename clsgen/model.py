@@ -29,6 +29,7 @@ from torch import nn
 from . import __version__
 from .backbones import EMBEDDED, TINY, Backbone, load_model, prepare_tokenizer
 from .card import write_model_card
+from .collate import IGNORE_INDEX
 from .config import HeadConfig, LoraConfig
 from .errors import ClsgenError
 from .files import atomic_dir
@@ -38,7 +39,6 @@ from .task import Task
 FORMAT_VERSION = 1
 HEAD_FILE = "head.safetensors"
 META_FILE = "clsgen.json"
-IGNORE_INDEX = -100
 
 
 @dataclass

@@ -18,7 +18,8 @@ import base64
 import datetime as _dt
 import html
 import io
-from typing import Any, Mapping, Sequence
+from collections.abc import Mapping, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -92,7 +93,8 @@ def _curves(y: np.ndarray, series: Mapping[str, np.ndarray], kind: str) -> str:
         if both:
             for name, p in series.items():
                 fpr, tpr, _ = roc_curve(y, p)
-                ax.plot(fpr, tpr, color=COLORS.get(name), ls=STYLES.get(name, "-"), lw=2, label=f"{name} (AUROC {roc_auc_score(y, p):.3f})")
+                ax.plot(fpr, tpr, color=COLORS.get(name), ls=STYLES.get(name, "-"), lw=2,
+                        label=f"{name} (AUROC {roc_auc_score(y, p):.3f})")
         else:
             _undefined(ax, "undefined: only one class present")
     else:

@@ -9,8 +9,9 @@ from __future__ import annotations
 
 import dataclasses
 import string
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, Mapping, Sequence
+from typing import Any
 
 from .data import lone_surrogate_at as _bad_unicode
 from .data import short_repr

@@ -45,6 +45,7 @@ from .collate import (
 )
 from .config import Config
 from .data import Example, map_label, read_rows, rows_from_records, short_repr
+from .datasets import task_from_config
 from .errors import ClsgenError, ConfigError, DataError, Problem
 from .files import (atomic_write_json, atomic_write_text, check_writable, finite_json, write_error,
                     writing)
@@ -193,25 +194,6 @@ def _as_record(x: Any) -> Any:
     if isinstance(x, Example):
         return {"id": x.id, "fields": x.fields, "label": x.label, "meta": x.meta}
     return x
-
-
-def task_from_config(cfg: Config) -> Task:
-    """The task of `cfg.data.dataset` (a built-in one, or one made of `cfg.task`) with `cfg.task` applied."""
-    from .datasets import CLINIFACT_TASK, LCD_TASK, PUBMEDQA_TASK
-
-    builtin = {"clinifact": CLINIFACT_TASK, "pubmedqa": PUBMEDQA_TASK, "lcd": LCD_TASK}
-    t = cfg.task
-    overrides = dict(system=t.system, template=t.template, verbalizers=t.verbalizers,
-                     max_prompt_tokens=t.max_prompt_tokens, truncation=t.truncation,
-                     verdict_position=t.verdict_position)
-    if cfg.data.dataset in builtin:
-        return builtin[cfg.data.dataset].with_overrides(**overrides)
-    if not t.template:
-        raise ClsgenError("a data file needs task.template (e.g. 'Note: {text}') and, optionally, "
-                          "task.system and task.verbalizers")
-    base = Task(name=Path(cfg.data.dataset).stem, system=t.system or "", template=t.template,
-                verbalizers=tuple(t.verbalizers or ("NO", "YES")))
-    return base.with_overrides(**overrides)
 
 
 # ----------------------------------------------------------------------------- results

@@ -27,8 +27,8 @@ Reading rules (``parse_verdict``):
 from __future__ import annotations
 
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Sequence
 
 VERDICT_PREFIX = "Answer:"
 

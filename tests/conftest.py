@@ -1,4 +1,5 @@
-"""Shared fixtures: the real data folder, the tiny random model and the embedded SmolLM2 model.
+"""Shared fixtures: the real data folder, the tiny random model, the embedded SmolLM2 model, the shared
+tasks, a tiny model that talks, and a loopback server for an app.
 
 The shared data is found through CLSGEN_DATA_DIR, else `<repo>/../shared/data`. Its absence is a
 failure with a clear message, never a skip: a CI run that silently skipped the data tests would pass
@@ -13,6 +14,33 @@ from pathlib import Path
 import pytest
 
 REPO = Path(__file__).resolve().parent.parent
+
+SYSTEM_TESTS = {
+    "test_crash_resume", "test_disk_errors", "test_distributed", "test_fuzz_http", "test_fuzz_inputs",
+    "test_hostile", "test_load", "test_privacy", "test_server_abuse", "test_server_process",
+    "test_synth_faults", "test_synth_openai", "test_webpage",
+}
+"""The system layer: real processes, kills, full disks, fuzzing, abuse, load, a browser."""
+WHOLE_RUN_TESTS = {"test_card", "test_evaluate", "test_experiment", "test_report", "test_train", "test_trunk"}
+"""Unit tests of the layers that run whole trainings, evaluations and reports on the tiny model."""
+
+
+def pytest_ignore_collect(collection_path, config):
+    """Under `-m "not slow"` (make test-fast) the slow modules are not even imported."""
+    if config.getoption("markexpr", "") == "not slow" and collection_path.suffix == ".py":
+        return collection_path.stem in SYSTEM_TESTS | WHOLE_RUN_TESTS or None
+    return None
+
+
+def pytest_collection_modifyitems(config, items):
+    """Mark the system tests `system`, and those and the whole-run tests `slow`: `make test-fast`
+    (`-m "not slow"`) runs the rest, the edit loop's tests, in under a minute."""
+    for item in items:
+        module = item.path.stem
+        if module in SYSTEM_TESTS:
+            item.add_marker(pytest.mark.system)
+        if module in SYSTEM_TESTS or module in WHOLE_RUN_TESTS:
+            item.add_marker(pytest.mark.slow)
 
 
 @pytest.fixture(scope="session", autouse=True)
@@ -65,3 +93,53 @@ def embedded():
     from clsgen.backbones import load_model
 
     return load_model("smollm2-135m", dtype="float32")
+
+
+@pytest.fixture(scope="session")
+def note_task():
+    """A one-field task (a clinical note): helpers.NOTE_TASK."""
+    from helpers import NOTE_TASK
+
+    return NOTE_TASK
+
+
+@pytest.fixture(scope="session")
+def pair_task():
+    """A two-field task (claim, article_abstract): helpers.PAIR_TASK."""
+    from helpers import PAIR_TASK
+
+    return PAIR_TASK
+
+
+@pytest.fixture(scope="module")
+def note_model():
+    """The tiny model that talks (random LoRA B weights), for the note task; one per test module."""
+    from helpers import NOTE_TASK, talking_model
+
+    return talking_model(NOTE_TASK)
+
+
+@pytest.fixture(scope="module")
+def pair_model():
+    """The tiny model that talks, for the two-field task; one per test module."""
+    from helpers import PAIR_TASK, talking_model
+
+    return talking_model(PAIR_TASK)
+
+
+@pytest.fixture
+def live_server():
+    """Serve apps on 127.0.0.1 (uvicorn in a thread) for one test: `live_server(app)` returns the running
+    server (`.base` is its URL); every server started is stopped after the test."""
+    from helpers import ThreadServer
+
+    started = []
+
+    def start(app):
+        server = ThreadServer(app).__enter__()
+        started.append(server)
+        return server
+
+    yield start
+    for server in reversed(started):
+        server.__exit__(None, None, None)

@@ -1,11 +1,21 @@
-"""Helpers shared by several test modules: loopback servers (in a thread, in a process), an SSE parser,
-a tiny model that talks, and the crash harness."""
+"""Helpers shared by several test modules: the tasks and the tiny model that talks (also served as
+fixtures by conftest.py), loopback servers (in a thread, in a process), an SSE parser and the crash
+harness."""
 
 from __future__ import annotations
 
 import socket
 import threading
 import time
+
+from clsgen.task import Task
+
+NOTE_TASK = Task(name="note", system="Decide whether the patient dies within 30 days.",
+                 template="Note: {text}", verbalizers=("NO", "YES"))
+"""A one-field task (a clinical note)."""
+PAIR_TASK = Task(name="pair", system="Does the abstract support the claim?",
+                 template="Claim: {claim}\nAbstract: {article_abstract}", verbalizers=("FALSE", "TRUE"))
+"""A two-field task, with CliniFact's field names."""
 
 
 class ThreadServer:
@@ -44,6 +54,15 @@ def randomize_lora(model, seed: int = 0, scale: float = 0.5):
             if "lora_B" in name:
                 p.copy_(torch.randn(p.shape, generator=g) * scale)
     return model
+
+
+def talking_model(task: Task = NOTE_TASK):
+    """The tiny model for `task` with random (not zero) LoRA B weights, so that greedy text varies: a
+    fresh adapter leaves the random base LM repeating one whitespace token."""
+    from clsgen.backbones import tiny_model
+    from clsgen.model import DualHeadModel
+
+    return randomize_lora(DualHeadModel.from_backbone(tiny_model(), task))
 
 
 def save_tiny_classifier(task, path):

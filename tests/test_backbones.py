@@ -16,6 +16,7 @@ from clsgen.backbones import (
     load_tokenizer,
     prepare_tokenizer,
     resolve_dtype,
+    stop_token_ids,
     tiny_model,
     tiny_tokenizer,
 )
@@ -178,3 +179,24 @@ def test_embedded_generates_readable_english(embedded):
     assert "<|im_" not in reply
     common = {"the", "is", "and", "to", "of", "a", "used", "for", "pain", "aspirin", "it", "in"}
     assert common & {w.lower() for w in words}, reply
+
+
+def test_stop_token_ids_are_eos_generation_eos_and_end_of_turn_tokens(tiny):
+    """One set of stop ids for inference, the prompting baseline and the local teacher: the tokenizer's
+    eos, the generation config's eos (one id or a list) and the end-of-turn tokens the vocabulary has."""
+    tok, model = tiny.tokenizer, tiny.model
+    vocab = tok.get_vocab()
+    turn_ends = {vocab[t] for t in backbones.END_OF_TURN_TOKENS if t in vocab}
+    assert turn_ends and tok.eos_token_id in stop_token_ids(model, tok)
+    assert turn_ends <= stop_token_ids(model, tok)
+
+    class Config:
+        eos_token_id = [5, 6]
+
+    class Model:
+        generation_config = Config()
+
+    assert {5, 6, tok.eos_token_id} | turn_ends == stop_token_ids(Model(), tok)
+    Config.eos_token_id = 7
+    assert 7 in stop_token_ids(Model(), tok)
+    assert stop_token_ids(object(), tok) == {tok.eos_token_id} | turn_ends  # no generation config

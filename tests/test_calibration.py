@@ -13,7 +13,6 @@ from clsgen.backbones import tiny_model
 from clsgen.calibration import (
     Calibration,
     apply_calibration,
-    calibrate_predictor,
     fit_calibration,
     format_calibration,
     store_calibration,
@@ -21,6 +20,7 @@ from clsgen.calibration import (
 from clsgen.cli import main
 from clsgen.data import Example
 from clsgen.errors import ClsgenError
+from clsgen.estimator import calibrate_predictor
 from clsgen.inference import Predictor
 from clsgen.metrics import apply_temperature, choose_threshold, ece, fit_temperature
 from clsgen.model import META_FILE, DualHeadModel
@@ -60,7 +60,7 @@ def test_threshold_options():
     y, logits = _overconfident(seed=1)
     youden = fit_calibration(y, logits, method="youden")
     assert youden.threshold == choose_threshold(y, apply_temperature(logits, youden.temperature), "youden")
-    fixed = fit_calibration(y, logits, method="fixed", fixed=0.3, temperature=False)
+    fixed = fit_calibration(y, logits, method="fixed", fixed=0.3, scale_temperature=False)
     assert fixed.threshold == 0.3 and fixed.temperature == 1.0
     with pytest.raises(ClsgenError, match="not one of"):
         fit_calibration(y, logits, method="median")

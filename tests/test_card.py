@@ -16,7 +16,6 @@ import sys
 import pytest
 import torch
 import yaml
-from helpers import randomize_lora
 from safetensors.torch import load_file, save_file
 
 from clsgen.backbones import EMBEDDED, EMBEDDED_HUB_ID, load_model, tiny_model
@@ -24,6 +23,8 @@ from clsgen.card import load_snippet, record_evaluation, write_model_card
 from clsgen.inference import Predictor
 from clsgen.model import DualHeadModel, base_model_spec, read_meta
 from clsgen.task import Task
+
+from helpers import randomize_lora
 
 TASK = Task("claims", "Decide whether the abstract supports the claim.", "Claim: {claim}\nAbstract: {abstract}",
             ("FALSE", "TRUE"))

@@ -50,6 +50,25 @@ def test_version_and_help(capsys):
     assert code == 2 and "usage: clsgen" in out
 
 
+HEAVY_MODULES = ("torch", "transformers", "peft", "accelerate", "fastapi", "sklearn", "pandas")
+
+
+def test_help_imports_no_heavy_library():
+    """`clsgen --help` (and each command's help) builds every parser without importing torch or the
+    other heavy libraries: the commands import them when they run."""
+    script = ("import sys, contextlib, io\n"
+              "from clsgen.cli import build_parser, main\n"
+              "build_parser().format_help()\n"
+              "for argv in (['--help'], ['train', '--help'], ['serve', '--help'], ['generate', '--help']):\n"
+              "    with contextlib.redirect_stdout(io.StringIO()), contextlib.suppress(SystemExit):\n"
+              "        main(argv)\n"
+              f"print(sorted(m for m in {HEAVY_MODULES!r} if m in sys.modules))\n")
+    env = {**os.environ, "PYTHONPATH": str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", "")}
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=env, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "[]", f"the CLI's help imported {done.stdout.strip()}"
+
+
 def test_usage_error_exit_code(capsys):
     code, _, err = _run(capsys, "data", "stats", "clinifact", "--split-scheme", "random")
     assert code == 2 and "invalid choice" in err

@@ -6,11 +6,18 @@ import pytest
 import torch
 
 from clsgen.collate import (
-    Encoded, collate_prompts, collate_train, encode_example, padding_stats, plan_epoch, prompt_fixed_part,
+    IGNORE_INDEX,
+    Encoded,
+    collate_prompts,
+    collate_train,
+    encode_example,
+    pad_left,
+    padding_stats,
+    plan_epoch,
+    prompt_fixed_part,
     training_task,
 )
 from clsgen.errors import ClsgenError
-from clsgen.model import IGNORE_INDEX
 from clsgen.task import Task
 
 TASK = Task(name="t", system="Decide.", template="Note: {text}", verbalizers=("NO", "YES"))
@@ -94,6 +101,28 @@ def test_collate_prompts_left_pads():
     assert b["input_ids"].tolist() == [[3, 4, 5], [0, 0, 7]]
     assert b["attention_mask"].tolist() == [[1, 1, 1], [0, 0, 1]]
     assert b["cls_index"].tolist() == [2, 2]
+
+
+def test_pad_left_is_the_one_left_padding():
+    ids, mask = pad_left([[3, 4, 5], [7], []], pad_id=9)
+    assert ids.tolist() == [[3, 4, 5], [9, 9, 7], [9, 9, 9]] and ids.dtype == torch.long
+    assert mask.tolist() == [[1, 1, 1], [0, 0, 1], [0, 0, 0]] and mask.dtype == torch.long
+    ids, mask = pad_left([(1, 2)], pad_id=0, device="cpu")
+    assert ids.device.type == "cpu" and ids.tolist() == [[1, 2]] and mask.tolist() == [[1, 1]]
+
+
+def test_eval_mode_restores_the_mode_it_found():
+    from clsgen.modes import eval_mode
+
+    net = torch.nn.Sequential(torch.nn.Dropout(0.5))
+    net.train()
+    with eval_mode(net):
+        assert not net.training and not net[0].training
+    assert net.training and net[0].training
+    net.eval()
+    with pytest.raises(RuntimeError), eval_mode(net):
+        raise RuntimeError("restored on errors too")
+    assert not net.training
 
 
 def _flatten(steps):

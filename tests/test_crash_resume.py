@@ -27,6 +27,7 @@ from pathlib import Path
 
 import pytest
 import torch
+
 from helpers import (
     WarmLauncher,
     kill_when,

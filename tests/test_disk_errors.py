@@ -21,6 +21,7 @@ import subprocess
 from pathlib import Path
 
 import pytest
+
 from helpers import WarmLauncher, unreadable_outputs, write_notes, write_train_records
 
 TASK = ["--dataset", "notes.jsonl", "--set", "task.template='Note: {text}'", "--set", "task.max_prompt_tokens=64"]

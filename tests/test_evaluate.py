@@ -15,8 +15,9 @@ from clsgen.backbones import tiny_model
 from clsgen.cli import main
 from clsgen.data import Example
 from clsgen.errors import ClsgenError
+from clsgen.estimator import ClsgenClassifier
 from clsgen.evaluate import evaluate
-from clsgen.inference import ClsgenClassifier, Predictor
+from clsgen.inference import Predictor
 from clsgen.metrics import apply_temperature, choose_threshold, compute_metrics, fit_temperature, logit
 from clsgen.model import DualHeadModel
 from clsgen.task import Task
@@ -300,7 +301,7 @@ def test_evaluation_metrics_and_report_path_reach_the_trackers(tiny_dir, data_fi
 
 
 def test_verdict_note_says_when_the_explanation_disagrees():
-    from clsgen.cli.evaluate import verdict_note
+    from clsgen.cli.predict import verdict_note
     from clsgen.inference import Prediction
 
     words = ("FALSE", "TRUE")

@@ -141,8 +141,8 @@ def test_atomic_dir_gives_private_files_the_umask_permissions(tmp_path):
     """safetensors writes 0600 files; a saved model folder must be as readable as its config files."""
     import os
 
-    from safetensors.torch import save_file
     import torch
+    from safetensors.torch import save_file
 
     with atomic_dir(tmp_path / "model") as tmp:
         save_file({"w": torch.zeros(2)}, str(tmp / "head.safetensors"))

@@ -24,9 +24,8 @@ from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from clsgen.server import ChatRequest, ClassifyRequest
-from clsgen.task import Task
 
-from helpers import ThreadServer, randomize_lora, sse
+from helpers import ThreadServer, sse
 
 MAX_BODY = 16_000
 MAX_TEXT = 2_000
@@ -42,16 +41,11 @@ FUZZ = settings(max_examples=150, deadline=20_000, database=None, derandomize=Tr
 
 
 @pytest.fixture(scope="module")
-def server():
-    from clsgen.backbones import tiny_model
+def server(note_model):
     from clsgen.inference import Predictor
-    from clsgen.model import DualHeadModel
     from clsgen.server import create_app
 
-    task = Task(name="note", system="Decide whether the patient dies within 30 days.",
-                template="Note: {text}", verbalizers=("NO", "YES"))
-    model = DualHeadModel.from_backbone(tiny_model(), task).eval()
-    randomize_lora(model)
+    model = note_model.eval()
     app = create_app(Predictor(model, max_new_tokens=3, stop_token_ids=[]), max_tokens=3, threads=1,
                      max_body_bytes=MAX_BODY, max_text_chars=MAX_TEXT, model_name=MODEL, request_timeout=20)
     with ThreadServer(app) as srv, httpx.Client(base_url=srv.base, timeout=30) as client:

@@ -13,7 +13,8 @@ from clsgen.backbones import tiny_model
 from clsgen.classifier import Classifier, Explainer
 from clsgen.data import Example
 from clsgen.errors import ClsgenError
-from clsgen.inference import ClsgenClassifier, Prediction, Predictor, StreamEvent
+from clsgen.estimator import ClsgenClassifier
+from clsgen.inference import Prediction, Predictor, StreamEvent
 from clsgen.model import DualHeadModel
 from clsgen.task import Task
 

@@ -16,26 +16,19 @@ import httpx
 import numpy as np
 import pytest
 
-from helpers import ThreadServer, randomize_lora
+from helpers import NOTE_TASK, talking_model
 
 N_REQUESTS = 200
 CONCURRENCY = 16
 N_TEXTS = 50
 EXPLAIN_EVERY = 10  # every 10th request also asks for a (4-token) explanation
-WALL_LIMIT_S = 60
+WALL_LIMIT_S = 600  # a guard against a hang, not a speed test: the machine may be shared and busy
 
 
 def tiny_predictor():
-
-    from clsgen.backbones import tiny_model
     from clsgen.inference import Predictor
-    from clsgen.model import DualHeadModel
-    from clsgen.task import Task
 
-    task = Task(name="note", system="Decide whether the patient dies within 30 days.",
-                template="Note: {text}", verbalizers=("NO", "YES"))
-    model = DualHeadModel.from_backbone(tiny_model(), task).eval()
-    randomize_lora(model)
+    model = talking_model(NOTE_TASK).eval()
     return Predictor(model, max_new_tokens=4, stop_token_ids=[])
 
 
@@ -43,7 +36,7 @@ def percentile(values, q):
     return float(np.percentile(np.asarray(values), q))
 
 
-def test_load_200_requests_16_concurrent(capsys):
+def test_load_200_requests_16_concurrent(capsys, live_server):
     import torch
 
     from clsgen.server import create_app
@@ -90,8 +83,7 @@ def test_load_200_requests_16_concurrent(capsys):
             health = (await client.get("/health")).json()
             return results, wall, health
 
-    with ThreadServer(app) as srv:
-        results, wall, health = asyncio.run(run(srv.base))
+    results, wall, health = asyncio.run(run(live_server(app).base))
 
     latencies = [lat for *_, lat in results]
     errors = [(i, status, body) for i, status, body, _ in results if status != 200]
@@ -113,7 +105,7 @@ def test_load_200_requests_16_concurrent(capsys):
               f"(mean {health['jobs'] / health['batches']:.1f}, largest {health['largest_batch']})")
 
 
-def test_a_client_that_hangs_up_stops_its_generation():
+def test_a_client_that_hangs_up_stops_its_generation(live_server):
     """Closing a stream early cancels the model work: the worker is free again at once, not after
     the thousands of tokens the request asked for."""
     from clsgen.server import create_app
@@ -123,17 +115,20 @@ def test_a_client_that_hangs_up_stops_its_generation():
     requests = [("/v1/classify", {"text": "a long story", "stream": True, "max_tokens": 3000}),
                 ("/v1/chat/completions", {"messages": [{"role": "user", "content": "talk"}], "stream": True,
                                           "max_tokens": 3000, "temperature": 0})]
-    with ThreadServer(app) as srv, httpx.Client(base_url=srv.base, timeout=30) as client:
+    with httpx.Client(base_url=live_server(app).base, timeout=30) as client:
         for path, body in requests:
+            started = time.monotonic()
             with client.stream("POST", path, json=body) as r:
                 assert r.status_code == 200
                 for n, _ in enumerate(r.iter_lines()):
                     if n >= 10:
                         break
-            deadline = time.monotonic() + 5
+            # the bound scales with this machine's speed now: reading ~10 events took `first`; the 3000
+            # tokens asked for would take ~100x as long, so a free worker within 20x that (and at least
+            # 5 s) means the generation was stopped, however busy the machine is
+            first = time.monotonic() - started
+            deadline = time.monotonic() + max(5.0, 20 * first)
             while batcher.pending and time.monotonic() < deadline:
                 time.sleep(0.02)
-            assert batcher.pending == 0, path
-        started = time.monotonic()
+            assert batcher.pending == 0, (path, first)
         assert client.post("/v1/classify", json={"text": "next", "explain": False}).status_code == 200
-        assert time.monotonic() - started < 5

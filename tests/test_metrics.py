@@ -393,7 +393,7 @@ def test_flesch_counts_syllables_with_the_hyphenation_dictionary():
     vowel-group counter said 2 for 'created' and 3 for 'improved'."""
     import pyphen
 
-    from clsgen.metrics import _syllables
+    from clsgen.readability import _syllables
 
     assert (_syllables("created"), _syllables("improved"), _syllables("table"), _syllables("the")) == (3, 2, 2, 1)
     dic = pyphen.Pyphen(lang="en_US")

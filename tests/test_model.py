@@ -14,10 +14,10 @@ import torch
 import torch.nn.functional as F
 
 from clsgen.backbones import tiny_model
-from clsgen.collate import collate_prompts, collate_train, encode_example
+from clsgen.collate import IGNORE_INDEX, collate_prompts, collate_train, encode_example
 from clsgen.config import LoraConfig
 from clsgen.errors import ClsgenError
-from clsgen.model import IGNORE_INDEX, DualHeadModel, load_pretrained
+from clsgen.model import DualHeadModel, load_pretrained
 from clsgen.task import Task
 
 TASK = Task(name="toy", system="Decide whether the note is positive.", template="Note: {text}",

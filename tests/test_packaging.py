@@ -5,10 +5,10 @@ from __future__ import annotations
 import re
 import subprocess
 import sys
-import tomllib
 from pathlib import Path
 
 import pytest
+import tomllib
 
 import clsgen
 
@@ -45,6 +45,7 @@ def test_import_clsgen_is_cheap_and_the_api_is_lazy():
     assert out.stdout.strip() == "[]"
 
 
+@pytest.mark.slow  # a fresh interpreter imports the whole stack
 def test_the_python_api_names_resolve():
     # `train` and `evaluate` are also submodule names: in a process that imported the submodule
     # `clsgen.train` first, the package attribute is that module (a known defect, see issue 18's note);
@@ -52,8 +53,16 @@ def test_the_python_api_names_resolve():
     code = ("from clsgen import train, evaluate; from clsgen.train import train as t; "
             "from clsgen.evaluate import evaluate as e; assert train is t and evaluate is e")
     subprocess.run([sys.executable, "-c", code], check=True, timeout=300)
-    from clsgen import ClsgenClassifier, Config, Predictor, load_config, load_dataset, load_pretrained, push_to_hub
-    from clsgen import write_model_card
+    from clsgen import (
+        ClsgenClassifier,
+        Config,
+        Predictor,
+        load_config,
+        load_dataset,
+        load_pretrained,
+        push_to_hub,
+        write_model_card,
+    )
     assert callable(load_dataset) and callable(load_config) and callable(load_pretrained)
     assert callable(push_to_hub) and callable(write_model_card)
     assert Predictor.__name__ == "Predictor" and ClsgenClassifier.name == "clsgen" and Config().train.lr > 0

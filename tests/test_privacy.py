@@ -18,8 +18,9 @@ import pytest
 
 from clsgen.cli import main
 from clsgen.data import Example
+from clsgen.estimator import ClsgenClassifier
 from clsgen.evaluate import evaluate
-from clsgen.inference import ClsgenClassifier, Predictor
+from clsgen.inference import Predictor
 from clsgen.task import Task
 
 from helpers import save_tiny_classifier

@@ -284,7 +284,8 @@ def test_http_requests_cannot_name_a_model_or_a_file(saved):
         for model in ("../../etc/passwd", str(saved), "/etc/passwd"):
             r = client.post("/v1/classify", json={"text": "a note", "model": model})
             assert r.status_code == 404 and r.json()["error"]["code"] == "model_not_found"
-        for path in ("/static/../server.py", "/static/..%2fserver.py", "/static/%2e%2e/%2e%2e/clsgen/model.py"):
+        for path in ("/static/../inference.py", "/static/..%2finference.py", "/static/%2e%2e/%2e%2e/clsgen/model.py",
+                     "/static/../server/app.py"):
             r = client.get(path)
             assert r.status_code == 404 and "import" not in r.text
 

@@ -21,39 +21,13 @@ from clsgen.batcher import Batcher, QueueFull
 from clsgen.errors import ClsgenError
 from clsgen.task import Task
 
-from helpers import randomize_lora, sse
+from helpers import sse
 
-NOTE_TASK = Task(name="note", system="Decide whether the patient dies within 30 days.",
-                 template="Note: {text}", verbalizers=("NO", "YES"))
-PAIR_TASK = Task(name="pair", system="Does the abstract support the claim?",
-                 template="Claim: {claim}\nAbstract: {article_abstract}", verbalizers=("FALSE", "TRUE"))
 SECRET = "s3cret-key"
 CONFIDENTIAL = "PATIENT-ZEBRA-7731 has a confidential history"
 
 
 # ---------------------------------------------------------------------------- fixtures and helpers
-
-
-def _model(task: Task):
-    """The tiny model with random (not zero) LoRA B weights, so that greedy text varies: a fresh
-    adapter leaves the random base LM repeating one whitespace token."""
-
-    from clsgen.backbones import tiny_model
-    from clsgen.model import DualHeadModel
-
-    model = DualHeadModel.from_backbone(tiny_model(), task)
-    randomize_lora(model)
-    return model
-
-
-@pytest.fixture(scope="module")
-def note_model():
-    return _model(NOTE_TASK)
-
-
-@pytest.fixture(scope="module")
-def pair_model():
-    return _model(PAIR_TASK)
 
 
 def predictor(model, **kw):
@@ -550,7 +524,8 @@ def test_cli_serve_reports_a_missing_api_key_variable(capsys, monkeypatch):
 
 def _run_jobs(batcher: Batcher, jobs: list[tuple[str, object, object]], timeout: float = 10):
     async def go():
-        submitted = [batcher.submit(kind, item, key) for kind, item, key in jobs]
+        with batcher._cond:  # the worker takes no job before all are queued: batches never depend on timing
+            submitted = [batcher.submit(kind, item, key) for kind, item, key in jobs]
         return await asyncio.gather(*(Batcher.wait(j, timeout) for j in submitted), return_exceptions=True)
 
     try:

@@ -13,7 +13,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from helpers import ServerProcess, randomize_lora
+from helpers import NOTE_TASK, ServerProcess, talking_model
 
 REPO = Path(__file__).resolve().parent.parent
 KEY = "process-test-key-4471"
@@ -22,16 +22,7 @@ CONFIDENTIAL = "PATIENT-OKAPI-5520 confidential history"
 
 def tiny_model_dir(path: Path) -> Path:
     """A saved tiny model whose LoRA B weights are random, so that its greedy text varies."""
-
-    from clsgen.backbones import tiny_model
-    from clsgen.model import DualHeadModel
-    from clsgen.task import Task
-
-    task = Task(name="note", system="Decide whether the patient dies within 30 days.",
-                template="Note: {text}", verbalizers=("NO", "YES"))
-    model = DualHeadModel.from_backbone(tiny_model(), task)
-    randomize_lora(model)
-    return model.save_pretrained(path)
+    return talking_model(NOTE_TASK).save_pretrained(path)
 
 
 @pytest.fixture(scope="module")

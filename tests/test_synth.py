@@ -13,8 +13,18 @@ import pytest
 from clsgen.config import TeacherConfig
 from clsgen.data import Example
 from clsgen.errors import ClsgenError
-from clsgen.synth import (Acceptance, LocalTeacher, ReferenceTeacher, Reply, Request, SynthStore, TeacherPrompt,
-                          judge, read_synth, synthesize)
+from clsgen.synth import (
+    Acceptance,
+    LocalTeacher,
+    ReferenceTeacher,
+    Reply,
+    Request,
+    SynthStore,
+    TeacherPrompt,
+    judge,
+    read_synth,
+    synthesize,
+)
 from clsgen.synth.prompts import DEFAULT_INSTRUCTION
 from clsgen.task import ELLIPSIS, Task
 

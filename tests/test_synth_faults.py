@@ -1,7 +1,7 @@
 """The OpenAI-compatible teacher against a misbehaving server: every fault kind is retried, counted
 apart in the record and in `<out>.report.json`, and no finished record is lost or written twice.
 
-The fake server is `FakeServer` of tests/test_synth_openai.py (its docstring lists the tags that make
+The fake server is `FakeServer` of tests/fake_openai.py (its docstring lists the tags that make
 it misbehave on an example's first request). Loopback only; every wait is bounded.
 """
 
@@ -17,7 +17,7 @@ from clsgen.errors import ClsgenError
 from clsgen.synth import read_synth, synthesize
 from clsgen.synth.build import FAULT_KINDS
 
-from test_synth_openai import GOOD, TASK, FakeServer, examples, teacher
+from fake_openai import GOOD, TASK, FakeServer, examples, teacher
 
 # tag -> (the fault kind counted for it, how many times)
 FAULTS = {

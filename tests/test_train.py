@@ -211,8 +211,8 @@ def test_gradient_accumulation_equals_the_bigger_batch(tmp_path):
 def test_loop_loss_is_the_models_joint_loss(tmp_path):
     """Step 1's logged loss equals DualHeadModel's own w_cls * BCE + w_lm * CE on the same batch."""
     from clsgen.collate import collate_train, encode_example, plan_epoch
+    from clsgen.datasets import task_from_config
     from clsgen.model import DualHeadModel
-    from clsgen.train import task_from_config
 
     train_set = toy(6, 5, null_every=2)
     cfg = make_cfg(max_steps=1, batch_size=6, w_cls=0.7, w_lm=0.4, pos_weight=3.0)
@@ -478,7 +478,7 @@ def test_clsgen_classifier_fit_trains_then_calibrates(tmp_path):
     """The scikit-learn-like face: fit trains (what `clsgen train` does) and calibrates on validation;
     predict_proba gives two columns."""
     from clsgen.classifier import Classifier
-    from clsgen.inference import ClsgenClassifier
+    from clsgen.estimator import ClsgenClassifier
 
     clf = ClsgenClassifier(make_cfg(max_steps=3, eval_every=3), out_dir=tmp_path / "m")
     assert isinstance(clf, Classifier)

@@ -18,7 +18,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from helpers import ThreadServer, randomize_lora
+from helpers import ThreadServer
 
 REPO = Path(__file__).resolve().parent.parent
 CHROMIUM = "/usr/bin/chromium"
@@ -43,18 +43,11 @@ def chromium() -> str:
 
 
 @pytest.fixture(scope="module")
-def server():
-
-    from clsgen.backbones import tiny_model
+def server(pair_model):
     from clsgen.inference import Predictor
-    from clsgen.model import DualHeadModel
     from clsgen.server import create_app
-    from clsgen.task import Task
 
-    task = Task(name="pair", system="Does the abstract support the claim?",
-                template="Claim: {claim}\nAbstract: {article_abstract}", verbalizers=("FALSE", "TRUE"))
-    model = DualHeadModel.from_backbone(tiny_model(), task).eval()
-    randomize_lora(model)
+    model = pair_model.eval()
     predictor = Predictor(model, max_new_tokens=32, stop_token_ids=[])
     app = create_app(predictor, api_key=KEY, model_name="tiny-pair", threads=1)
     with ThreadServer(app) as srv:

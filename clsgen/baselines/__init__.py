@@ -3,9 +3,11 @@
 * ``prompting``: the base instruct model, zero-shot; P(1) from the verbalizers' log-probabilities.
 * ``cnn``: a Kim-style CNN over word embeddings trained from scratch (the LCD benchmark's CNN).
 * ``tfidf``: TF-IDF + logistic regression, C chosen on dev AUROC.
+* ``generation_only``: a model trained by LoRA SFT on explanation + verdict (`train.w_cls = 0`), P(1)
+  from its verdict scored with `prompting.verbalizer_log_probs`; it wraps a trained model folder, so
+  the experiment builds it after training, not `make_baseline`.
 
-Classification-only and generation-only are configurations of the training loop, not modules here;
-the generation-only baseline scores its verdict with `prompting.verbalizer_log_probs`.
+Classification-only (`train.w_lm = 0`) is a configuration of the training loop, not a module here.
 
 Importing this package does no work: `make_baseline` imports a baseline's module when it is asked for.
 """

@@ -27,10 +27,12 @@ from typing import Any
 import numpy as np
 import torch
 
-from ..backbones import EMBEDDED, Backbone, load_model
+from ..backbones import EMBEDDED, Backbone, load_model, stop_token_ids
 from ..classifier import TwoColumnProba
+from ..collate import pad_left
 from ..data import Example
 from ..errors import ClsgenError
+from ..modes import eval_mode
 from ..task import Task
 from ..verdict import VERDICT_PREFIX, split_verdict
 from . import require_examples
@@ -82,16 +84,6 @@ def _device(model: Any) -> torch.device:
     return next(model.parameters()).device
 
 
-def _left_pad(seqs: Sequence[Sequence[int]], pad_id: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
-    width = max(len(s) for s in seqs)
-    ids = torch.full((len(seqs), width), pad_id, dtype=torch.long)
-    mask = torch.zeros((len(seqs), width), dtype=torch.long)
-    for b, s in enumerate(seqs):
-        ids[b, width - len(s):] = torch.tensor(s, dtype=torch.long)
-        mask[b, width - len(s):] = 1
-    return ids.to(device), mask.to(device)
-
-
 def _logits(out: Any) -> torch.Tensor:
     return out.logits if hasattr(out, "logits") else out[0]
 
@@ -128,13 +120,11 @@ def verbalizer_log_probs(model: Any, tokenizer: Any, task: Task, examples: Seque
     scores = np.zeros((len(examples), 2), dtype=np.float64)
     order = sorted(range(len(items)), key=lambda i: len(items[i][0]))  # similar lengths pad less
     device, pad_id, cache_name = _device(model), _pad_id(tokenizer), _cache_name(model)
-    was_training = getattr(model, "training", False)
-    model.eval()
-    try:
+    with eval_mode(model):
         with torch.inference_mode():
             for start in range(0, len(order), batch_size):
                 chosen = order[start:start + batch_size]
-                ids, mask = _left_pad([items[i][0] for i in chosen], pad_id, device)
+                ids, mask = pad_left([items[i][0] for i in chosen], pad_id, device)
                 positions = (mask.cumsum(-1) - 1).clamp(min=0)
                 out = model(input_ids=ids, attention_mask=mask, position_ids=positions, use_cache=True,
                             logits_to_keep=1)
@@ -164,8 +154,6 @@ def verbalizer_log_probs(model: Any, tokenizer: Any, task: Task, examples: Seque
                     for b, (i, r) in enumerate(zip(chosen, rests)):
                         for j in range(1, len(r)):
                             scores[i, k] += float(logp[b, j - 1, r[j]])
-    finally:
-        model.train(was_training)
     return scores
 
 
@@ -183,17 +171,15 @@ def generate_explanations(model: Any, tokenizer: Any, task: Task, examples: Sequ
     """Greedy continuations of each example's task prompt, batched with left padding, cut at eos."""
     examples = require_examples(examples, "explain", "pass at least one example")
     prompts = [task.encode_prompt(tokenizer, ex.fields).input_ids for ex in examples]
-    eos = _eos_ids(model, tokenizer)
+    eos = sorted(stop_token_ids(model, tokenizer))
     order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]))
     texts: list[str] = [""] * len(prompts)
     device, pad_id = _device(model), _pad_id(tokenizer)
-    was_training = getattr(model, "training", False)
-    model.eval()
-    try:
+    with eval_mode(model):
         with torch.inference_mode():
             for start in range(0, len(order), batch_size):
                 chosen = order[start:start + batch_size]
-                ids, mask = _left_pad([prompts[i] for i in chosen], pad_id, device)
+                ids, mask = pad_left([prompts[i] for i in chosen], pad_id, device)
                 out = model.generate(input_ids=ids, attention_mask=mask, max_new_tokens=max_new_tokens,
                                      do_sample=False, temperature=None, top_p=None, top_k=None,
                                      pad_token_id=pad_id, eos_token_id=eos)
@@ -201,8 +187,6 @@ def generate_explanations(model: Any, tokenizer: Any, task: Task, examples: Sequ
                     new = out[b, ids.shape[1]:].tolist()
                     cut = next((j for j, t in enumerate(new) if t in eos), len(new))
                     texts[i] = tokenizer.decode(new[:cut], skip_special_tokens=True).strip()
-    finally:
-        model.train(was_training)
     return texts
 
 
@@ -226,14 +210,6 @@ def _pad_id(tokenizer: Any) -> int:
         raise ClsgenError("the tokenizer has neither a pad nor an eos token; load it through "
                           "clsgen.backbones (prepare_tokenizer) or add one")
     return int(pad)
-
-
-def _eos_ids(model: Any, tokenizer: Any) -> list[int]:
-    ids = [tokenizer.eos_token_id] if tokenizer.eos_token_id is not None else []
-    config = getattr(model, "generation_config", None)
-    extra = getattr(config, "eos_token_id", None) if config is not None else None
-    ids += extra if isinstance(extra, list) else ([extra] if extra is not None else [])
-    return sorted({int(i) for i in ids})
 
 
 # ---------------------------------------------------------------------------- classifier

@@ -20,7 +20,10 @@ COMMAND_MODULES = [
     "clsgen.cli.synth",
     "clsgen.cli.experiment",
     "clsgen.cli.train",
+    "clsgen.cli.export",
     "clsgen.cli.evaluate",
+    "clsgen.cli.predict",
+    "clsgen.cli.calibrate",
     "clsgen.cli.serve",
     "clsgen.cli.hub",
 ]

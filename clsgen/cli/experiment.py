@@ -43,7 +43,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     d.set_defaults(func=run_demo, config="demo")
 
 
-def _run(args: argparse.Namespace) -> "object":
+def _run(args: argparse.Namespace) -> object:
     from ..experiment import RUN_FILE, run_experiment
     from ..files import check_run_dir
 

@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import argparse
 
-import torch
-
 
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("generate", help="chat with a base model (smoke test)")
@@ -17,6 +15,8 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def generate_reply(backbone, prompt: str, system: str | None = None, max_new_tokens: int = 96) -> str:
+    import torch
+
     tok = backbone.tokenizer
     messages = ([{"role": "system", "content": system}] if system else []) + [
         {"role": "user", "content": prompt}]
