@@ -92,14 +92,16 @@ CSS = """
 body{font-family:-apple-system,Segoe UI,Helvetica,Arial,sans-serif;margin:1.5em auto;max-width:1240px;
 color:#222;padding:0 1em;line-height:1.4}h1{font-size:1.6em;margin-bottom:.2em}
 h2{font-size:1.25em;margin-top:1.8em;border-bottom:1px solid #ddd}
-table{border-collapse:collapse;font-size:.9em}td,th{padding:.35em .6em;border-bottom:1px solid #eee;
+table{border-collapse:collapse;font-size:.86em}td,th{padding:.3em .45em;border-bottom:1px solid #eee;
 text-align:left;vertical-align:top}th{background:#f6f6f6}th[title]{cursor:help;text-decoration:underline dotted}
 td.num{text-align:right;font-variant-numeric:tabular-nums;white-space:nowrap}
 .ci,.n{display:block;font-size:.8em;color:#666}.best{font-weight:700;background:#e8f4ec}
 .mark{color:#16794c}.undef{color:#999;cursor:help}tr.paper td{background:#fff8ec;color:#7a4a00;font-style:italic}
-.desc{display:block;font-size:.8em;color:#666;max-width:22em}.note{color:#666;font-size:.88em}
+.desc{display:block;font-size:.8em;color:#666;min-width:11em;max-width:14em}
+tr.paper td.num{white-space:normal}.note{color:#666;font-size:.88em}
 dl.run{display:grid;grid-template-columns:max-content 1fr;gap:.15em 1em;font-size:.92em}dt{color:#555}dd{margin:0}
-dl.defs dt{font-weight:600;color:#222;margin-top:.4em}dl.defs dd{margin:0 0 0 1em}
+dl.defs{columns:2;column-gap:2em;font-size:.92em}dl.defs dt{font-weight:600;color:#222;margin-top:.4em;
+break-after:avoid}dl.defs dd{margin:0 0 0 1em;break-before:avoid;break-inside:avoid}
 code{background:#f3f3f3;padding:0 .25em;border-radius:3px}
 .charts{display:grid;grid-template-columns:1fr 1fr;gap:.5em 1.5em}svg text{font-size:11px;fill:#333}
 table.sbs{table-layout:fixed;width:100%}table.sbs td{font-size:.88em}
@@ -197,7 +199,7 @@ def _table(results: Mapping[str, Mapping[str, Any]], keys: Sequence[str]) -> str
     esc = html.escape
     head = "<tr><th>method</th>" + "".join(
         f"<th title='{esc(SPECS[k].definition, quote=True)} (key: {esc(k)})'>{esc(SPECS[k].name)}</th>"
-        for k in keys) + "<th></th></tr>"
+        for k in keys) + "</tr>"
     best = {k: best_methods(results, k) for k in keys}
     rows = [head]
     for method, r in results.items():
@@ -205,9 +207,9 @@ def _table(results: Mapping[str, Mapping[str, Any]], keys: Sequence[str]) -> str
         cells = "".join(_cell(r, k, method in best[k]) for k in keys)
         link = f"<a href='eval/{esc(method, quote=True)}/report.html'>full report</a>"
         rows.append(f"<tr><td title='key: {esc(method, quote=True)}'><b>{esc(method_name(method))}</b>"
-                    f"<span class=desc>{esc(desc)}</span></td>{cells}<td>{link}</td></tr>")
+                    f"<span class=desc>{esc(desc)}; {link}</span></td>{cells}</tr>")
     paper = "".join(f"<td class=num>{esc(SPECS[k].paper or '')}</td>" for k in keys)
-    rows.append(f"<tr class=paper><td>{esc(PAPER_SOURCE)}</td>{paper}<td></td></tr>")
+    rows.append(f"<tr class=paper><td>{esc(PAPER_SOURCE)}</td>{paper}</tr>")
     return "<table class=results>" + "".join(rows) + "</table>"
 
 
@@ -242,7 +244,8 @@ def _panel(results: Mapping[str, Mapping[str, Any]], key: str, domain: tuple[flo
         parts.append(f"<line x1='{x(0.5):.1f}' x2='{x(0.5):.1f}' y1='{top - 6}' y2='{height - 22}' "
                      "stroke='#999' stroke-dasharray='3,3'/>"
                      f"<text x='{x(0.5) + 3:.1f}' y='{top - 10}' style='fill:#777'>chance</text>")
-    for t in (lo, (lo + hi) / 2, hi) if lo < 0 else (0.0, 0.25, 0.5, 0.75, 1.0):
+    step = 0.25 if lo >= 0 else 0.5
+    for t in (lo + step * i for i in range(int(round((hi - lo) / step)) + 1)):
         parts.append(f"<line x1='{x(t):.1f}' x2='{x(t):.1f}' y1='{height - 22}' y2='{height - 18}' stroke='#666'/>"
                      f"<text x='{x(t):.1f}' y='{height - 6}' text-anchor='middle'>{t:g}</text>")
     parts.append(f"<line x1='{left}' x2='{left + width}' y1='{height - 22}' y2='{height - 22}' stroke='#666'/>")

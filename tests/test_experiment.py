@@ -62,7 +62,9 @@ def test_experiment_runs_every_method_and_reruns_from_cache(tmp_path):
     assert stored["temperature"] == evaluated["temperature"]
     saved = json.loads((result.out_dir / "results.json").read_text())
     assert set(saved["methods"]) == set(METHODS)
-    assert "<table>" in (result.out_dir / "results.html").read_text()
+    page = (result.out_dir / "results.html").read_text()
+    assert "Alignment AUROC" in page and "<dt>model</dt><dd>tiny</dd>" in page and "★" in page
+    assert saved["run"]["n_test"] == 6 and saved["run"]["model"] == "tiny"
     assert (result.out_dir / "synth" / "train.jsonl").is_file()
 
     again: list[str] = []
