@@ -48,7 +48,8 @@ METRICS = (
                "gold label; chance is the share of positive rows."),
     MetricSpec("f1", "F1", "F1 score of the predicted label ŷ = [p ≥ τ] against the gold label, with the "
                "threshold τ chosen on the validation split (max F1)."),
-    MetricSpec("accuracy", "Accuracy", "Share of test rows whose predicted label ŷ = [p ≥ τ] equals the gold label."),
+    MetricSpec("accuracy", "Accuracy",
+               "Share of test rows whose predicted label ŷ = [p ≥ τ] equals the gold label."),
     MetricSpec("ece", "Calibration error (ECE)", "Expected calibration error: the mean gap between the stated "
                "probability and the observed share of positives, over 15 equal-width bins. Lower is better.",
                better="lower"),
@@ -110,7 +111,7 @@ table.sbs{table-layout:fixed;width:100%}table.sbs td{font-size:.88em}
 .flag{display:inline-block;font-size:.8em;font-weight:700;padding:0 .4em;border-radius:3px;margin:.15em 0}
 .flag.ok{background:#e3f4e8;color:#1b6b3c}.flag.bad{background:#c62828;color:#fff}
 .expl{white-space:pre-wrap;margin-top:.3em;max-height:16em;overflow:hidden}
-.badge{display:block;font-weight:400;font-size:.8em}.badge.bad{color:#c62828;font-weight:700}
+.right{color:#16794c}.wrong{color:#c62828;font-weight:700}.badge{display:block;font-weight:400;font-size:.8em}.badge.bad{color:#c62828;font-weight:700}
 """
 
 
@@ -252,7 +253,8 @@ def _panel(results: Mapping[str, Mapping[str, Any]], key: str, domain: tuple[flo
     for i, (method, r) in enumerate(results.items()):
         y = top + row_h * i + row_h / 2
         m = _metric(r, key)
-        parts.append(f"<text x='{left - 8}' y='{y + 4:.1f}' text-anchor='end'>{html.escape(method_name(method))}</text>")
+        parts.append(f"<text x='{left - 8}' y='{y + 4:.1f}' text-anchor='end'>"
+                     f"{html.escape(method_name(method))}</text>")
         value = m.get("value")
         if not isinstance(value, (int, float)):
             why = html.escape(str(m.get("note") or "not computed"))
@@ -336,6 +338,8 @@ def _row_cell(rows: Mapping[str, Mapping[str, Any]] | None, row_id: str, verbali
     p, pred = row.get("probability"), row.get("prediction")
     head = (f"p = {p:.3f} → <b>{esc(_word(pred, verbalizers))}</b>" if isinstance(p, (int, float))
             else f"label <b>{esc(_word(pred, verbalizers))}</b>")
+    if isinstance(row.get("correct"), bool):
+        head += " <span class=right>(right)</span>" if row["correct"] else " <span class=wrong>(wrong)</span>"
     if not row.get("explained"):
         return f"<div class='cell na'>{head}<br>not explained (only a sample of the test rows is explained)</div>"
     verdict, text = row.get("verdict"), str(row.get("explanation") or "")

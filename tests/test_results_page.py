@@ -1,8 +1,8 @@
 """Tests for clsgen.results_page: the experiment's results.html rendered from fake metrics and tiny
 predictions files (no model is trained), and (when Chromium is installed) rendered in headless Chromium.
 
-`fake_run(folder)` writes a realistic run (CliniFact-like figures, every method) and is also how
-docs/results-page-screenshot.png is made (see docs/evaluation.md).
+`fake_run(folder)` writes a realistic run (CliniFact-like figures, every method); `example_page` renders
+it as docs/results-page-screenshot.png shows it (see docs/evaluation.md, "Results page").
 """
 
 from __future__ import annotations
@@ -67,7 +67,7 @@ TEXTS = {
 }
 
 
-def _rows(method: str, n: int = 12) -> list[dict[str, Any]]:
+def _rows(method: str, n: int = 12, hostile: bool = True) -> list[dict[str, Any]]:
     rows = []
     for i in range(n):
         label = 1 if i % 3 == 0 else 0
@@ -87,28 +87,42 @@ def _rows(method: str, n: int = 12) -> list[dict[str, Any]]:
             elif method == "generation-only" and i == 1:
                 verdict = 0
             if method == "clsgen" and i == 3:
-                text = HOSTILE
+                text = HOSTILE if hostile else ("In 412 adults the claimed outcome differed between the arms by "
+                                                "1.2 points (95% CI 0.8 to 1.6), as the claim states.")
             row.update(verdict=verdict, explanation=text,
                        text=text + ("" if verdict is None else f"\n\nAnswer: {VERBALIZERS[verdict]}"))
         rows.append(row)
     return rows
 
 
-def fake_run(folder: Path, methods: tuple[str, ...] = tuple(METHOD_METRICS)) -> tuple[dict[str, Any], dict[str, Any]]:
-    """Write eval/<method>/predictions.jsonl for each method; return (results, run) as results.json holds them."""
+def fake_run(folder: Path, methods: tuple[str, ...] = tuple(METHOD_METRICS),
+             hostile: bool = True) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Write eval/<method>/predictions.jsonl for each method (one explanation holds markup unless
+    `hostile` is False); return (results, run) as results.json holds them."""
     results = {}
     for method in methods:
         eval_dir = folder / "eval" / method
         eval_dir.mkdir(parents=True, exist_ok=True)
-        rows = _rows(method)
+        rows = _rows(method, hostile=hostile)
         (eval_dir / "predictions.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
-        results[method] = {"metrics": copy.deepcopy(METHOD_METRICS[method]), "info": {"method": method, "fit_seconds": 1500.0},
+        results[method] = {"metrics": copy.deepcopy(METHOD_METRICS[method]),
+                           "info": {"method": method, "fit_seconds": 1500.0},
                            "timing_s": {"predict_proba": 40.0, "explain": 600.0 if method in TEXTS else 0.0},
                            "n_explained": 6 if method in TEXTS else 0, "report": str(eval_dir / "report.html")}
     run = {"dataset": "clinifact", "split": "trial-disjoint", "binarization": "evidence-vs-rest", "n_test": 394,
            "n_train": 1260, "n_validation": 316, "model": "smollm2-135m", "teacher": "local:smollm2-135m",
-           "verbalizers": VERBALIZERS, "command": "clsgen experiment --config clinifact-trial-disjoint --out <runs>"}
+           "verbalizers": VERBALIZERS,
+           "command": "clsgen experiment --config clinifact-trial-disjoint --show-examples"}
     return results, run
+
+
+def example_page(folder: Path) -> Path:
+    """results.html of `fake_run` with texts shown, titled as illustrative (docs/results-page-screenshot.png)."""
+    results, run = fake_run(folder, hostile=False)
+    page = folder / "results.html"
+    page.write_text(render_results_page(results, title="clsgen — CliniFact, trial-disjoint (illustrative figures, "
+                                        "not a measured run)", run=run, out_dir=folder, show_examples=True))
+    return page
 
 
 class _Cells(HTMLParser):
@@ -231,6 +245,7 @@ def test_same_rows_side_by_side_with_disagreement_flags_and_collapse(page: str):
     assert "readability 0.02: explanations collapsed" in page
     assert page.count("⚠ no verdict stated") >= 3  # classification-only on every row
     assert "⚠ explanation says FALSE, label is TRUE" in page  # generation-only on clinifact-101
+    assert "p = 0.710 → <b>TRUE</b> <span class=wrong>(wrong)</span>" in page  # ... and wrong against gold
     assert "✓ explanation says TRUE" in page
     assert "TRUE TRUE TRUE TRUE" in page and "(empty explanation)" in page
     assert "reduction in HbA1c" in page
