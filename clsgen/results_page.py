@@ -391,8 +391,9 @@ def _side_by_side(results: Mapping[str, Mapping[str, Any]], eval_dirs: Mapping[s
         cells = "".join(f"<td>{_row_cell(predictions[m], row_id, verbalizers, show_examples)}</td>" for m in methods)
         body.append(f"<tr><td>{name}<br>gold: <b>{esc(_word(gold, verbalizers))}</b></td>{cells}</tr>")
     note = ("Each column is one method answering the same test row: its probability p and label "
-            "(p ≥ its threshold), the verdict its explanation states, and the explanation. Red: the "
-            "explanation states no verdict, or one that contradicts the method's own label.")
+            "(p ≥ its threshold; right or wrong against the gold label), the verdict its explanation states, "
+            "and the explanation. Red: the explanation states no verdict, or one that contradicts the method's "
+            "own label.")
     if not show_examples:
         note += (" The texts and row ids are hidden, because generated text can quote its (often clinical) "
                  "input; rerun with --show-examples to include them (each method's predictions.jsonl holds "
