@@ -20,6 +20,7 @@ from .config import Config
 from .datasets import DatasetSplits, load_dataset
 from .errors import ClsgenError
 from .files import atomic_write_files, atomic_write_json, check_writable, write_error
+from .results_page import render_results_page
 
 METHODS = ("clsgen", "clsgen+consistency", "classification-only", "generation-only", "prompting", "cnn", "tfidf")
 LLM_TRAINED = {"clsgen": {"w_consistency": 0.0}, "clsgen+consistency": {},
@@ -80,12 +81,15 @@ def _changed_keys(a: dict[str, Any], b: dict[str, Any], prefix: str = "") -> lis
 
 
 def run_experiment(cfg: Config, out_dir: str | Path | None = None, *, methods: list[str] | None = None,
-                   log: Callable[[str], None] = print, show_examples: bool = False) -> ExperimentResult:
+                   log: Callable[[str], None] = print, show_examples: bool = False,
+                   command: str | None = None) -> ExperimentResult:
     """Run (or continue) the comparison described by `cfg`; returns every method's metrics.
 
-    show_examples: put sample explanations in each method's report.html and the synth report (off by
-    default: generated text can quote the often clinical inputs; results.md/json/html never hold text).
-    Steps done by an earlier run keep the reports they wrote.
+    show_examples: put sample explanations in each method's report.html, the synth report and the
+    side-by-side rows of results.html (off by default: generated text can quote the often clinical
+    inputs; results.md/json never hold text, results.html only with show_examples). Steps done by an
+    earlier run keep the reports they wrote.
+    command: the command line that started the run, recorded in results.json and shown on results.html.
     """
     methods = list(methods or cfg.experiment.methods)
     unknown = [m for m in methods if m not in METHODS]
@@ -118,12 +122,14 @@ def run_experiment(cfg: Config, out_dir: str | Path | None = None, *, methods: l
 
     table = results_table(results, cfg, ds)
     paths = {"markdown": out / "results.md", "json": out / "results.json", "html": out / "results.html"}
-    page = _html_page(cfg.experiment.title or f"clsgen — {ds.name}", table, results)
+    run = _run_facts(cfg, ds, methods, command)
+    page = render_results_page(results, title=cfg.experiment.title or f"clsgen — {ds.name}", run=run,
+                               out_dir=out, show_examples=show_examples)
     atomic_write_files([  # one unit: a full disk leaves the tables of an earlier run as they were
         (paths["markdown"], (table + "\n").encode("utf-8")),
         (paths["html"], page.encode("utf-8")),
-        (paths["json"], (json.dumps({"dataset": ds.name, "info": ds.info, "methods": results}, indent=2,
-                                    ensure_ascii=False) + "\n").encode("utf-8")),
+        (paths["json"], (json.dumps({"dataset": ds.name, "info": ds.info, "run": run, "methods": results},
+                                    indent=2, ensure_ascii=False) + "\n").encode("utf-8")),
     ])
     return ExperimentResult(out, results, table, paths)
 
@@ -285,20 +291,13 @@ def _teacher_name(cfg: Config) -> str:
     return f"reference field '{t.reference_field}'" if t.kind == "reference" else f"{t.kind}:{t.model}"
 
 
-def _html_page(title: str, table_md: str, results: dict[str, dict[str, Any]]) -> str:
-    import html
-
-    rows = [line for line in table_md.splitlines() if line.startswith("|")]
-    cells = [[c.strip() for c in r.strip("|").split("|")] for r in rows]
-    header, body = cells[0], cells[2:]
-    note = "\n".join(line for line in table_md.splitlines() if not line.startswith("|"))
-    th = "".join(f"<th>{html.escape(c)}</th>" for c in header)
-    trs = "".join(
-        "<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in row)
-        + f"<td><a href=\"eval/{html.escape(row[0])}/report.html\">report</a></td></tr>" for row in body)
-    return (f"<!doctype html><html lang=en><meta charset=utf-8><title>{html.escape(title)}</title>"
-            "<style>body{font:14px system-ui,sans-serif;margin:2em;color:#222}table{border-collapse:collapse}"
-            "td,th{border:1px solid #ccc;padding:4px 8px;text-align:right}td:first-child{text-align:left}"
-            "th{background:#f3f3f3}</style>"
-            f"<h1>{html.escape(title)}</h1><table><tr>{th}<th></th></tr>{trs}</table>"
-            f"<p>{html.escape(note)}</p></html>")
+def _run_facts(cfg: Config, ds: DatasetSplits, methods: list[str], command: str | None) -> dict[str, Any]:
+    """What the results page says was run (also kept in results.json under "run")."""
+    teacher = None
+    if any(m in LLM_TRAINED for m in methods):
+        teacher = (f"explanations read from {cfg.experiment.explanations}" if cfg.experiment.explanations
+                   else _teacher_name(cfg))
+    return {"dataset": ds.name, "split": ds.info.get("split"), "binarization": ds.info.get("binarization"),
+            "n_test": len(ds.test), "n_train": len(ds.train), "n_validation": len(ds.validation),
+            "model": cfg.model.name, "teacher": teacher, "verbalizers": list(ds.task.verbalizers),
+            "command": command}

@@ -62,7 +62,9 @@ def test_experiment_runs_every_method_and_reruns_from_cache(tmp_path):
     assert stored["temperature"] == evaluated["temperature"]
     saved = json.loads((result.out_dir / "results.json").read_text())
     assert set(saved["methods"]) == set(METHODS)
-    assert "<table>" in (result.out_dir / "results.html").read_text()
+    page = (result.out_dir / "results.html").read_text()
+    assert "Alignment AUROC" in page and "<dt>model</dt><dd>tiny</dd>" in page and "★" in page
+    assert saved["run"]["n_test"] == 6 and saved["run"]["model"] == "tiny"
     assert (result.out_dir / "synth" / "train.jsonl").is_file()
 
     again: list[str] = []
@@ -80,3 +82,19 @@ def test_changed_settings_are_refused_instead_of_mixed(tmp_path):
 def test_unknown_method_is_named(tmp_path):
     with pytest.raises(ClsgenError, match="svm"):
         run_experiment(_config(tmp_path), methods=["svm"], log=lambda _: None)
+
+
+def test_cli_records_its_command_on_the_results_page(tmp_path, capsys):
+    from clsgen.cli import main
+
+    data = tmp_path / "notes.jsonl"
+    _write_dataset(data)
+    out = tmp_path / "run"
+    sets = ["model.name=tiny", f"data.dataset={data}", "task.template=Note: {text}", "eval.n_bootstrap=20"]
+    argv = ["experiment", *(a for s in sets for a in ("--set", s)), "--methods", "tfidf", "--out", str(out)]
+    assert main(argv) == 0
+    saved = json.loads((out / "results.json").read_text())
+    assert saved["run"]["command"].startswith("clsgen experiment --set model.name=tiny")
+    assert "'task.template=Note: {text}'" in saved["run"]["command"]  # quoted as a shell would need it
+    page = (out / "results.html").read_text()
+    assert "<dt>command</dt><dd><code>clsgen experiment --set" in page and "TF-IDF + LR" in page

@@ -83,6 +83,7 @@ def main(argv: list[str] | None = None) -> int:
     _openmp_waits_passively_when_busy()
     parser = build_parser()
     args = parser.parse_args(argv)
+    args.argv = list(sys.argv[1:] if argv is None else argv)  # recorded by the commands that keep results
     if not getattr(args, "func", None):
         parser.print_help()
         return 2

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import shlex
 from importlib import resources
 from pathlib import Path
 
@@ -51,7 +52,8 @@ def _run(args: argparse.Namespace) -> object:
     cfg = config_from_args(args)
     methods = [m.strip() for m in args.methods.split(",")] if getattr(args, "methods", None) else None
     check_run_dir(args.out or cfg.experiment.out_dir, (RUN_FILE,))
-    result = run_experiment(cfg, args.out, methods=methods, show_examples=args.show_examples)
+    command = shlex.join(["clsgen", *getattr(args, "argv", [])]) if getattr(args, "argv", None) else None
+    result = run_experiment(cfg, args.out, methods=methods, show_examples=args.show_examples, command=command)
     print()
     print(result.table_markdown)
     print()
