@@ -218,6 +218,9 @@ class _LoopState:
 
     step: int = 0
     best_value: float | None = None
+    """The selection metric of the kept model."""
+    peak_value: float | None = None
+    """The best selection metric seen (dev AUROC: the kept model is within select_tolerance of it)."""
     best_step: int | None = None
     evals_since_best: int = 0
     stopped_early: bool = False
@@ -413,7 +416,7 @@ def _train(accelerator: Any, cfg: Config, task: Task, train_set: list[TrainExamp
 
         if dev_set and (state.step % eval_every == 0 or last):
             metrics = _evaluate(accelerator, model, dev_enc, dev_trunk, pad_id, cfg.eval.batch_size, tc.w_lm)
-            _select(accelerator, model, metrics, selection, state, out_dir)
+            _select(accelerator, model, metrics, selection, state, out_dir, tc.select_tolerance)
             record.update(metrics)
             _log(accelerator, out_dir, {"event": "eval", **metrics}, trackers)
             if main:
@@ -506,13 +509,21 @@ def _step(accelerator: Any, model: Any, optimizer: Any, trainable: list, enc: Se
 
 
 def _select(accelerator: Any, model: Any, metrics: dict[str, Any], selection: str | None, state: _LoopState,
-            out_dir: Path) -> None:
-    """Keep the best model so far (dev AUROC, or dev LM loss for generation-only) in checkpoints/best."""
+            out_dir: Path, tolerance: float = 0.0) -> None:
+    """Keep the best model so far in checkpoints/best: dev AUROC (the latest evaluation within
+    `tolerance` of the best seen), or dev LM loss for generation-only."""
     metrics["step"] = state.step
     state.last_eval = dict(metrics)
     value = metrics.get(selection) if selection else None
-    improved = value is not None and (state.best_value is None or (
-        value > state.best_value if selection == "dev_auroc" else value < state.best_value))
+    if value is None:
+        improved = False
+    elif selection == "dev_auroc":
+        peak = state.peak_value if state.peak_value is not None else state.best_value
+        improved = peak is None or value > peak or (tolerance > 0 and value >= peak - tolerance)
+        if peak is None or value > peak:
+            state.peak_value = value
+    else:
+        improved = state.best_value is None or value < state.best_value
     if improved:
         state.best_value, state.best_step, state.evals_since_best = value, state.step, 0
         best = _best_dir(out_dir, state.step)
@@ -1142,6 +1153,7 @@ def _summary(state: _LoopState, started: float, total_steps: int, steps_per_epoc
     }
     if data_info.get("selection") == "dev_auroc":
         summary["best_dev_auroc"] = state.best_value
+        summary["peak_dev_auroc"] = state.peak_value
     if torch.cuda.is_available():
         summary["peak_gpu_memory_mb"] = round(torch.cuda.max_memory_allocated() / 2**20, 1)
     if in_sync is not None:

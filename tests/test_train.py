@@ -276,12 +276,22 @@ def test_bf16_base_with_mixed_precision_and_gradient_checkpointing(tmp_path):
 
 
 def test_early_stopping_and_missing_trackers(tmp_path, caplog):
-    cfg = make_cfg(max_steps=6, lr=0.0, head_lr=0.0, eval_every=1, early_stopping=1, log_with=["wandb"])
+    cfg = make_cfg(max_steps=6, lr=0.0, head_lr=0.0, eval_every=1, early_stopping=1, log_with=["wandb"],
+                   select_tolerance=0.0)
     with caplog.at_level("WARNING"):
         result = train(cfg, toy(8, 13), toy(4, 14), tmp_path / "m", progress=False)
     assert "wandb is not installed" in caplog.text or importlib.util.find_spec("wandb")
     # nothing learns (lr 0): the second evaluation does not improve, and the run stops there
     assert result.steps == 2 and result.summary["stopped_early"] and result.best_step == 1
+
+
+def test_a_plateau_in_dev_auroc_keeps_the_latest_model(tmp_path):
+    """Within select_tolerance of the best dev AUROC a later evaluation replaces the kept model (the
+    LM side may still be learning); beyond it, the earlier model stays."""
+    cfg = make_cfg(max_steps=3, lr=0.0, head_lr=0.0, eval_every=1)
+    result = train(cfg, toy(8, 13), toy(4, 14), tmp_path / "m", progress=False)
+    assert result.best_step == 3 and result.summary["peak_dev_auroc"] == result.best_dev_auroc
+    assert json.loads((tmp_path / "m" / "clsgen.json").read_text())["train"]["step"] == 3
 
 
 def test_configs_that_cannot_work_are_refused_before_training(tmp_path):

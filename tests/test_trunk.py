@@ -239,7 +239,6 @@ def test_train_with_a_cached_trunk_and_a_probe_head(tmp_path):
 def test_probe_of_a_head_inside_the_trunk_reads_the_cache(tmp_path):
     """A head reading a frozen trunk layer is probed from the cached pooled states, without running
     the LoRA layers: the same head a probe on the full forward pass's features gives."""
-    import numpy as np
     from test_train import make_cfg, toy
 
     from clsgen.head import ClassificationHead, fit_probe
