@@ -137,9 +137,10 @@ class ClsgenClassifier(TwoColumnProba):
         return store_calibration(target, self.calibration)
 
     def positive_proba(self, examples: Sequence[Example]) -> np.ndarray:
-        """Calibrated P(label 1). Rows explained by the previous `explain` call reuse the logit of
-        that call's prefill (the probability that came with the explanation) instead of a second
-        prefill; that reuse happens once, on the next call only."""
+        """Calibrated P(label 1). Rows explained or verdict-scored by the previous `explain` /
+        `verdicts` calls reuse the logit of that prefill (the probability that came with the
+        explanation or verdict) instead of a second prefill; that reuse happens once, on the next
+        call only."""
         predictor = self._fitted()
         reuse, self._explained = self._explained, {}
         if not reuse:
@@ -174,13 +175,9 @@ class ClsgenClassifier(TwoColumnProba):
     def verdicts(self, examples: Sequence[Example]) -> list[int | None]:
         """The verdict the LM states for each example, scored teacher-forced without generating: the
         more likely verbalizer right after 'Answer: ' at the start of the turn. Defined only for
-        models trained with the verdict first (task.verdict_position 'first')."""
-        from .baselines.prompting import verbalizer_log_probs
-
-        if self._fitted().task.verdict_position != "first":
-            raise ClsgenError("verdicts() scores the verdict at the start of the turn, where only a model "
-                              "trained with task.verdict_position=first writes it")
+        models trained with the verdict first (task.verdict_position 'first'). The same prefill gives
+        the head's logits, which the next `positive_proba` call reuses."""
         predictor = self._fitted()
-        scores = verbalizer_log_probs(predictor.model.lm, predictor.tokenizer, predictor.task, list(examples),
-                                      batch_size=predictor.batch_size)
-        return [int(s[1] > s[0]) for s in scores]
+        heads, verdicts = predictor.verdict_logits(examples)
+        self._explained.update({tuple(predictor.encode(ex).input_ids): float(h) for ex, h in zip(examples, heads)})
+        return [int(v > 0) for v in verdicts]

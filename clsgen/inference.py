@@ -170,6 +170,43 @@ class Predictor:
         """Calibrated P(label 1) for each input, without generating (batched by prompt length)."""
         return sigmoid(self.logits(items) / self.temperature_scale)
 
+    def verdict_logits(self, items: Sequence[Item]) -> tuple[np.ndarray, np.ndarray]:
+        """Raw head logits and the LM's verdict logits, log P(verbalizer 1) - log P(verbalizer 0) at the
+        verdict token right after the verdict prefix ('Answer: ') that opens the turn, teacher-forced:
+        one prefill per batch over prompt + prefix (the head reads the prompt alone, as in `logits`).
+        Defined for models trained with the verdict first (task.verdict_position 'first')."""
+        if self.task.verdict_position != "first":
+            raise ClsgenError("the verdict is scored at the start of the turn, where only a model trained "
+                              "with task.verdict_position=first writes it")
+        items = _as_list(items)
+        prompts = [self.encode(it) for it in items]
+        rows, pairs = [], []
+        for item, prompt in zip(items, prompts):
+            fields = self.fields_of(item)
+            both = [self.task.encode_target(self.tokenizer, fields, self.task.target_text(None, k)) for k in (0, 1)]
+            at = next((i for i, (a, b) in enumerate(zip(*both)) if a != b), None)
+            if at is None:
+                raise ClsgenError(f"the verdict lines of task {self.task.name!r} tokenize alike for both labels; "
+                                  "choose verbalizers that differ in their first token")
+            rows.append(list(prompt.input_ids) + both[0][:at])
+            pairs.append((both[0][at], both[1][at]))
+        heads = np.zeros(len(items), dtype=np.float64)
+        verdicts = np.zeros(len(items), dtype=np.float64)
+        with eval_mode(self.model):
+            for idx in self._batches(prompts, "verdicts"):
+                input_ids, attention_mask = pad_left([rows[i] for i in idx], self.tokenizer.pad_token_id,
+                                                     self.model.device)
+                width = input_ids.shape[1]  # left padding: every row ends at the last column
+                device = self.model.device
+                prefix = torch.tensor([len(rows[i]) - len(prompts[i].input_ids) for i in idx], device=device)
+                with torch.inference_mode():
+                    out = self.model(input_ids, attention_mask, cls_index=width - 1 - prefix, lm_positions="none",
+                                     verdict_at=torch.full((len(idx),), width, device=device),
+                                     verdict_ids=torch.tensor([pairs[i] for i in idx], device=device))
+                heads[idx] = out.cls_logits.float().cpu().numpy()
+                verdicts[idx] = out.verdict_logits.float().cpu().numpy()
+        return heads, verdicts
+
     # ------------------------------------------------------------------ probability + explanation
     def predict(self, items: Sequence[Item] | Item, explain: bool = True) -> list[Prediction]:
         """A Prediction per input; with `explain`, the explanation is decoded from the prefill's cache."""

@@ -276,3 +276,40 @@ def test_prediction_dataclass_fields():
     assert p.explanation is None and p.verdict is None and p.text is None and not p.truncated
     assert set(p.to_dict()) >= {"probability", "label", "threshold", "explanation", "verdict", "text", "logit",
                                 "prompt_tokens", "truncated"}
+
+
+def test_verdict_logits_score_the_verdict_and_the_head_in_one_prefill():
+    """Predictor.verdict_logits: the head's logit equals the prompt-only prefill's, the verdict logit
+    equals log P(verbalizer 1) - log P(verbalizer 0) after the prefix in a full forward of one row;
+    the estimator's verdicts() leaves the head logits for positive_proba to reuse."""
+    from clsgen.config import HeadConfig, LoraConfig
+
+    task = Task(name="t", system="Is the note positive?", template="Note: {text}", verbalizers=("NO", "YES"),
+                verdict_position="first")
+    model = DualHeadModel.from_backbone(tiny_model(num_layers=2, dtype=torch.float32), task, LoraConfig(r=4),
+                                        head=HeadConfig(pooling="mean"))
+    with torch.no_grad():
+        for n, p in model.named_parameters():
+            if "lora_B" in n:
+                p.normal_(0, 0.2)
+    predictor = Predictor(model, batch_size=3)
+    texts = ["the patient improved markedly", "no change", "worse outcomes were seen in many", "better"]
+    heads, verdicts = predictor.verdict_logits(texts)
+    np.testing.assert_allclose(heads, predictor.logits(texts), rtol=0, atol=1e-5)
+    for text, v in zip(texts, verdicts):
+        fields = {"text": text}
+        both = [task.encode_target(model.tokenizer, fields, task.target_text(None, k)) for k in (0, 1)]
+        at = next(i for i, (a, b) in enumerate(zip(*both)) if a != b)
+        ids = torch.tensor([list(predictor.encode(text).input_ids) + both[0][:at]])
+        with torch.no_grad():
+            out = model(ids, torch.ones_like(ids), lm_positions="last")
+        logp = torch.log_softmax(out.lm_logits[0, -1].float(), -1)
+        assert v == pytest.approx(float(logp[both[1][at]] - logp[both[0][at]]), abs=1e-4)
+    clf = ClsgenClassifier(predictor)
+    examples = [Example(str(i), {"text": t}, i % 2) for i, t in enumerate(texts)]
+    assert clf.verdicts(examples) == [int(v > 0) for v in verdicts]
+    assert len(clf._explained) == len(texts)  # the next positive_proba reuses these logits
+    np.testing.assert_allclose(clf.positive_proba(examples), 1 / (1 + np.exp(-heads)), rtol=0, atol=1e-6)
+    with pytest.raises(ClsgenError, match="verdict_position=first"):
+        last = Task(name="t", system="Is the note positive?", template="Note: {text}", verbalizers=("NO", "YES"))
+        Predictor(DualHeadModel.from_backbone(tiny_model(num_layers=2), last, LoraConfig(r=4))).verdict_logits(texts)
