@@ -9,6 +9,7 @@ without testing anything.
 from __future__ import annotations
 
 import os
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -143,3 +144,21 @@ def live_server():
     yield start
     for server in reversed(started):
         server.__exit__(None, None, None)
+
+
+CHROMIUM = "/usr/bin/chromium"
+
+
+@pytest.fixture(scope="session")
+def chromium() -> str:
+    """Debian's Chromium for the browser tests (installed by scripts/ensure_chromium.sh when missing;
+    never a downloaded browser); the tests skip, saying why, when it cannot be installed."""
+    script = Path(__file__).resolve().parent.parent / "scripts" / "ensure_chromium.sh"
+    try:
+        done = subprocess.run(["bash", str(script)], capture_output=True, text=True, timeout=900)
+    except subprocess.TimeoutExpired:
+        pytest.skip("Chromium could not be installed: scripts/ensure_chromium.sh ran past 15 minutes")
+    if done.returncode != 0:
+        pytest.skip(f"Chromium could not be installed at {CHROMIUM} (scripts/ensure_chromium.sh): "
+                    f"{(done.stderr or done.stdout).strip()[-400:]}")
+    return CHROMIUM

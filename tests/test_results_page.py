@@ -19,8 +19,6 @@ import pytest
 
 from clsgen.results_page import PAPER_SOURCE, best_methods, pick_rows, render_results_page
 
-REPO = Path(__file__).resolve().parent.parent
-CHROMIUM = "/usr/bin/chromium"
 HOSTILE = "<script>alert('x')</script> The abstract reports & claims"
 VERBALIZERS = ["FALSE", "TRUE"]
 
@@ -303,19 +301,6 @@ def test_pick_rows_prefers_rows_every_method_explained():
 
 
 # ---------------------------------------------------------------------------------- in Chromium
-
-
-@pytest.fixture(scope="module")
-def chromium() -> str:
-    script = REPO / "scripts" / "ensure_chromium.sh"
-    try:
-        done = subprocess.run(["bash", str(script)], capture_output=True, text=True, timeout=900)
-    except subprocess.TimeoutExpired:
-        pytest.skip("Chromium could not be installed: scripts/ensure_chromium.sh ran past 15 minutes")
-    if done.returncode != 0:
-        pytest.skip(f"Chromium could not be installed at {CHROMIUM} (scripts/ensure_chromium.sh): "
-                    f"{(done.stderr or done.stdout).strip()[-400:]}")
-    return CHROMIUM
 
 
 def _chromium(binary: str, profile: Path, *args: str) -> subprocess.CompletedProcess:

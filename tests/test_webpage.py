@@ -12,34 +12,16 @@ when missing. The test is skipped only when it cannot be installed.
 
 from __future__ import annotations
 
-import subprocess
-from pathlib import Path
-
 import httpx
 import pytest
 
 from helpers import ThreadServer
 
-REPO = Path(__file__).resolve().parent.parent
-CHROMIUM = "/usr/bin/chromium"
 CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
                  "--disable-background-networking", "--disable-component-update", "--disable-sync"]
 KEY = "page-test-key"
 CLAIM = "Drug X lowers HbA1c in adults with type 2 diabetes."
 ABSTRACT = "In 412 adults, HbA1c fell by 1.2% with drug X versus 0.1% with placebo (p < 0.001)."
-
-
-@pytest.fixture(scope="module")
-def chromium() -> str:
-    script = REPO / "scripts" / "ensure_chromium.sh"
-    try:
-        done = subprocess.run(["bash", str(script)], capture_output=True, text=True, timeout=900)
-    except subprocess.TimeoutExpired:
-        pytest.skip("Chromium could not be installed: scripts/ensure_chromium.sh ran past 15 minutes")
-    if done.returncode != 0:
-        pytest.skip(f"Chromium could not be installed at {CHROMIUM} (scripts/ensure_chromium.sh): "
-                    f"{(done.stderr or done.stdout).strip()[-400:]}")
-    return CHROMIUM
 
 
 @pytest.fixture(scope="module")
