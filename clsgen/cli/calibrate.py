@@ -8,7 +8,7 @@ import sys
 
 from ..errors import ClsgenError
 from .common import add_config_options, add_data_options
-from .model_options import add_trust_options, check_split, default_dataset, eval_config, load_trained, model_meta
+from .model_options import add_trust_options, load_split, load_trained, model_meta
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -38,7 +38,6 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 def run_calibrate(args: argparse.Namespace) -> int:
     from ..calibration import format_calibration, store_calibration
-    from ..datasets import load_dataset
     from ..estimator import calibrate_predictor
     from ..inference import Predictor
 
@@ -46,12 +45,7 @@ def run_calibrate(args: argparse.Namespace) -> int:
     if meta is None:
         raise ClsgenError(f"--model {args.model!r} is not a clsgen model directory (no clsgen.json); "
                           "train one with `clsgen train`")
-    default_dataset(args, meta)
-    cfg = eval_config(args, meta)
-    ds = load_dataset(cfg.data, cfg.task)
-    examples = ds.split(args.split)
-    check_split(ds, args.split, examples)
-    split = "validation" if args.split == "dev" else args.split
+    cfg, _, examples, split = load_split(args, meta)
     if split == "test":
         print("warning: fitting the threshold and temperature on the test split makes test metrics "
               "optimistic", file=sys.stderr)

@@ -13,10 +13,8 @@ from .model_options import (
     add_model_options,
     add_sampling_options,
     check_model_kind,
-    check_split,
-    default_dataset,
-    eval_config,
     load_predictor,
+    load_split,
     model_meta,
 )
 
@@ -57,7 +55,6 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run_evaluate(args: argparse.Namespace) -> int:
-    from ..datasets import load_dataset
     from ..estimator import ClsgenClassifier
     from ..evaluate import METRICS_FILE, PREDICTIONS_FILE, evaluate
     from ..files import check_run_dir
@@ -65,12 +62,7 @@ def run_evaluate(args: argparse.Namespace) -> int:
     started = time.perf_counter()
     meta = model_meta(args.model)
     check_model_kind(args, meta)
-    default_dataset(args, meta)
-    cfg = eval_config(args, meta)
-    ds = load_dataset(cfg.data, cfg.task)
-    examples = ds.split(args.split)
-    check_split(ds, args.split, examples)
-    split = "validation" if args.split == "dev" else args.split
+    cfg, ds, examples, split = load_split(args, meta)
     out = check_run_dir(args.out or f"runs/eval-{ds.name}-{split}", (METRICS_FILE, PREDICTIONS_FILE))
     predictor = load_predictor(args, ds.task, meta, batch_size=cfg.eval.batch_size,
                                max_new_tokens=cfg.eval.max_new_tokens, do_sample=args.sample,

@@ -63,6 +63,19 @@ def default_dataset(args: argparse.Namespace, meta: dict[str, Any] | None) -> No
         args.dataset = meta["task"]["name"]
 
 
+def load_split(args: argparse.Namespace, meta: dict[str, Any] | None) -> tuple[Any, Any, list, str]:
+    """The evaluation config, the dataset, the examples of `--split` (checked non-empty before any
+    model loads) and the split's name ('dev' read as 'validation')."""
+    from ..datasets import load_dataset
+
+    default_dataset(args, meta)
+    cfg = eval_config(args, meta)
+    ds = load_dataset(cfg.data, cfg.task)
+    examples = ds.split(args.split)
+    check_split(ds, args.split, examples)
+    return cfg, ds, examples, "validation" if args.split == "dev" else args.split
+
+
 def check_split(ds: Any, split: str, examples: list) -> None:
     """An empty split fails before the model loads, saying which splits the data has."""
     if examples:
