@@ -50,6 +50,18 @@ class Encoded:
     def __len__(self) -> int:
         return len(self.input_ids)
 
+    @property
+    def loss_start(self) -> int:
+        """Index in `input_ids` of the first token carrying LM loss: the verdict token in a verdict-only
+        row, the first target token otherwise."""
+        return self.verdict_at if self.target_len and not self.explained and self.verdict_at >= 0 \
+            else self.prompt_len
+
+    @property
+    def loss_tokens(self) -> int:
+        """Tokens carrying LM loss (0: classification only)."""
+        return len(self.input_ids) - self.loss_start if self.target_len else 0
+
 
 def prompt_fixed_part(task: Task, tokenizer: Any) -> int:
     """Tokens a prompt needs whatever its fields hold (instruction, template, truncation marks)."""
@@ -79,9 +91,12 @@ def encode_example(task: Task, tokenizer: Any, fields: Mapping[str, Any], label:
     that the whole fits `max_length`.
 
     An example without an explanation (`None`, e.g. rejected by the teacher) gets the verdict line
-    alone as its target, so every row teaches the verdict (`verdict_only=False`: no target, the row
-    trains the head only). The verdict token is found as the first token where the label-0 and
-    label-1 targets differ, whatever the tokenizer does around it.
+    up to its verdict token as its target, and only that token carries loss (`Encoded.loss_start`):
+    every row teaches the verdict, but a verdict-only row teaches neither that the turn ends after it
+    (with the verdict first, most rows unexplained would teach the model to stop before explaining)
+    nor that the turn opens with it (with the verdict last). `verdict_only=False`: no target, the row
+    trains the head only. The verdict token is found as the first token where the label-0 and label-1
+    targets differ, whatever the tokenizer does around it.
     """
     prompt = task.encode_prompt(tokenizer, fields).input_ids
     if len(prompt) > max_length:  # only when the task was not capped by `training_task`
@@ -93,6 +108,8 @@ def encode_example(task: Task, tokenizer: Any, fields: Mapping[str, Any], label:
     both = [task.encode_target(tokenizer, fields, task.target_text(explanation, k)) for k in (0, 1)]
     target = both[int(label)]
     at = next((i for i, (a, b) in enumerate(zip(*both)) if a != b), -1)
+    if not explained and at >= 0:
+        target = target[: at + 1]
     room = max_length - len(prompt)
     cut = len(target) > room
     target = target[:room]
@@ -111,7 +128,8 @@ def collate_train(rows: Sequence[Encoded], pad_id: int, weights: Sequence[float]
     """Right-padded training batch.
 
     `labels` are next-token targets aligned with `input_ids` (the model shifts): IGNORE_INDEX on the
-    prompt, on padding and everywhere in rows without a target. `cls_index` is the last prompt token.
+    prompt, on padding, before `loss_start` (a verdict-only row's "Answer: ") and everywhere in rows
+    without a target. `cls_index` is the last prompt token.
     `weight` is 1 for a real example and 0 for a filler row (see `plan_epoch`).
     """
     width = max(len(r) for r in rows)
@@ -124,7 +142,7 @@ def collate_train(rows: Sequence[Encoded], pad_id: int, weights: Sequence[float]
         input_ids[i, : len(r)] = ids
         attention_mask[i, : len(r)] = 1
         if r.target_len and (weights is None or weights[i] > 0):
-            labels[i, r.prompt_len: len(r)] = ids[r.prompt_len:]
+            labels[i, r.loss_start: len(r)] = ids[r.loss_start:]
     real = [weights is None or weights[i] > 0 for i in range(n)]
     return {
         "input_ids": input_ids,

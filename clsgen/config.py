@@ -280,8 +280,9 @@ class ExperimentConfig:
     synth_splits: list[str] = field(default_factory=lambda: ["train"])
     """Splits the teacher explains (training uses them; dev only selects and calibrates)."""
     explanations: str | None = None
-    """A teacher-explanation file made once (`clsgen synth` output, or records {id, explanation}):
-    joined by id to the training split instead of running the teacher."""
+    """A teacher-explanation file made once (`clsgen synth` output, records {id, explanation}, or
+    `clsgen:NAME` for one shipped with clsgen): joined by id to the training split instead of running
+    the teacher."""
 
 
 @dataclass

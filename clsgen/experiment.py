@@ -111,7 +111,9 @@ def run_experiment(cfg: Config, out_dir: str | Path | None = None, *, methods: l
     synth_path = None
     if any(m in LLM_TRAINED for m in methods):
         if cfg.experiment.explanations:  # made once (e.g. shipped): no teacher runs
-            synth_path = Path(cfg.experiment.explanations)
+            from .synth.store import explanations_path
+
+            synth_path = explanations_path(cfg.experiment.explanations)
             log(f"[synth] teacher explanations read from {synth_path} (no teacher runs; see docs/synth.md)")
         else:
             synth_path = _synth_step(cfg, ds, out, log, show_examples)

@@ -144,7 +144,7 @@ def load_training_examples(source: str | Path | Iterable[Any]) -> list[TrainExam
 
 def join_explanations(examples: Sequence[Any], source: str | Path | Iterable[Any]) -> list[TrainExample]:
     """The examples with the explanations of `source` joined by id: a synth JSONL, or any file of
-    records `{id, explanation[, label, verdict]}` (e.g. a shipped teacher file, without input text).
+    records `{id, explanation[, label, verdict]}` (e.g. `clsgen:NAME`, a file shipped with clsgen).
 
     An example without a record, or whose record has no accepted explanation, keeps None (it trains on
     its verdict line alone). A record whose label differs from the example's means the data changed:
@@ -162,7 +162,11 @@ def join_explanations(examples: Sequence[Any], source: str | Path | Iterable[Any
 
 def load_explanation_records(source: str | Path | Iterable[Any]) -> dict[str, dict[str, Any]]:
     """{id: record} of an explanations file or of in-memory records (each needs an id)."""
-    rows = read_rows(source) if isinstance(source, (str, Path)) else rows_from_records(list(source))
+    if isinstance(source, (str, Path)):
+        from .synth.store import explanations_path
+
+        source = explanations_path(source)
+    rows = read_rows(source) if isinstance(source, Path) else rows_from_records(list(source))
     out: dict[str, dict[str, Any]] = {}
     problems = []
     for row in rows:
@@ -474,7 +478,7 @@ def _step(accelerator: Any, model: Any, optimizer: Any, trainable: list, enc: Se
     world = accelerator.num_processes
     real = plan.examples()
     n_step = len(real)  # examples in the whole step (every micro-batch, every process)
-    t_step = sum(enc[i].target_len for i in real)  # explanation tokens in the whole step
+    t_step = sum(enc[i].loss_tokens for i in real)  # tokens carrying LM loss in the whole step
     sums = torch.zeros(3, device=accelerator.device)
     grad_norm = None
     for slot in plan.micro:
@@ -544,7 +548,7 @@ class _Window:
     def add(self, real: list[int], enc: Sequence[Encoded], sums: torch.Tensor, seconds: float) -> None:
         self.tokens += sum(len(enc[i]) for i in real)
         self.n += len(real)
-        self.t += sum(enc[i].target_len for i in real)
+        self.t += sum(enc[i].loss_tokens for i in real)
         self.cls += float(sums[0])
         self.lm += float(sums[1])
         self.consistency += float(sums[2])

@@ -43,8 +43,9 @@ def test_encode_prompt_then_target(tok):
 
 def test_null_explanation_gets_a_verdict_only_target(tok):
     e = encode_example(TASK, tok, FIELDS, 0, None, max_length=512)
-    assert tok.decode(e.input_ids[e.prompt_len:]).startswith("Answer: NO") and not e.explained
+    assert tok.decode(e.input_ids[e.prompt_len:]).strip() == "Answer: NO" and not e.explained
     assert e.input_ids[e.verdict_at] == e.verdict_ids[0] and e.verdict_ids[0] != e.verdict_ids[1]
+    assert e.verdict_at == len(e) - 1 and tok.eos_token_id not in e.input_ids[e.prompt_len:]
     assert tok.decode([e.verdict_ids[1]]).strip() == "YES"
     no_target = encode_example(TASK, tok, FIELDS, 0, None, max_length=512, verdict_only=False)
     assert no_target.target_len == 0 and len(no_target) == no_target.prompt_len and no_target.verdict_at == -1
@@ -62,6 +63,22 @@ def test_the_verdict_token_is_found_at_either_position(tok, position):
     assert task.parse_verdict(text) == 1 and task.split_verdict(text)[0] == "The outcome improved a lot."
     cut = encode_example(task, tok, FIELDS, 1, "The outcome improved a lot.", max_length=e.verdict_at)
     assert cut.verdict_at == -1  # the verdict was cut off: nothing to teach or tie there
+
+
+@pytest.mark.parametrize("position", ["first", "last"])
+def test_a_verdict_only_row_carries_loss_on_its_verdict_token_alone(tok, position):
+    """Neither the end of the turn right after the verdict nor an opening "Answer:" is taught by a row
+    without an explanation: most rows have none, and they would teach the model not to explain."""
+    task = TASK.with_overrides(verdict_position=position)
+    bare = encode_example(task, tok, FIELDS, 1, None, max_length=512)
+    explained = encode_example(task, tok, FIELDS, 0, "The outcome improved.", max_length=512)
+    labels = collate_train([bare, explained], pad_id=0)["labels"]
+    assert (labels[0] != IGNORE_INDEX).nonzero().flatten().tolist() == [bare.verdict_at]
+    assert labels[0, bare.verdict_at] == bare.verdict_ids[1] and bare.loss_tokens == 1
+    carried = (labels[1] != IGNORE_INDEX).nonzero().flatten().tolist()
+    assert carried == list(range(explained.prompt_len, len(explained))) == \
+        list(range(explained.loss_start, explained.loss_start + explained.loss_tokens))
+    assert explained.input_ids[-1] == tok.eos_token_id
 
 
 def test_target_is_cut_to_max_length(tok):

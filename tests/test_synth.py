@@ -289,6 +289,31 @@ def test_cli_synth_reference_and_a_clear_error(tmp_path, data_dir, capsys):
     assert code == 2 and "teacher.base_url (--base-url)" in capsys.readouterr().err
 
 
+def test_a_shareable_file_keeps_accepted_explanations_without_the_data_text(tmp_path, data_dir, capsys):
+    from clsgen.cli import main
+    from clsgen.synth.store import SHARED_KEYS, explanations_path
+    from clsgen.train import join_explanations
+
+    out, shared = tmp_path / "p.jsonl", tmp_path / "shared.jsonl"
+    code = main(["synth", "--dataset", "pubmedqa", "--data-dir", str(data_dir), "--split", "train",
+                 "--teacher", "reference", "--limit", "6", "--out", str(out), "--no-progress",
+                 "--shareable", str(shared)])
+    assert code == 0 and f"6 accepted explanations (id, label, verdict, explanation) -> {shared}" in capsys.readouterr().out
+    full = {r["id"]: r for r in read_synth(out)}
+    rows = [json.loads(line) for line in shared.read_text().splitlines()]
+    assert len(rows) == 6 and all(tuple(r) == SHARED_KEYS for r in rows)
+    assert all(r["explanation"] == full[r["id"]]["explanation"] for r in rows)
+    some_input = next(iter(full.values()))["fields"]["question"]
+    assert some_input not in shared.read_text()  # the input text stays behind
+
+    exs = [Example(r["id"], {"question": "q"}, label=r["label"]) for r in rows]
+    joined = join_explanations(exs, shared)
+    assert [j.explanation for j in joined] == [r["explanation"] for r in rows]
+    assert explanations_path(shared) == shared
+    with pytest.raises(ClsgenError, match="no explanations file 'clsgen:nope.jsonl' ships with clsgen; shipped: clsgen:"):
+        explanations_path("clsgen:nope.jsonl")
+
+
 # ---------------------------------------------------------------------------- the real embedded teacher
 
 

@@ -34,6 +34,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     t.add_argument("--concurrency", type=int, help="OpenAI-compatible teacher: requests in flight")
     t.add_argument("--max-attempts", type=int, help="tries per example before it is kept with explanation null")
     t.add_argument("--max-new-tokens", type=int, help="longest reply the teacher may write")
+    p.add_argument("--shareable", metavar="JSONL", help="also write the accepted explanations with their "
+                   "id, label and verdict only (no input text, no rejected replies): a file to ship or share, "
+                   "read by experiment.explanations and `clsgen train --explanations`")
     p.add_argument("--force-new", action="store_true", help="when --out holds records made with other teacher "
                    "settings, move that file aside (renamed, not deleted) and start afresh")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
@@ -85,4 +88,9 @@ def run(args: argparse.Namespace) -> int:
         raise write_error(e.filename or args.out, e, f"the records already in {args.out} are intact; rerun "
                           "the same command to resume") from None
     print(json.dumps(report.to_dict(), indent=2, ensure_ascii=False) if args.json else report.format())
+    if args.shareable:
+        from ..synth.store import read_synth, write_shareable
+
+        n = write_shareable(read_synth(args.out), args.shareable)
+        print(f"{n} accepted explanations (id, label, verdict, explanation) -> {args.shareable}")
     return 0

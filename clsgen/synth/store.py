@@ -1,5 +1,6 @@
 """`SynthStore`: the append-only JSONL of one synth run (one fsynced line per record, a torn last line
-cut off on the next run, the settings beside it, a lock against two writers), and `read_synth`."""
+cut off on the next run, the settings beside it, a lock against two writers), `read_synth`, and the
+shareable form of a run's explanations (`write_shareable`, `explanations_path` for the shipped ones)."""
 
 from __future__ import annotations
 
@@ -43,6 +44,36 @@ def read_synth(path: str | Path) -> list[dict[str, Any]]:
     except OSError as e:
         raise ClsgenError(f"cannot read {path}: {e.strerror}") from None
     return _scan(data, str(path))[0]
+
+
+SHARED_KEYS = ("id", "label", "verdict", "explanation")
+"""What a shareable explanations file keeps of each accepted record: no input text, no rejected reply."""
+SHIPPED_PREFIX = "clsgen:"
+"""`clsgen:NAME` names an explanations file shipped in the package's `explanations/` folder."""
+
+
+def write_shareable(records: Iterable[Mapping[str, Any]], path: str | Path) -> int:
+    """Write the accepted explanations of synth `records` as JSONL of `SHARED_KEYS` (atomically), a file
+    that can be shipped or shared without the data's text; returns how many records it holds."""
+    from ..files import atomic_write_text
+
+    kept = [{k: r.get(k) for k in SHARED_KEYS} for r in records
+            if isinstance(r.get("explanation"), str) and r["explanation"].strip()]
+    atomic_write_text(path, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in kept))
+    return len(kept)
+
+
+def explanations_path(spec: str | Path) -> Path:
+    """The file an explanations setting names: a path, or `clsgen:NAME` for one shipped with clsgen."""
+    text = str(spec)
+    if not text.startswith(SHIPPED_PREFIX):
+        return Path(spec)
+    folder = Path(__file__).resolve().parent.parent / "explanations"
+    path = folder / text[len(SHIPPED_PREFIX):]
+    if not path.is_file():
+        shipped = sorted(f"{SHIPPED_PREFIX}{f.name}" for f in folder.glob("*.jsonl"))
+        raise ClsgenError(f"no explanations file {text!r} ships with clsgen; shipped: {', '.join(shipped) or 'none'}")
+    return path
 
 
 def _flatten(d: Any, prefix: str = "") -> dict[str, Any]:
