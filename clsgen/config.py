@@ -271,7 +271,8 @@ class ExperimentConfig:
     """The whole comparison: which methods run and where the results go."""
 
     methods: list[str] = field(default_factory=lambda: [
-        "clsgen", "clsgen+consistency", "classification-only", "generation-only", "prompting", "cnn", "tfidf"])
+        "clsgen", "clsgen+consistency", "clsgen+head-verdict", "classification-only", "generation-only", "prompting",
+        "cnn", "tfidf"])
     """Methods to train and evaluate on the same test split, in table order."""
     out_dir: str = "runs/experiment"
     """Folder for every step's outputs; a rerun continues where the last one stopped."""

@@ -180,4 +180,6 @@ class ClsgenClassifier(TwoColumnProba):
         predictor = self._fitted()
         heads, verdicts = predictor.verdict_logits(examples)
         self._explained.update({tuple(predictor.encode(ex).input_ids): float(h) for ex, h in zip(examples, heads)})
+        if predictor.condition_on_head:  # the verdict it writes is the head's label, by construction
+            return [int(p >= predictor.threshold) for p in sigmoid(heads / predictor.temperature_scale)]
         return [int(v > 0) for v in verdicts]

@@ -133,6 +133,7 @@ def evaluate(
     texts: list[str | None] = [None] * len(examples)
     verdicts: list[int | None] = [None] * len(examples)
     cut_off: list[bool] = []
+    cut_at: dict[int, bool] = {}  # example index -> whether the token limit cut its explanation
     all_verdicts: list[int | None] | None = None
     can_explain = isinstance(classifier, Explainer)
     position = getattr(getattr(classifier, "task", None), "verdict_position", "last")
@@ -151,6 +152,7 @@ def evaluate(
             verdicts[i] = parse_verdict(text, words, position)
         cut = getattr(classifier, "cut_off", None)
         cut_off = list(cut) if isinstance(cut, list) and len(cut) == len(chosen) else []
+        cut_at = {i: bool(c) for i, c in zip(chosen, cut_off)}
         verbalizers = list(words)
     if isinstance(classifier, VerdictScorer) and position == "first":
         started = time.perf_counter()  # the verdict of every row, teacher-forced: alignment on all rows
@@ -213,6 +215,8 @@ def evaluate(
             row["verdict"] = verdicts[i]
             row["explanation"] = split_verdict(texts[i], position)[0]
             row["text"] = texts[i]
+            if i in cut_at:
+                row["cut_off"] = cut_at[i]
         if show_inputs:
             row["fields"] = dict(ex.fields)
         rows.append(row)

@@ -22,13 +22,20 @@ from .errors import ClsgenError
 from .files import atomic_write_files, atomic_write_json, check_writable, write_error
 from .results_page import render_results_page
 
-METHODS = ("clsgen", "clsgen+consistency", "classification-only", "generation-only", "prompting", "cnn", "tfidf")
+METHODS = ("clsgen", "clsgen+consistency", "clsgen+head-verdict", "classification-only", "generation-only",
+           "prompting", "cnn", "tfidf")
 LLM_TRAINED = {"clsgen": {"w_consistency": 0.0}, "clsgen+consistency": {},
                "classification-only": {"w_lm": 0.0, "w_consistency": 0.0},
                "generation-only": {"w_cls": 0.0, "w_consistency": 0.0}}
 """Each LLM-trained method: its overrides of train.* ('clsgen+consistency' keeps train.w_consistency,
 1.0 when the config leaves it at 0)."""
-GENERATING = {"clsgen", "clsgen+consistency", "classification-only", "generation-only", "prompting"}
+DECODING_VARIANTS = {"clsgen+head-verdict": "clsgen+consistency"}
+"""Methods that decode a trained method's model another way (no training of their own): the model they
+use. 'clsgen+head-verdict' forces the verdict to the head's calibrated label (head-conditioned decoding):
+its alignment is 1 by construction, so the table shows it as undefined, never as a result."""
+BY_CONSTRUCTION = ("alignment_auroc", "alignment_kappa", "inconsistency_rate")
+GENERATING = {"clsgen", "clsgen+consistency", "clsgen+head-verdict", "classification-only", "generation-only",
+              "prompting"}
 CALIBRATED = ("clsgen", "clsgen+consistency", "classification-only")
 """Methods whose model directory keeps the threshold and temperature fitted by evaluation."""
 TABLE_METRICS = ("auroc", "auprc", "f1", "ece", "brier", "alignment_auroc", "alignment_kappa",
@@ -108,8 +115,14 @@ def run_experiment(cfg: Config, out_dir: str | Path | None = None, *, methods: l
         + (f" (subsampled: max_train={cfg.data.max_train}, max_validation={ds.info.get('max_validation')}, "
            f"max_eval={cfg.data.max_eval})" if cfg.data.max_train or ds.info.get("max_validation") else ""))
 
+    skipped = [m for m in methods if m in DECODING_VARIANTS and ds.task.verdict_position != "first"]
+    if skipped:
+        log(f"[{', '.join(skipped)}] skipped: head-conditioned decoding forces the verdict that opens the turn "
+            "(task.verdict_position=first)")
+        methods = [m for m in methods if m not in skipped]
+
     synth_path = None
-    if any(m in LLM_TRAINED for m in methods):
+    if any(m in LLM_TRAINED or m in DECODING_VARIANTS for m in methods):
         if cfg.experiment.explanations:  # made once (e.g. shipped): no teacher runs
             from .synth.store import explanations_path
 
@@ -170,10 +183,19 @@ def _method_config(cfg: Config, method: str, out: Path | None = None) -> Config:
 def _classifier(cfg: Config, ds: DatasetSplits, method: str, out: Path, synth_path: Path | None,
                 log: Callable[[str], None]) -> Any:
     ev = cfg.eval
-    if method in LLM_TRAINED:
-        from .train import train
+    if method in DECODING_VARIANTS:
+        from .estimator import ClsgenClassifier
 
-        from .train import join_explanations
+        source = DECODING_VARIANTS[method]
+        _classifier(cfg, ds, source, out, synth_path, log)  # trains the model it decodes when missing
+        clf = ClsgenClassifier(out / "models" / source, batch_size=ev.batch_size, max_new_tokens=ev.max_new_tokens,
+                               condition_on_head=True, threshold_method=ev.threshold,
+                               fixed_threshold=ev.fixed_threshold, calibrate=ev.calibrate)
+        log(f"[{method}] decoding {source}'s model with the verdict forced to the head's label (calibrated "
+            "on the validation split first)")
+        return clf.calibrate(ds.validation)
+    if method in LLM_TRAINED:
+        from .train import join_explanations, train
 
         model_dir = out / "models" / method
         if not (model_dir / "clsgen.json").is_file():
@@ -216,7 +238,7 @@ def _method_step(cfg: Config, ds: DatasetSplits, method: str, out: Path, synth_p
         return _summary(summary, eval_dir)
     started = time.perf_counter()
     clf = _classifier(cfg, ds, method, out, synth_path, log)
-    if method not in LLM_TRAINED:
+    if method not in LLM_TRAINED and method not in DECODING_VARIANTS:
         log(f"[{method}] fitting on {len(ds.train)} train / {len(ds.validation)} validation examples")
         clf.fit(ds.train, ds.validation)
     fit_seconds = time.perf_counter() - started
@@ -253,7 +275,12 @@ def _store_calibration(model_dir: Path, threshold: float, temperature: float, ds
 
 def _summary(metrics_json: dict[str, Any], eval_dir: Path) -> dict[str, Any]:
     keys = ("metrics", "info", "timing_s", "n_explained")
-    return {**{k: metrics_json.get(k) for k in keys}, "report": str(eval_dir / "report.html")}
+    out = {**{k: metrics_json.get(k) for k in keys}, "report": str(eval_dir / "report.html")}
+    method = (out.get("info") or {}).get("method")
+    if method in DECODING_VARIANTS and out.get("metrics"):  # agreement forced: not a measurement
+        out["metrics"] = {k: v for k, v in out["metrics"].items() if k not in BY_CONSTRUCTION}
+        out["by_construction"] = list(BY_CONSTRUCTION)
+    return out
 
 
 # ---------------------------------------------------------------------------- table
@@ -285,6 +312,10 @@ def results_table(results: dict[str, dict[str, Any]], cfg: Config, ds: DatasetSp
             + ", ".join(f"{k} {v}" for k, v in n_expl.items() if v) + " rows. "
             f"Base model: {cfg.model.name}; teacher: {_teacher_name(cfg)}. "
             "Intervals: bootstrap 95%.")
+    forced = [m for m, r in results.items() if r.get("by_construction")]
+    if forced:
+        note += (f" {', '.join(forced)}: the verdict is forced to the head's label, so its alignment and "
+                 "inconsistency are not measurements (shown as —).")
     return "\n".join(lines) + "\n" + note
 
 

@@ -101,7 +101,11 @@ class Predictor:
 
     def __init__(self, model: DualHeadModel, batch_size: int = 8, max_new_tokens: int = 256,
                  do_sample: bool = False, temperature: float = 1.0, top_p: float = 1.0, seed: int = 0,
-                 stop_token_ids: Sequence[int] | None = None, progress: bool = False):
+                 stop_token_ids: Sequence[int] | None = None, progress: bool = False,
+                 condition_on_head: bool = False):
+        """condition_on_head: head-conditioned decoding, for models trained with the verdict first: the
+        verdict line is forced to the label the head's probability gives (at this predictor's threshold)
+        and the LM writes the explanation after it, so the stated verdict agrees by construction."""
         problems = []
         if batch_size < 1:
             problems.append(f"batch_size must be >= 1, got {batch_size}")
@@ -111,9 +115,13 @@ class Predictor:
             problems.append(f"temperature must be > 0 (use do_sample=False for greedy), got {temperature}")
         if not 0 < top_p <= 1:
             problems.append(f"top_p must be in (0, 1], got {top_p}")
+        if condition_on_head and model.task.verdict_position != "first":
+            problems.append("condition_on_head forces the verdict that opens the turn; the model was trained "
+                            "with task.verdict_position=last")
         if problems:
             raise ClsgenError("; ".join(problems))
         self.model = model
+        self.condition_on_head = condition_on_head
         self.tokenizer = model.tokenizer
         self.batch_size = batch_size
         self.max_new_tokens = max_new_tokens
@@ -182,14 +190,10 @@ class Predictor:
         prompts = [self.encode(it) for it in items]
         rows, pairs = [], []
         for item, prompt in zip(items, prompts):
-            fields = self.fields_of(item)
-            both = [self.task.encode_target(self.tokenizer, fields, self.task.target_text(None, k)) for k in (0, 1)]
-            at = next((i for i, (a, b) in enumerate(zip(*both)) if a != b), None)
-            if at is None:
-                raise ClsgenError(f"the verdict lines of task {self.task.name!r} tokenize alike for both labels; "
-                                  "choose verbalizers that differ in their first token")
-            rows.append(list(prompt.input_ids) + both[0][:at])
-            pairs.append((both[0][at], both[1][at]))
+            lines = self.verdict_lines(self.fields_of(item))
+            at = len(lines[0]) - 1
+            rows.append(list(prompt.input_ids) + lines[0][:at])
+            pairs.append((lines[0][at], lines[1][at]))
         heads = np.zeros(len(items), dtype=np.float64)
         verdicts = np.zeros(len(items), dtype=np.float64)
         with eval_mode(self.model):
@@ -206,6 +210,17 @@ class Predictor:
                 heads[idx] = out.cls_logits.float().cpu().numpy()
                 verdicts[idx] = out.verdict_logits.float().cpu().numpy()
         return heads, verdicts
+
+    def verdict_lines(self, fields: Mapping[str, str] | None = None) -> tuple[list[int], list[int]]:
+        """Token ids opening the turn for label 0 and for label 1: the verdict line up to and including
+        its verdict token (the first token where the two differ)."""
+        fields = fields if fields is not None else {f: "" for f in self.task.fields}
+        both = [self.task.encode_target(self.tokenizer, fields, self.task.target_text(None, k)) for k in (0, 1)]
+        at = next((i for i, (a, b) in enumerate(zip(*both)) if a != b), None)
+        if at is None:
+            raise ClsgenError(f"the verdict lines of task {self.task.name!r} tokenize alike for both labels; "
+                              "choose verbalizers that differ in their first token")
+        return both[0][: at + 1], both[1][: at + 1]
 
     # ------------------------------------------------------------------ probability + explanation
     def predict(self, items: Sequence[Item] | Item, explain: bool = True) -> list[Prediction]:
@@ -318,11 +333,15 @@ class Predictor:
         stop = torch.tensor(self.stop_token_ids or [-1], device=device)
         pad = torch.full((rows,), self.tokenizer.pad_token_id, dtype=torch.long, device=device)
         finished = torch.zeros(rows, dtype=torch.bool, device=device)
+        forced = self._forced_verdicts(out.cls_logits) if self.condition_on_head else None
         cache, logits = out.past_key_values, out.lm_logits[:, -1]
         del out
         for step in range(budget):
             with torch.inference_mode():
-                tokens = torch.where(finished, pad, self._next_tokens(logits, generator))
+                tokens = self._next_tokens(logits, generator)
+                if forced is not None and step < forced.shape[1]:
+                    tokens = forced[:, step]
+                tokens = torch.where(finished, pad, tokens)
             yield [None if f else t for f, t in zip(finished.tolist(), tokens.tolist())]
             finished |= torch.isin(tokens, stop)
             if bool(finished.all()) or step == budget - 1:
@@ -332,6 +351,16 @@ class Predictor:
                 out = self.model(tokens[:, None], attention_mask, lm_positions="last",
                                  past_key_values=cache, use_cache=True)
             cache, logits = out.past_key_values, out.lm_logits[:, -1]
+
+    def _forced_verdicts(self, cls_logits: torch.Tensor) -> torch.Tensor:
+        """(rows, n) tokens opening each row's turn: the verdict line of the label its head gives."""
+        lines = self.verdict_lines()
+        if len(lines[0]) != len(lines[1]):  # the forced steps must line up across rows
+            raise ClsgenError(f"the verdict lines of task {self.task.name!r} differ in length before their "
+                              "verdict token; head-conditioned decoding needs a common verdict prefix")
+        p = torch.sigmoid(cls_logits.double() / self.temperature_scale)
+        table = torch.tensor(lines, dtype=torch.long, device=cls_logits.device)
+        return table[(p >= self.threshold).long()]
 
     def _next_tokens(self, logits: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
         if not self.do_sample:

@@ -86,7 +86,8 @@ METHOD_NAMES = {
     "cnn": ("CNN", "convolutional network over word embeddings (filter widths 1, 2, 3)"),
     "tfidf": ("TF-IDF + LR", "TF-IDF word features + logistic regression"),
 }
-GENERATING = ("clsgen", "clsgen+consistency", "classification-only", "generation-only", "prompting")
+GENERATING = ("clsgen", "clsgen+consistency", "clsgen+head-verdict", "classification-only", "generation-only",
+              "prompting")
 TEXT_CHARS = 700
 """Longer explanations are cut (with an ellipsis) in the side-by-side rows."""
 

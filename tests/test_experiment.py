@@ -43,7 +43,7 @@ def _config(tmp_path, **extra):
 
 def test_experiment_runs_every_method_and_reruns_from_cache(tmp_path):
     logs: list[str] = []
-    result = run_experiment(_config(tmp_path), log=logs.append)
+    result = run_experiment(_config(tmp_path, **{"task.verdict_position": "first"}), log=logs.append)
     assert list(result.methods) == list(METHODS)
     table = result.table_markdown
     for method in METHODS:
@@ -55,6 +55,14 @@ def test_experiment_runs_every_method_and_reruns_from_cache(tmp_path):
         assert result.methods[method]["metrics"]["readability"]["n"] == 2
     for method in ("cnn", "tfidf"):
         assert result.methods[method]["metrics"]["readability"]["value"] is None
+    # head-conditioned decoding of clsgen+consistency's model: agreement forced, so not reported
+    forced = result.methods["clsgen+head-verdict"]
+    assert "alignment_kappa" not in forced["metrics"] and forced["by_construction"]
+    assert forced["metrics"]["readability"]["n"] == 2 and "forced to the head's label" in result.table_markdown
+    assert not (result.out_dir / "models" / "clsgen+head-verdict").exists()
+    rows = [json.loads(line) for line in (result.out_dir / "eval" / "clsgen+head-verdict" / "predictions.jsonl")
+            .read_text().splitlines()]
+    assert all(r["verdict"] == r["prediction"] for r in rows if r["explained"])
     # the threshold and temperature fitted on dev are stored with the CLSGen model for predict/serve
     stored = json.loads((result.out_dir / "models" / "clsgen" / "clsgen.json").read_text())
     evaluated = json.loads((result.out_dir / "eval" / "clsgen" / "metrics.json").read_text())
@@ -68,9 +76,16 @@ def test_experiment_runs_every_method_and_reruns_from_cache(tmp_path):
     assert (result.out_dir / "synth" / "train.jsonl").is_file()
 
     again: list[str] = []
-    second = run_experiment(_config(tmp_path), log=again.append)
+    second = run_experiment(_config(tmp_path, **{"task.verdict_position": "first"}), log=again.append)
     assert sum("done earlier" in line for line in again) == len(METHODS)
     assert second.table_markdown == table
+
+
+def test_head_conditioned_decoding_is_skipped_with_the_verdict_last(tmp_path):
+    logs: list[str] = []
+    result = run_experiment(_config(tmp_path), methods=["clsgen+head-verdict", "tfidf"], log=logs.append)
+    assert list(result.methods) == ["tfidf"]
+    assert any("clsgen+head-verdict] skipped" in line and "verdict_position=first" in line for line in logs)
 
 
 def test_changed_settings_are_refused_instead_of_mixed(tmp_path):
@@ -98,3 +113,29 @@ def test_cli_records_its_command_on_the_results_page(tmp_path, capsys):
     assert "'task.template=Note: {text}'" in saved["run"]["command"]  # quoted as a shell would need it
     page = (out / "results.html").read_text()
     assert "<dt>command</dt><dd><code>clsgen experiment --set" in page and "TF-IDF + LR" in page
+
+
+def test_the_demo_shows_a_complete_explanation_whose_verdict_agrees(tmp_path):
+    from clsgen.cli.experiment import demo_example
+
+    rows = {
+        "tfidf": [{"id": "t", "label": 1, "probability": 0.9, "prediction": 1, "explained": False}],
+        "clsgen+consistency": [
+            {"id": "a", "label": 1, "probability": 0.2, "prediction": 0, "explained": False},
+            {"id": "b", "label": 1, "probability": 0.8, "prediction": 1, "explained": True, "verdict": 0,
+             "explanation": "Disagrees.", "text": "Answer: FALSE\n\nDisagrees.", "cut_off": False},
+            {"id": "c", "label": 0, "probability": 0.1, "prediction": 0, "explained": True, "verdict": 0,
+             "explanation": "Cut off in the midd", "text": "Answer: FALSE\n\nCut off in the midd", "cut_off": True},
+            {"id": "d", "label": 0, "probability": 0.1, "prediction": 0, "explained": True, "verdict": 0,
+             "explanation": "No effect was found.", "text": "Answer: FALSE\n\nNo effect was found.", "cut_off": False},
+        ],
+    }
+    for method, rs in rows.items():
+        (tmp_path / "eval" / method).mkdir(parents=True)
+        (tmp_path / "eval" / method / "predictions.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rs))
+    method, row, stats = demo_example(tmp_path, {"tfidf": {}, "clsgen+consistency": {}})
+    assert (method, row["id"], stats) == ("clsgen+consistency", "d", {"explained": 3, "agree": 1})
+    rows["clsgen+consistency"].pop()
+    (tmp_path / "eval" / "clsgen+consistency" / "predictions.jsonl").write_text(
+        "".join(json.dumps(r) + "\n" for r in rows["clsgen+consistency"]))
+    assert demo_example(tmp_path, {"clsgen+consistency": {}}) is None

@@ -313,3 +313,31 @@ def test_verdict_logits_score_the_verdict_and_the_head_in_one_prefill():
     with pytest.raises(ClsgenError, match="verdict_position=first"):
         last = Task(name="t", system="Is the note positive?", template="Note: {text}", verbalizers=("NO", "YES"))
         Predictor(DualHeadModel.from_backbone(tiny_model(num_layers=2), last, LoraConfig(r=4))).verdict_logits(texts)
+
+
+def test_head_conditioned_decoding_states_the_heads_label_then_explains():
+    """condition_on_head: each row's turn opens with the verdict line of the label its (calibrated)
+    head gives, whatever the LM would write; the rest is decoded as usual after it."""
+    from clsgen.config import LoraConfig
+
+    task = Task(name="t", system="Is the note positive?", template="Note: {text}", verbalizers=("NO", "YES"),
+                verdict_position="first")
+    model = _lively(DualHeadModel.from_backbone(tiny_model(num_layers=2, dtype=torch.float32), task, LoraConfig(r=4)))
+    texts = ["the patient improved markedly", "no change", "worse outcomes were seen in many", "better", "x y"]
+    free = Predictor(model, batch_size=2, max_new_tokens=12)
+    logits = free.logits(texts)
+    probs = np.sort(1 / (1 + np.exp(-logits / free.temperature_scale)))
+    model.meta["threshold"] = float(probs[1:3].mean())  # both labels occur, no row sits on the threshold
+    forced = Predictor(model, batch_size=2, max_new_tokens=12, condition_on_head=True)
+    lines = forced.verdict_lines()
+    for p, f in zip(free.predict(texts), forced.predict(texts)):
+        assert f.probability == pytest.approx(p.probability) and f.label == p.label
+        assert f.token_ids[: len(lines[f.label])] == lines[f.label]
+        assert f.text.startswith(f"Answer: {task.verbalizers[f.label]}")
+    assert {p.label for p in forced.predict(texts)} == {0, 1}
+    clf = ClsgenClassifier(forced)
+    examples = [Example(str(i), {"text": t}, i % 2) for i, t in enumerate(texts)]
+    assert clf.verdicts(examples) == [p.label for p in forced.predict(texts)]
+    with pytest.raises(ClsgenError, match="condition_on_head .*verdict_position=last"):
+        Predictor(DualHeadModel.from_backbone(tiny_model(num_layers=2), ONE_FIELD, LoraConfig(r=4)),
+                  condition_on_head=True)
