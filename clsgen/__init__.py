@@ -29,7 +29,7 @@ _EXPORTS = {
     "load_model": "backbones",
     "DualHeadModel": "model", "load_pretrained": "model",
     # training, inference, evaluation
-    "train": "train", "score": "train", "load_training_examples": "train", "TrainResult": "train",
+    "train": "train", "score": "train", "load_training_examples": "training_data", "TrainResult": "train",
     "Predictor": "inference", "Prediction": "inference", "ClsgenClassifier": "estimator",
     "evaluate": "evaluate", "EvalResult": "evaluate",
     "fit_calibration": "calibration", "calibrate_predictor": "estimator",
@@ -70,4 +70,5 @@ if TYPE_CHECKING:  # for type checkers and IDEs; nothing is imported at run time
     from .model import DualHeadModel, load_pretrained
     from .synth import make_teacher, synthesize
     from .task import Task
-    from .train import TrainResult, load_training_examples, score, train
+    from .train import TrainResult, score, train
+    from .training_data import load_training_examples

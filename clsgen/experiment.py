@@ -173,7 +173,7 @@ def _classifier(cfg: Config, ds: DatasetSplits, method: str, out: Path, synth_pa
     if method in LLM_TRAINED:
         from .train import train
 
-        from .train import join_explanations
+        from .training_data import join_explanations
 
         model_dir = out / "models" / method
         if not (model_dir / "clsgen.json").is_file():

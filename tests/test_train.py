@@ -27,7 +27,8 @@ from clsgen.data import Example
 from clsgen.errors import ClsgenError, ConfigError, DataError
 from clsgen.metrics import auroc
 from clsgen.model import load_pretrained
-from clsgen.train import TrainExample, load_training_examples, score, train
+from clsgen.train import score, train
+from clsgen.training_data import TrainExample, load_training_examples
 
 POS = ["improved", "survival", "significant", "benefit"]
 NEG = ["placebo", "difference", "no", "outcome"]

@@ -42,7 +42,8 @@ def run_train(args: argparse.Namespace) -> int:
     from ..datasets import load_dataset
     from ..files import check_run_dir
     from ..model import META_FILE
-    from ..train import CHECKPOINTS, LOG_FILE, join_explanations, load_training_examples, train
+    from ..train import CHECKPOINTS, LOG_FILE, train
+    from ..training_data import join_explanations, load_training_examples
 
     if args.max_steps is not None:
         args.overrides = [*args.overrides, f"train.max_steps={args.max_steps}"]
