@@ -56,7 +56,7 @@ def log_evaluation(trackers: Sequence[Any], out_dir: str | Path, metrics: Mappin
         return []
     from accelerate import Accelerator
 
-    from .train import _release
+    from .distributed import release
 
     accelerator = Accelerator(cpu=True, mixed_precision="no", log_with=chosen, project_dir=str(out_dir))
     try:
@@ -67,5 +67,5 @@ def log_evaluation(trackers: Sequence[Any], out_dir: str | Path, metrics: Mappin
         accelerator.log(record, step=step)
         accelerator.end_training()
     finally:
-        _release(accelerator)
+        release(accelerator)
     return chosen

@@ -45,6 +45,7 @@ from .collate import (
 )
 from .config import Config
 from .datasets import task_from_config
+from .distributed import check_in_sync, configure_launcher, plain_parallel, release
 from .errors import ClsgenError, ConfigError
 from .files import (atomic_write_json, atomic_write_text, check_writable, finite_json, write_error,
                     writing)
@@ -156,7 +157,7 @@ def train(cfg: Config, train_examples: Sequence[Any] | str | Path,
         return _train(accelerator, cfg, task, train_set, dev_set, out_dir, resume_dir, trackers, progress,
                       on_step)
     finally:
-        _release(accelerator)
+        release(accelerator)
 
 
 def score(model: DualHeadModel, examples: Sequence[Any], batch_size: int = 8) -> np.ndarray:
@@ -238,7 +239,7 @@ def _train(accelerator: Any, cfg: Config, task: Task, train_set: list[TrainExamp
     warmup = round(tc.warmup_ratio * total_steps)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, _lr_lambda(tc.schedule, warmup, total_steps))
     model.train()
-    _configure_launcher(accelerator, tc)
+    configure_launcher(accelerator, tc)
     model, optimizer = accelerator.prepare(model, optimizer)
     _register_checkpoint_hooks(accelerator)
     unwrapped: DualHeadModel = accelerator.unwrap_model(model)
@@ -316,14 +317,14 @@ def _train(accelerator: Any, cfg: Config, task: Task, train_set: list[TrainExamp
         log.warning("%s is missing: saving the last weights instead of the best", final_dir)
         final_dir = None
     if final_dir is not None:
-        if _plain_parallel(accelerator):
+        if plain_parallel(accelerator):
             _load_model_weights(unwrapped, final_dir)
         accelerator.wait_for_everyone()
     else:
         final_dir = out_dir / CHECKPOINTS / "last"
         with writing(final_dir, "the checkpoints saved before are intact; rerun with --resume to finish"):
             _save_model(accelerator, model, final_dir, {"train": {"step": state.step}})
-    in_sync = _check_in_sync(accelerator, trainable)
+    in_sync = check_in_sync(accelerator, trainable)
     summary = _summary(state, started, total_steps, steps_per_epoch, data_info, world, tc, in_sync)
     if main:
         _install_model(final_dir, out_dir)
@@ -334,7 +335,7 @@ def _train(accelerator: Any, cfg: Config, task: Task, train_set: list[TrainExamp
         accelerator.end_training()
     return TrainResult(out_dir, state.step, state.best_step,
                        state.best_value if selection == "dev_auroc" else None, summary,
-                       unwrapped if _plain_parallel(accelerator) else None)
+                       unwrapped if plain_parallel(accelerator) else None)
 
 
 def _step(accelerator: Any, model: Any, optimizer: Any, trainable: list, enc: Sequence[Encoded],
@@ -740,7 +741,7 @@ def _checkpoint_problem(path: Path) -> str | None:
 def _register_checkpoint_hooks(accelerator: Any) -> None:
     """accelerate saves the optimizer and RNG states (loaded with weights_only=True); the weights travel as `model/`
     (adapter + head, via save_pretrained), so frozen base weights are never copied into checkpoints."""
-    if not _plain_parallel(accelerator):
+    if not plain_parallel(accelerator):
         return  # FSDP / DeepSpeed save their own (sharded) model states
 
     def save_hook(models: list, weights: list, output_dir: str) -> None:
@@ -842,7 +843,7 @@ def _load_checkpoint(accelerator: Any, model: Any, scheduler: Any, path: Path,
                           "restore them, or train into a new --out")
     accelerator.load_state(str(path))
     scheduler.load_state_dict(saved["scheduler"])
-    if _plain_parallel(accelerator):
+    if plain_parallel(accelerator):
         _load_model_weights(accelerator.unwrap_model(model), path / "model")
     fields = {f.name for f in dataclasses.fields(_LoopState)}
     return _LoopState(**{k: v for k, v in saved.items() if k in fields})
@@ -851,7 +852,7 @@ def _load_checkpoint(accelerator: Any, model: Any, scheduler: Any, path: Path,
 def _save_model(accelerator: Any, model: Any, path: Path, meta: dict[str, Any] | None = None) -> None:
     """save_pretrained on the main process; under FSDP / ZeRO-3 the shards are gathered first."""
     unwrapped = accelerator.unwrap_model(model)
-    state = None if _plain_parallel(accelerator) else accelerator.get_state_dict(model)
+    state = None if plain_parallel(accelerator) else accelerator.get_state_dict(model)
     if accelerator.is_main_process:
         old = dict(unwrapped.meta)
         unwrapped.meta.update(meta or {})
@@ -898,29 +899,6 @@ def _install_model(src: Path, out_dir: Path) -> None:
     finally:
         for tmp, _ in staged:
             tmp.unlink(missing_ok=True)
-
-
-def _configure_launcher(accelerator: Any, tc: Any) -> None:
-    """Make the launcher's settings agree with train.*: the batch plan is clsgen's, not accelerate's."""
-    from accelerate.utils import DistributedType
-
-    if accelerator.gradient_accumulation_steps != tc.grad_accum:
-        raise ClsgenError(f"the launcher sets gradient accumulation to "
-                          f"{accelerator.gradient_accumulation_steps} but train.grad_accum is {tc.grad_accum}; "
-                          "set train.grad_accum and leave the launcher's value unset ('auto' for DeepSpeed)")
-    if accelerator.distributed_type == DistributedType.DEEPSPEED:
-        ds = accelerator.state.deepspeed_plugin.deepspeed_config
-        for key, value in (("train_micro_batch_size_per_gpu", tc.batch_size),
-                           ("gradient_clipping", tc.max_grad_norm)):
-            if ds.get(key, "auto") == "auto":
-                ds[key] = value
-
-
-def _plain_parallel(accelerator: Any) -> bool:
-    """One process or DDP: every process holds whole parameters (no FSDP / DeepSpeed sharding)."""
-    from accelerate.utils import DistributedType
-
-    return accelerator.distributed_type not in (DistributedType.FSDP, DistributedType.DEEPSPEED)
 
 
 def _fingerprint(cfg: Config, enc: Sequence[Encoded], world: int) -> dict[str, Any]:
@@ -1064,28 +1042,3 @@ def _flat(d: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
         else:
             out[key] = v if isinstance(v, (int, float, str, bool)) else str(v)
     return out
-
-
-def _check_in_sync(accelerator: Any, params: Sequence[torch.nn.Parameter]) -> bool | None:
-    """Under DDP, whether every process ends with the same trainable weights (a cheap checksum)."""
-    if accelerator.num_processes == 1 or not _plain_parallel(accelerator):
-        return None
-    with torch.no_grad():
-        total = torch.stack([p.detach().double().sum() for p in params]).sum().reshape(1)
-    everyone = accelerator.gather(total.to(accelerator.device))
-    ok = bool(torch.allclose(everyone, everyone[:1].expand_as(everyone), rtol=0, atol=1e-9))
-    if not ok:
-        raise RuntimeError(f"processes ended with different weights (checksums {everyone.tolist()})")
-    return ok
-
-
-def _release(accelerator: Any) -> None:
-    """Free the accelerate state so that another `train` call in this process starts clean."""
-    try:
-        accelerator.free_memory()
-    except Exception:  # noqa: BLE001 - best effort
-        pass
-    from accelerate.state import AcceleratorState, GradientState
-
-    AcceleratorState._reset_state(reset_partial_state=False)
-    GradientState._reset_state()
