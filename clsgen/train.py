@@ -22,13 +22,9 @@ What one call of `train` does:
 
 from __future__ import annotations
 
-import dataclasses
-import hashlib
 import json
 import logging
 import math
-import os
-import shutil
 import sys
 import time
 from dataclasses import dataclass, field
@@ -40,6 +36,11 @@ import torch
 import torch.nn.functional as F
 import yaml
 
+from .checkpoints import (
+    CHECKPOINTS, LoopState, best_dir, install_model, list_checkpoints, load_checkpoint, load_model_weights,
+    register_checkpoint_hooks, remove_stale_temporaries, resume_checkpoint, run_fingerprint, save_checkpoint,
+    save_model,
+)
 from .collate import (
     Encoded, collate_prompts, collate_train, encode_example, padding_stats, plan_epoch, training_task,
 )
@@ -47,9 +48,8 @@ from .config import Config
 from .datasets import task_from_config
 from .distributed import check_in_sync, configure_launcher, plain_parallel, release
 from .errors import ClsgenError, ConfigError
-from .files import (atomic_write_json, atomic_write_text, check_writable, finite_json, write_error,
-                    writing)
-from .model import HEAD_FILE, META_FILE, DualHeadModel
+from .files import atomic_write_json, atomic_write_text, check_writable, finite_json, writing
+from .model import DualHeadModel
 from .task import Task
 from .training_data import TrainExample, join_explanations, load_training_examples
 
@@ -59,16 +59,9 @@ __all__ = ["CHECKPOINTS", "LOG_FILE", "SUMMARY_FILE", "TrainExample", "TrainResu
            "load_training_examples", "train"]
 """The names other code imports from here; the examples, checkpoints and log live in their own modules."""
 
-CHECKPOINTS = "checkpoints"
-BEST = "best-step-"
-"""Prefix of the best model's folder, `checkpoints/best-step-N/` (a loadable model directory)."""
-TRAINER_STATE = "trainer_state.json"
 LOG_FILE = "train_log.jsonl"
 SUMMARY_FILE = "train_summary.json"
 CONFIG_FILE = "train_config.yaml"
-RESUME_MAY_CHANGE = {"eval_every", "save_every", "log_every", "log_with", "early_stopping", "keep_checkpoints",
-                     "cache_dir"}
-"""TrainConfig fields a resumed run may change; any other change would give different weights."""
 
 
 # ----------------------------------------------------------------------------- results
@@ -85,26 +78,6 @@ class TrainResult:
     summary: dict[str, Any] = field(default_factory=dict)
     model: DualHeadModel | None = None
     """The trained model in memory with the best weights (None under FSDP / ZeRO-3 sharding)."""
-
-
-@dataclass
-class _LoopState:
-    """Everything the loop carries between steps (saved in each checkpoint)."""
-
-    step: int = 0
-    best_value: float | None = None
-    """The selection metric of the kept model."""
-    peak_value: float | None = None
-    """The best selection metric seen (dev AUROC: the kept model is within select_tolerance of it)."""
-    best_step: int | None = None
-    evals_since_best: int = 0
-    stopped_early: bool = False
-    finished: bool = False
-    real_tokens: int = 0
-    padded_tokens: int = 0
-    train_seconds: float = 0.0
-    train_cpu_seconds: float = 0.0
-    last_eval: dict[str, Any] | None = None
 
 
 # ----------------------------------------------------------------------------- public entry points
@@ -136,8 +109,8 @@ def train(cfg: Config, train_examples: Sequence[Any] | str | Path,
     if not train_set:
         raise ClsgenError("no training examples")
     ckpt_root = out_dir / CHECKPOINTS
-    resume_dir = _resume_checkpoint(ckpt_root, resume)
-    if not resume and _checkpoints(ckpt_root):
+    resume_dir = resume_checkpoint(ckpt_root, resume)
+    if not resume and list_checkpoints(ckpt_root):
         raise ClsgenError(f"{out_dir} already holds a training run ({CHECKPOINTS}/ has checkpoints); pass "
                           "--resume (resume=True) to continue it, or choose another --out")
     check_writable(out_dir)  # a read-only or misplaced --out fails now, not after the model is built
@@ -241,19 +214,19 @@ def _train(accelerator: Any, cfg: Config, task: Task, train_set: list[TrainExamp
     model.train()
     configure_launcher(accelerator, tc)
     model, optimizer = accelerator.prepare(model, optimizer)
-    _register_checkpoint_hooks(accelerator)
+    register_checkpoint_hooks(accelerator)
     unwrapped: DualHeadModel = accelerator.unwrap_model(model)
     trainable = [p for p in model.parameters() if p.requires_grad]
-    fingerprint = _fingerprint(cfg, enc, world)
+    fingerprint = run_fingerprint(cfg, enc, world)
 
     # --- resume
-    state = _LoopState()
+    state = LoopState()
     if resume_dir is not None:
-        state = _load_checkpoint(accelerator, model, scheduler, resume_dir, fingerprint)
+        state = load_checkpoint(accelerator, model, scheduler, resume_dir, fingerprint)
         accelerator.print(f"resumed from {resume_dir} at step {state.step}")
     if main:
         out_dir.mkdir(parents=True, exist_ok=True)
-        _remove_stale_temporaries(out_dir)
+        remove_stale_temporaries(out_dir)
         _truncate_log(out_dir / LOG_FILE, state.step)
         atomic_write_text(out_dir / CONFIG_FILE, yaml.safe_dump(cfg.to_dict(), sort_keys=False))
     if trackers:
@@ -304,7 +277,7 @@ def _train(accelerator: Any, cfg: Config, task: Task, train_set: list[TrainExamp
         if state.step % tc.save_every == 0 or state.finished:
             position = dict(zip(("epoch", "step_in_epoch"), divmod(state.step, steps_per_epoch)),
                             steps_per_epoch=steps_per_epoch)
-            _save_checkpoint(accelerator, model, out_dir / CHECKPOINTS, state,
+            save_checkpoint(accelerator, model, out_dir / CHECKPOINTS, state,
                              {"fingerprint": fingerprint, "data_position": position,
                               "scheduler": scheduler.state_dict()}, tc.keep_checkpoints)
         if on_step is not None:
@@ -312,22 +285,22 @@ def _train(accelerator: Any, cfg: Config, task: Task, train_set: list[TrainExamp
     bar.close()
 
     # --- final model: the best checkpoint's weights (else the last), saved to out_dir
-    final_dir = _best_dir(out_dir, state.best_step) if state.best_step is not None else None
+    final_dir = best_dir(out_dir, state.best_step) if state.best_step is not None else None
     if final_dir is not None and not final_dir.is_dir():
         log.warning("%s is missing: saving the last weights instead of the best", final_dir)
         final_dir = None
     if final_dir is not None:
         if plain_parallel(accelerator):
-            _load_model_weights(unwrapped, final_dir)
+            load_model_weights(unwrapped, final_dir)
         accelerator.wait_for_everyone()
     else:
         final_dir = out_dir / CHECKPOINTS / "last"
         with writing(final_dir, "the checkpoints saved before are intact; rerun with --resume to finish"):
-            _save_model(accelerator, model, final_dir, {"train": {"step": state.step}})
+            save_model(accelerator, model, final_dir, {"train": {"step": state.step}})
     in_sync = check_in_sync(accelerator, trainable)
     summary = _summary(state, started, total_steps, steps_per_epoch, data_info, world, tc, in_sync)
     if main:
-        _install_model(final_dir, out_dir)
+        install_model(final_dir, out_dir)
         atomic_write_json(out_dir / SUMMARY_FILE, summary)
         accelerator.print(_summary_line(summary, out_dir))
     accelerator.wait_for_everyone()
@@ -340,7 +313,7 @@ def _train(accelerator: Any, cfg: Config, task: Task, train_set: list[TrainExamp
 
 def _step(accelerator: Any, model: Any, optimizer: Any, trainable: list, enc: Sequence[Encoded],
           trunk: Sequence[Any] | None, plan: Any, pad_id: int, pos_weight: float | None, tc: Any,
-          state: _LoopState) -> tuple[torch.Tensor, Any]:
+          state: LoopState) -> tuple[torch.Tensor, Any]:
     """One optimizer step over `plan` (grad_accum micro-batches on this process).
 
     Returns the step's (BCE sum, CE sum, consistency sum) over all processes and the gradient norm
@@ -383,7 +356,7 @@ def _step(accelerator: Any, model: Any, optimizer: Any, trainable: list, enc: Se
     return (accelerator.reduce(sums, reduction="sum") if world > 1 else sums), grad_norm
 
 
-def _select(accelerator: Any, model: Any, metrics: dict[str, Any], selection: str | None, state: _LoopState,
+def _select(accelerator: Any, model: Any, metrics: dict[str, Any], selection: str | None, state: LoopState,
             out_dir: Path, tolerance: float = 0.0) -> None:
     """Keep the best model so far in checkpoints/best: dev AUROC (the latest evaluation within
     `tolerance` of the best seen), or dev LM loss for generation-only."""
@@ -401,9 +374,9 @@ def _select(accelerator: Any, model: Any, metrics: dict[str, Any], selection: st
         improved = state.best_value is None or value < state.best_value
     if improved:
         state.best_value, state.best_step, state.evals_since_best = value, state.step, 0
-        best = _best_dir(out_dir, state.step)
+        best = best_dir(out_dir, state.step)
         with writing(best, "the checkpoints saved before are intact; rerun with --resume to continue from them"):
-            _save_model(accelerator, model, best, {"train": state.last_eval})
+            save_model(accelerator, model, best, {"train": state.last_eval})
     elif selection:
         state.evals_since_best += 1
     metrics["best"] = improved
@@ -678,254 +651,6 @@ def _evaluate(accelerator: Any, model: Any, dev_enc: Sequence[Encoded], dev_trun
     return metrics
 
 
-# ----------------------------------------------------------------------------- checkpoints
-
-
-def _checkpoints(root: Path) -> list[Path]:
-    """Complete `step-N` checkpoints, oldest first."""
-    if not root.is_dir():
-        return []
-    found = [p for p in root.iterdir() if p.is_dir() and p.name.startswith("step-")
-             and p.name[5:].isdigit() and (p / TRAINER_STATE).is_file()]
-    return sorted(found, key=lambda p: int(p.name[5:]))
-
-
-def _resume_checkpoint(root: Path, resume: bool | str | Path) -> Path | None:
-    if resume is False or resume is None:
-        return None
-    if resume is True:
-        found = _checkpoints(root)
-        if not found:
-            log.warning("no checkpoint in %s: starting from the beginning", root)
-        for ckpt in reversed(found):  # the latest readable one; a corrupt one is said and passed over
-            problem = _checkpoint_problem(ckpt)
-            if problem is None:
-                return ckpt
-            log.warning("%s; resuming from the checkpoint before it instead", problem)
-        if found:
-            log.warning("no checkpoint in %s is readable: starting from the beginning", root)
-        return None
-    path = Path(resume)
-    if not (path / TRAINER_STATE).is_file():
-        raise ClsgenError(f"{path} is not a clsgen training checkpoint (no {TRAINER_STATE}); pass "
-                          f"--resume without a value to use the latest one in {root}")
-    problem = _checkpoint_problem(path)
-    if problem is not None:
-        raise ClsgenError(f"{problem}; pass --resume without a value to use the latest readable one in {root}")
-    return path
-
-
-def _checkpoint_problem(path: Path) -> str | None:
-    """Why the checkpoint `path` cannot be loaded (a truncated or corrupt file, named), or None. Every
-    file is read the way resuming reads it: JSON, safetensors, or accelerate's torch.load(weights_only=True)."""
-    from accelerate.utils import load as accelerate_load
-
-    from .model import weights_file_problem
-
-    for file in sorted(p for p in path.rglob("*") if p.is_file() and not p.name.startswith(".")):
-        try:
-            if file.suffix == ".json":
-                json.loads(file.read_text(encoding="utf-8"))
-            elif file.suffix == ".safetensors":
-                problem = weights_file_problem(file)
-                if problem is not None:
-                    raise ValueError(problem)
-            elif file.suffix in (".bin", ".pt", ".pth", ".pkl"):
-                accelerate_load(file, map_location="cpu")
-        except Exception as e:  # any failure to read is the file's, not the run's
-            reason = (str(e).strip().splitlines() or [type(e).__name__])[0]
-            return f"checkpoint file {file} is truncated or corrupt ({reason[:160]})"
-    return None
-
-
-def _register_checkpoint_hooks(accelerator: Any) -> None:
-    """accelerate saves the optimizer and RNG states (loaded with weights_only=True); the weights travel as `model/`
-    (adapter + head, via save_pretrained), so frozen base weights are never copied into checkpoints."""
-    if not plain_parallel(accelerator):
-        return  # FSDP / DeepSpeed save their own (sharded) model states
-
-    def save_hook(models: list, weights: list, output_dir: str) -> None:
-        weights.clear()
-
-    def load_hook(models: list, input_dir: str) -> None:
-        models.clear()
-
-    accelerator.register_save_state_pre_hook(save_hook)
-    accelerator.register_load_state_pre_hook(load_hook)
-
-
-def _save_checkpoint(accelerator: Any, model: Any, ckpt_root: Path, state: _LoopState,
-                     extra: dict[str, Any], keep: int) -> None:
-    """Write `step-N/` atomically: into a temporary folder, renamed once every process has written.
-
-    `trainer_state.json` holds the loop state, the data position (epoch, step in epoch: the batch
-    plan of an epoch is a function of the seed and the epoch) and the run's fingerprint."""
-    final = ckpt_root / f"step-{state.step}"
-    tmp = ckpt_root / f".step-{state.step}.tmp"
-    intact = "the checkpoints saved before are intact; rerun with --resume (resume=True) to continue from them"
-    try:
-        with writing(final, intact):
-            if accelerator.is_main_process:
-                shutil.rmtree(tmp, ignore_errors=True)
-                tmp.mkdir(parents=True)
-            accelerator.wait_for_everyone()
-            _save_model(accelerator, model, tmp / "model")
-            accelerator.save_state(str(tmp))
-            accelerator.wait_for_everyone()
-            if accelerator.is_main_process:
-                atomic_write_json(tmp / TRAINER_STATE, {**dataclasses.asdict(state), **extra}, finite=False)
-    except BaseException:
-        if accelerator.is_main_process:
-            shutil.rmtree(tmp, ignore_errors=True)  # a half-written checkpoint: never left to fill the disk
-        raise
-    if accelerator.is_main_process:
-        if final.exists():
-            _remove_checkpoint(final)
-        os.replace(tmp, final)
-        for old in _checkpoints(ckpt_root)[:-max(1, keep)]:
-            _remove_checkpoint(old)
-        _prune_best(ckpt_root, state.best_step)
-    accelerator.wait_for_everyone()
-
-
-def _remove_checkpoint(path: Path) -> None:
-    """Delete a checkpoint or best-model folder so that a kill midway never leaves a partial one under
-    its name: it is renamed to a hidden temporary first (one atomic step), then deleted; what a kill
-    leaves of it is removed by the next run (`_remove_stale_temporaries`)."""
-    trash = path.with_name(f".{path.name}.del.tmp")
-    shutil.rmtree(trash, ignore_errors=True)
-    try:
-        os.replace(path, trash)
-    except FileNotFoundError:
-        return
-    shutil.rmtree(trash, ignore_errors=True)
-
-
-def _remove_stale_temporaries(out_dir: Path) -> None:
-    """Delete what a killed run left half-written: `.name.*.tmp` files and folders (atomic writes,
-    checkpoints, model installs) and `.name.old` folders, in `out_dir` and its `checkpoints/`. Nothing
-    reads them; they only take space."""
-    for folder in (out_dir, out_dir / CHECKPOINTS):
-        if not folder.is_dir():
-            continue
-        for p in folder.iterdir():
-            if p.name.startswith(".") and (p.name.endswith(".tmp") or (folder.name == CHECKPOINTS
-                                                                       and p.name.endswith(".old"))):
-                if p.is_dir() and not p.is_symlink():
-                    shutil.rmtree(p, ignore_errors=True)
-                else:
-                    p.unlink(missing_ok=True)
-
-
-def _best_dir(out_dir: Path, step: int) -> Path:
-    return out_dir / CHECKPOINTS / f"{BEST}{step}"
-
-
-def _prune_best(ckpt_root: Path, current: int | None) -> None:
-    """Delete best-model folders that neither the run nor a kept checkpoint refers to (a checkpoint
-    refers to the best model of its own time, which a resumed run starts from)."""
-    wanted = {current}
-    for ckpt in _checkpoints(ckpt_root):
-        wanted.add(json.loads((ckpt / TRAINER_STATE).read_text()).get("best_step"))
-    for d in ckpt_root.glob(f"{BEST}*"):
-        if d.is_dir() and d.name[len(BEST):].isdigit() and int(d.name[len(BEST):]) not in wanted:
-            _remove_checkpoint(d)
-
-
-def _load_checkpoint(accelerator: Any, model: Any, scheduler: Any, path: Path,
-                     fingerprint: dict[str, Any]) -> _LoopState:
-    """Restore a checkpoint. The LR schedule's state travels in trainer_state.json (plain JSON), never
-    as a pickle: accelerate loads registered custom objects with torch.load(weights_only=False)."""
-    saved = json.loads((path / TRAINER_STATE).read_text())
-    changed = _fingerprint_changes(saved.get("fingerprint", {}), fingerprint)
-    if changed:
-        raise ClsgenError(f"cannot resume from {path}: {'; '.join(changed)} changed since it was written; "
-                          "restore them, or train into a new --out")
-    accelerator.load_state(str(path))
-    scheduler.load_state_dict(saved["scheduler"])
-    if plain_parallel(accelerator):
-        _load_model_weights(accelerator.unwrap_model(model), path / "model")
-    fields = {f.name for f in dataclasses.fields(_LoopState)}
-    return _LoopState(**{k: v for k, v in saved.items() if k in fields})
-
-
-def _save_model(accelerator: Any, model: Any, path: Path, meta: dict[str, Any] | None = None) -> None:
-    """save_pretrained on the main process; under FSDP / ZeRO-3 the shards are gathered first."""
-    unwrapped = accelerator.unwrap_model(model)
-    state = None if plain_parallel(accelerator) else accelerator.get_state_dict(model)
-    if accelerator.is_main_process:
-        old = dict(unwrapped.meta)
-        unwrapped.meta.update(meta or {})
-        try:
-            unwrapped.save_pretrained(path, state_dict=state)
-        finally:
-            unwrapped.meta = old
-    accelerator.wait_for_everyone()
-
-
-def _load_model_weights(model: DualHeadModel, path: Path) -> None:
-    """Load the adapter and head saved by `save_pretrained` at `path` into `model` (in place)."""
-    from peft import set_peft_model_state_dict
-    from safetensors.torch import load_file
-
-    adapter = load_file(str(path / "adapter_model.safetensors"))
-    result = set_peft_model_state_dict(model.lm, adapter)
-    if getattr(result, "unexpected_keys", None):
-        raise ClsgenError(f"{path}: the adapter does not fit this model (unexpected keys such as "
-                          f"{result.unexpected_keys[0]})")
-    model.head.load_state_dict(load_file(str(path / HEAD_FILE)))
-
-
-def _install_model(src: Path, out_dir: Path) -> None:
-    """Copy a saved model's files into `out_dir` as one unit: every file is copied to a temporary name
-    first (a full disk fails here, with the model already in `out_dir`, if any, untouched), then
-    clsgen.json is removed, the files renamed into place and clsgen.json renamed last: its presence
-    marks a complete model, never a mix of two."""
-    files = sorted((p for p in src.iterdir() if p.is_file()), key=lambda p: p.name == META_FILE)
-    staged: list[tuple[Path, Path]] = []
-    try:
-        for p in files:
-            tmp = out_dir / f".{p.name}.tmp"
-            staged.append((tmp, out_dir / p.name))
-            try:
-                shutil.copyfile(p, tmp)
-            except OSError as e:
-                raise write_error(out_dir / p.name, e, f"the model files already in {out_dir}, if any, are "
-                                  "intact") from None
-        (out_dir / META_FILE).unlink(missing_ok=True)
-        for tmp, dest in staged:
-            os.replace(tmp, dest)
-        staged = []
-    finally:
-        for tmp, _ in staged:
-            tmp.unlink(missing_ok=True)
-
-
-def _fingerprint(cfg: Config, enc: Sequence[Encoded], world: int) -> dict[str, Any]:
-    """What must not change for a resumed run to reach the same weights."""
-    h = hashlib.sha256()
-    for e in enc:
-        h.update(json.dumps([e.input_ids, e.prompt_len, e.label]).encode())
-    train_cfg = {k: v for k, v in dataclasses.asdict(cfg.train).items() if k not in RESUME_MAY_CHANGE}
-    return {"data": h.hexdigest()[:16], "num_processes": world, "model": dataclasses.asdict(cfg.model),
-            "lora": dataclasses.asdict(cfg.lora), "head": dataclasses.asdict(cfg.head), "train": train_cfg}
-
-
-def _fingerprint_changes(old: dict[str, Any], new: dict[str, Any]) -> list[str]:
-    changes = []
-    for key in ("data", "num_processes"):
-        if old.get(key) != new.get(key):
-            what = ("the training data (or task, tokenizer or max_length)" if key == "data"
-                    else "the number of processes")
-            changes.append(f"{what}: {old.get(key)} -> {new.get(key)}")
-    for section in ("model", "lora", "head", "train"):
-        a, b = old.get(section, {}), new.get(section, {})
-        for k in sorted(set(a) | set(b)):
-            if a.get(k) != b.get(k):
-                changes.append(f"{section}.{k}: {a.get(k)!r} -> {b.get(k)!r}")
-    return changes
-
-
 # ----------------------------------------------------------------------------- logging and summary
 
 
@@ -988,7 +713,7 @@ def _peak_rss_mb() -> float | None:
     return round(peak / (1024 * 1024 if sys.platform == "darwin" else 1024), 1)
 
 
-def _summary(state: _LoopState, started: float, total_steps: int, steps_per_epoch: int,
+def _summary(state: LoopState, started: float, total_steps: int, steps_per_epoch: int,
              data_info: dict[str, Any], world: int, tc: Any, in_sync: bool | None) -> dict[str, Any]:
     summary = {
         "steps": state.step, "total_steps": total_steps, "steps_per_epoch": steps_per_epoch,
