@@ -133,7 +133,7 @@ def register_checkpoint_hooks(accelerator: Any) -> None:
 
 
 def save_checkpoint(accelerator: Any, model: Any, ckpt_root: Path, state: LoopState,
-                     extra: dict[str, Any], keep: int) -> None:
+                    extra: dict[str, Any], keep: int) -> None:
     """Write `step-N/` atomically: into a temporary folder, renamed once every process has written.
 
     `trainer_state.json` holds the loop state, the data position (epoch, step in epoch: the batch
@@ -211,7 +211,7 @@ def _prune_best(ckpt_root: Path, current: int | None) -> None:
 
 
 def load_checkpoint(accelerator: Any, model: Any, scheduler: Any, path: Path,
-                     fingerprint: dict[str, Any]) -> LoopState:
+                    fingerprint: dict[str, Any]) -> LoopState:
     """Restore a checkpoint. The LR schedule's state travels in trainer_state.json (plain JSON), never
     as a pickle: accelerate loads registered custom objects with torch.load(weights_only=False)."""
     saved = json.loads((path / TRAINER_STATE).read_text())

@@ -42,7 +42,7 @@ from .checkpoints import (
     save_model,
 )
 from .collate import (
-    Encoded, collate_prompts, collate_train, encode_example, padding_stats, plan_epoch, training_task,
+    Encoded, collate_prompts, encode_example, padding_stats, plan_epoch, training_task,
 )
 from .config import Config
 from .datasets import task_from_config
@@ -51,6 +51,7 @@ from .errors import ClsgenError, ConfigError
 from .files import atomic_write_json, atomic_write_text, check_writable, finite_json, writing
 from .model import DualHeadModel
 from .task import Task
+from .trunk import cached_trunk, model_inputs, probe_init, training_batch
 from .training_data import TrainExample, join_explanations, load_training_examples
 
 log = logging.getLogger(__name__)
@@ -194,9 +195,9 @@ def _train(accelerator: Any, cfg: Config, task: Task, train_set: list[TrainExamp
     data_info = _data_info(train_set, enc, dev_set, pos_weight, selection)
     trunk, dev_trunk = None, None
     if model.trunk_layers:
-        trunk, dev_trunk, data_info["trunk_cache"] = _cached_trunk(accelerator, model, tc, enc, dev_enc, progress)
+        trunk, dev_trunk, data_info["trunk_cache"] = cached_trunk(accelerator, model, tc, enc, dev_enc, progress)
     if cfg.head.init == "probe" and resume_dir is None and tc.w_cls > 0:
-        data_info["probe"] = _probe_init(model, enc, trunk, dev_enc, dev_trunk, pad_id, cfg, pos_weight)
+        data_info["probe"] = probe_init(model, enc, trunk, dev_enc, dev_trunk, pad_id, cfg, pos_weight)
     if tc.w_lm > 0 and not any(e.target_len for e in enc):
         log.warning("no training example has an explanation: the LM term is empty and only the head "
                     "learns; pass the synth JSONL as --data")
@@ -278,8 +279,8 @@ def _train(accelerator: Any, cfg: Config, task: Task, train_set: list[TrainExamp
             position = dict(zip(("epoch", "step_in_epoch"), divmod(state.step, steps_per_epoch)),
                             steps_per_epoch=steps_per_epoch)
             save_checkpoint(accelerator, model, out_dir / CHECKPOINTS, state,
-                             {"fingerprint": fingerprint, "data_position": position,
-                              "scheduler": scheduler.state_dict()}, tc.keep_checkpoints)
+                            {"fingerprint": fingerprint, "data_position": position,
+                             "scheduler": scheduler.state_dict()}, tc.keep_checkpoints)
         if on_step is not None:
             on_step(state.step, record)
     bar.close()
@@ -331,10 +332,10 @@ def _step(accelerator: Any, model: Any, optimizer: Any, trainable: list, enc: Se
             state.real_tokens += real_t if r.weights[0] > 0 else 0
             state.padded_tokens += padded_t
         mb = slot[accelerator.process_index]
-        batch = _batch(model, enc, trunk, mb.indices, pad_id, accelerator.device, mb.weights, pos_weight)
+        batch = training_batch(model, enc, trunk, mb.indices, pad_id, accelerator.device, mb.weights, pos_weight)
         with accelerator.accumulate(model):
             out = model(batch["input_ids"], batch["attention_mask"], batch["cls_index"],
-                        labels=batch["labels"] if tc.w_lm > 0 else None, w_lm=tc.w_lm, **_model_inputs(batch))
+                        labels=batch["labels"] if tc.w_lm > 0 else None, w_lm=tc.w_lm, **model_inputs(batch))
             cls_sum, lm_sum, cons_sum = _loss_sums(out, batch, pos_weight, tc.w_cls)
             loss = 0.0 * out.cls_logits.sum()  # keeps every trainable parameter in the graph
             if tc.w_cls > 0:
@@ -476,117 +477,6 @@ def _selection_metric(w_cls: float, dev: Sequence[TrainExample], dev_enc: Sequen
     return "dev_lm_loss" if any(e.target_len for e in dev_enc) else None
 
 
-# ----------------------------------------------------------------------------- the cached trunk
-
-
-def _batch(model: Any, enc: Sequence[Encoded], trunk: Sequence[Any] | None, indices: Sequence[int], pad_id: int,
-           device: torch.device, weights: Sequence[float] | None = None, pos_weight: float | None = None
-           ) -> dict[str, torch.Tensor]:
-    """A right-padded training batch, with the cached trunk's states when the model has a trunk and
-    LM weights that give positive rows' verdict tokens `pos_weight`, as the head's BCE does."""
-    from .trunk import collate_trunk
-
-    rows = [enc[i] for i in indices]
-    batch = collate_train(rows, pad_id, weights)
-    if trunk is not None:
-        batch.update(collate_trunk([trunk[i] for i in indices], _unwrap(model).head.pooling))
-    if pos_weight is not None:
-        lm_weights = torch.ones(batch["labels"].shape)
-        for r, e in enumerate(rows):
-            if e.label == 1 and e.verdict_at >= 0:
-                lm_weights[r, e.verdict_at] = pos_weight
-        batch["lm_weights"] = lm_weights
-    return {k: v.to(device) for k, v in batch.items()}
-
-
-def _model_inputs(batch: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """The trunk's states, the LM weights and the verdict positions of a batch (those it has)."""
-    keys = ("trunk_hidden", "trunk_pooled", "lm_weights", "verdict_at", "verdict_ids")
-    return {k: batch[k] for k in keys if k in batch}
-
-
-def _unwrap(model: Any) -> DualHeadModel:
-    return model.module if hasattr(model, "module") else model
-
-
-def _cached_trunk(accelerator: Any, model: DualHeadModel, tc: Any, enc: Sequence[Encoded],
-                  dev_enc: Sequence[Encoded], progress: bool) -> tuple[list, list, dict[str, Any]]:
-    """Build (main process) and load (every process) the frozen trunk's states of every example, after
-    checking on one example that the cached path reproduces the full forward pass."""
-    from .trunk import TrunkCache
-
-    cache = TrunkCache(model, tc.cache_dir)
-    info: dict[str, Any] = {"dir": str(cache.dir), "trunk_layers": cache.start}
-    if accelerator.is_main_process:
-        info.update(cache.build(list(enc) + list(dev_enc), batch_size=tc.batch_size * 2,
-                                progress=progress))
-        accelerator.print(f"trunk cache: layers 0-{cache.start - 1} of {len(enc) + len(dev_enc)} examples in "
-                          f"{cache.dir} ({info['computed']} computed in {info['seconds']:.0f} s)")
-    accelerator.wait_for_everyone()
-    states, dev_states = cache.load(enc), cache.load(dev_enc)
-    _check_trunk(model, enc, states)
-    return states, dev_states, info
-
-
-@torch.no_grad()
-def _check_trunk(model: DualHeadModel, enc: Sequence[Encoded], states: Sequence[Any]) -> None:
-    """The cached path must give the full pass's results: a model whose forward does more than run its
-    layers in turn (e.g. scales its embeddings inside) is refused here rather than trained wrongly."""
-    i = min(range(len(enc)), key=lambda j: len(enc[j]))
-    batch = _batch(model, enc, states, [i], model.tokenizer.pad_token_id, model.device)
-    was_training = model.training
-    model.eval()
-    try:
-        full = model(batch["input_ids"], batch["attention_mask"], batch["cls_index"], lm_positions="all")
-        cached = model(batch["input_ids"], batch["attention_mask"], batch["cls_index"], lm_positions="all",
-                       **_model_inputs(batch))
-    finally:
-        model.train(was_training)
-    scale = full.lm_logits.abs().max().clamp(min=1.0)
-    error = float((full.lm_logits - cached.lm_logits).abs().max() / scale)
-    tolerance = 1e-4 if batch["trunk_hidden"].dtype == torch.float32 else 5e-2
-    if not error <= tolerance:
-        raise ClsgenError(f"the cached trunk does not reproduce this model's forward pass (relative error "
-                          f"{error:.2g}); set lora.top_layers and lora.layers to null for this base model")
-
-
-@torch.no_grad()
-def _probe_init(model: DualHeadModel, enc: Sequence[Encoded], trunk: Sequence[Any] | None,
-                dev_enc: Sequence[Encoded], dev_trunk: Sequence[Any] | None, pad_id: int, cfg: Config,
-                pos_weight: float | None) -> dict[str, Any]:
-    """head.init = probe: a logistic regression on what the head reads, before any training step."""
-    from .head import fit_probe
-
-    layers = model.head.read_layers()
-    in_trunk = all(isinstance(layer, int) and layer <= model.trunk_layers for layer in layers)
-
-    def pooled(rows: Sequence[Encoded], states: Sequence[Any] | None) -> np.ndarray:
-        if states is not None and in_trunk:  # the head reads the frozen trunk only: the cache holds it
-            return np.stack([s.pooled[model.head.pooling][layers].numpy() for s in states])
-        out = []
-        for start in range(0, len(rows), cfg.eval.batch_size):
-            idx = list(range(start, min(start + cfg.eval.batch_size, len(rows))))
-            batch = _batch(model, rows, states, idx, pad_id, model.device)
-            result = model(batch["input_ids"], batch["attention_mask"], batch["cls_index"],
-                           lm_positions="none", **_model_inputs(batch))
-            out.append(result.pooled.cpu().numpy())
-        return np.concatenate(out)
-
-    was_training = model.training
-    model.eval()
-    try:
-        started = time.perf_counter()
-        x = pooled(enc, trunk)
-        xd = pooled(dev_enc, dev_trunk) if dev_enc else None
-        info = fit_probe(model.head, x, [e.label for e in enc], xd, [e.label for e in dev_enc] or None,
-                         balanced=pos_weight is not None)
-    finally:
-        model.train(was_training)
-    info["seconds"] = round(time.perf_counter() - started, 1)
-    log.info("head warm-started from a probe: %s", info)
-    return info
-
-
 # ----------------------------------------------------------------------------- evaluation
 
 
@@ -611,9 +501,9 @@ def _evaluate(accelerator: Any, model: Any, dev_enc: Sequence[Encoded], dev_trun
     lm_sum, lm_tokens = 0.0, 0
     for g in range(rank, len(batches), world):
         idx = batches[g]
-        batch = _batch(model, dev_enc, dev_trunk, idx, pad_id, accelerator.device)
+        batch = training_batch(model, dev_enc, dev_trunk, idx, pad_id, accelerator.device)
         out = model(batch["input_ids"], batch["attention_mask"], batch["cls_index"],
-                    labels=batch["labels"] if w_lm > 0 else None, w_lm=w_lm, **_model_inputs(batch))
+                    labels=batch["labels"] if w_lm > 0 else None, w_lm=w_lm, **model_inputs(batch))
         if g >= n_real:
             continue
         verdict = out.verdict_logits if out.verdict_logits is not None else out.cls_logits.new_full(
