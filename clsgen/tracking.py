@@ -1,7 +1,7 @@
 """Experiment trackers (accelerate's: tensorboard, wandb, mlflow, or a `GeneralTracker` instance) for
 what happens after training: an evaluation's metrics, with their intervals, and where its report is.
 
-Training logs its own records (train.py); `log_evaluation` sends an evaluation to the same trackers,
+Training logs its own records (train_log.py); `log_evaluation` sends an evaluation to the same trackers,
 named by `train.log_with`, so a run's dashboard shows the test metrics beside the training curves.
 """
 

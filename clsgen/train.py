@@ -22,10 +22,8 @@ What one call of `train` does:
 
 from __future__ import annotations
 
-import json
 import logging
 import math
-import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -41,18 +39,20 @@ from .checkpoints import (
     register_checkpoint_hooks, remove_stale_temporaries, resume_checkpoint, run_fingerprint, save_checkpoint,
     save_model,
 )
-from .collate import (
-    Encoded, collate_prompts, encode_example, padding_stats, plan_epoch, training_task,
-)
+from .collate import Encoded, collate_prompts, encode_example, padding_stats, plan_epoch, training_task
 from .config import Config
 from .datasets import task_from_config
 from .distributed import check_in_sync, configure_launcher, plain_parallel, release
 from .errors import ClsgenError, ConfigError
-from .files import atomic_write_json, atomic_write_text, check_writable, finite_json, writing
+from .files import atomic_write_json, atomic_write_text, check_writable, writing
 from .model import DualHeadModel
 from .task import Task
-from .trunk import cached_trunk, model_inputs, probe_init, training_batch
+from .train_log import (
+    LOG_FILE, SUMMARY_FILE, available_trackers, describe_data, eval_line, flatten, log_record, summarize,
+    summary_line, truncate_log,
+)
 from .training_data import TrainExample, join_explanations, load_training_examples
+from .trunk import cached_trunk, model_inputs, probe_init, training_batch
 
 log = logging.getLogger(__name__)
 
@@ -60,8 +60,6 @@ __all__ = ["CHECKPOINTS", "LOG_FILE", "SUMMARY_FILE", "TrainExample", "TrainResu
            "load_training_examples", "train"]
 """The names other code imports from here; the examples, checkpoints and log live in their own modules."""
 
-LOG_FILE = "train_log.jsonl"
-SUMMARY_FILE = "train_summary.json"
 CONFIG_FILE = "train_config.yaml"
 
 
@@ -118,7 +116,7 @@ def train(cfg: Config, train_examples: Sequence[Any] | str | Path,
 
     from accelerate import Accelerator
 
-    trackers = _available_trackers(tc.log_with)
+    trackers = available_trackers(tc.log_with)
     # accelerate decides the device and the precision (`accelerate config`, `accelerate launch
     # --mixed_precision`, ACCELERATE_MIXED_PRECISION) unless train.mixed_precision names one
     # with no GPU at all the CPU is the only device: say so, or several CPU processes (torchrun) are not
@@ -192,7 +190,7 @@ def _train(accelerator: Any, cfg: Config, task: Task, train_set: list[TrainExamp
                               with_target=tc.w_lm > 0, verdict_only=tc.verdict_only) for ex in dev_set]
     pos_weight = _pos_weight(tc.pos_weight, [ex.label for ex in train_set])
     selection = _selection_metric(tc.w_cls, dev_set, dev_enc)
-    data_info = _data_info(train_set, enc, dev_set, pos_weight, selection)
+    data_info = describe_data(train_set, enc, dev_set, pos_weight, selection)
     trunk, dev_trunk = None, None
     if model.trunk_layers:
         trunk, dev_trunk, data_info["trunk_cache"] = cached_trunk(accelerator, model, tc, enc, dev_enc, progress)
@@ -228,10 +226,10 @@ def _train(accelerator: Any, cfg: Config, task: Task, train_set: list[TrainExamp
     if main:
         out_dir.mkdir(parents=True, exist_ok=True)
         remove_stale_temporaries(out_dir)
-        _truncate_log(out_dir / LOG_FILE, state.step)
+        truncate_log(out_dir / LOG_FILE, state.step)
         atomic_write_text(out_dir / CONFIG_FILE, yaml.safe_dump(cfg.to_dict(), sort_keys=False))
     if trackers:
-        accelerator.init_trackers("clsgen", config=_flat(cfg.to_dict()))
+        accelerator.init_trackers("clsgen", config=flatten(cfg.to_dict()))
 
     log_every = max(1, tc.log_every)
     eval_every = tc.eval_every or steps_per_epoch
@@ -260,16 +258,16 @@ def _train(accelerator: Any, cfg: Config, task: Task, train_set: list[TrainExamp
             record.update(window.record(tc, lrs, grad_norm))
             window = _Window()
             bar.set_postfix(loss=f"{record['loss']:.4f}", tok_s=f"{record['tokens_per_s']:.0f}")
-            _log(accelerator, out_dir, record, trackers)
+            log_record(accelerator, out_dir, record, trackers)
         bar.update(1)
 
         if dev_set and (state.step % eval_every == 0 or last):
             metrics = _evaluate(accelerator, model, dev_enc, dev_trunk, pad_id, cfg.eval.batch_size, tc.w_lm)
             _select(accelerator, model, metrics, selection, state, out_dir, tc.select_tolerance)
             record.update(metrics)
-            _log(accelerator, out_dir, {"event": "eval", **metrics}, trackers)
+            log_record(accelerator, out_dir, {"event": "eval", **metrics}, trackers)
             if main:
-                (bar.write if progress else print)(_eval_line(metrics))
+                (bar.write if progress else print)(eval_line(metrics))
             if tc.early_stopping and state.evals_since_best >= tc.early_stopping:
                 state.stopped_early = True
                 accelerator.print(f"early stopping at step {state.step}: no dev improvement in "
@@ -299,11 +297,11 @@ def _train(accelerator: Any, cfg: Config, task: Task, train_set: list[TrainExamp
         with writing(final_dir, "the checkpoints saved before are intact; rerun with --resume to finish"):
             save_model(accelerator, model, final_dir, {"train": {"step": state.step}})
     in_sync = check_in_sync(accelerator, trainable)
-    summary = _summary(state, started, total_steps, steps_per_epoch, data_info, world, tc, in_sync)
+    summary = summarize(state, started, total_steps, steps_per_epoch, data_info, world, tc, in_sync)
     if main:
         install_model(final_dir, out_dir)
         atomic_write_json(out_dir / SUMMARY_FILE, summary)
-        accelerator.print(_summary_line(summary, out_dir))
+        accelerator.print(summary_line(summary, out_dir))
     accelerator.wait_for_everyone()
     if trackers:
         accelerator.end_training()
@@ -539,121 +537,3 @@ def _evaluate(accelerator: Any, model: Any, dev_enc: Sequence[Encoded], dev_trun
             metrics["dev_verdict_auroc"] = None
         metrics["dev_agreement"] = float(np.mean((verdict[has] > 0) == (logits[has] > 0)))
     return metrics
-
-
-# ----------------------------------------------------------------------------- logging and summary
-
-
-def _available_trackers(names: Sequence[str]) -> list[str]:
-    import importlib.util
-
-    modules = {"tensorboard": ("tensorboard", "tensorboardX"), "wandb": ("wandb",), "mlflow": ("mlflow",)}
-    chosen = []
-    for name in names:
-        mods = modules.get(name, (name,))
-        if any(importlib.util.find_spec(m) is not None for m in mods):
-            chosen.append(name)
-        else:
-            log.warning("train.log_with: %s is not installed; metrics go to %s only", name, LOG_FILE)
-    return chosen
-
-
-def _log(accelerator: Any, out_dir: Path, record: dict[str, Any], trackers: list[str]) -> None:
-    if accelerator.is_main_process:
-        intact = "the checkpoints saved before are intact; rerun with --resume"
-        with writing(out_dir / LOG_FILE, intact), (out_dir / LOG_FILE).open("a", encoding="utf-8") as f:
-            f.write(json.dumps(finite_json({**record, "time": round(time.time(), 3)}), allow_nan=False) + "\n")
-    if trackers:
-        scalars = {k: v for k, v in record.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
-        accelerator.log(scalars, step=record["step"])
-
-
-def _truncate_log(path: Path, step: int) -> None:
-    """On resume, drop records written after the checkpoint (the killed run's lost steps)."""
-    if not path.is_file():
-        return
-    if step == 0:
-        path.unlink()
-        return
-    keep = []
-    for line in path.read_text(encoding="utf-8", errors="replace").splitlines():
-        try:
-            record = json.loads(line)
-        except ValueError:  # a line torn by a kill or a full disk: it belongs to the lost steps
-            continue
-        if isinstance(record, dict) and record.get("step", 0) <= step:
-            keep.append(line)
-    atomic_write_text(path, "".join(line + "\n" for line in keep))
-
-
-def _eval_line(m: dict[str, Any]) -> str:
-    parts = [f"step {m['step']}"]
-    for k in ("dev_auroc", "dev_cls_loss", "dev_lm_loss", "dev_verdict_auroc", "dev_agreement"):
-        if m.get(k) is not None:
-            parts.append(f"{k} {m[k]:.4f}")
-    return "eval: " + ", ".join(parts) + (" (best)" if m.get("best") else "")
-
-
-def _peak_rss_mb() -> float | None:
-    try:
-        import resource
-    except ImportError:  # Windows
-        return None
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    return round(peak / (1024 * 1024 if sys.platform == "darwin" else 1024), 1)
-
-
-def _summary(state: LoopState, started: float, total_steps: int, steps_per_epoch: int,
-             data_info: dict[str, Any], world: int, tc: Any, in_sync: bool | None) -> dict[str, Any]:
-    summary = {
-        "steps": state.step, "total_steps": total_steps, "steps_per_epoch": steps_per_epoch,
-        "epochs": round(state.step / steps_per_epoch, 4), "stopped_early": state.stopped_early,
-        "best_step": state.best_step, "best_value": state.best_value, "best_dev_auroc": None,
-        "last_eval": state.last_eval,
-        "train_seconds": round(state.train_seconds, 2), "wall_seconds": round(time.time() - started, 2),
-        "train_cpu_seconds": round(state.train_cpu_seconds, 2), "torch_threads": torch.get_num_threads(),
-        "tokens": state.real_tokens,
-        "tokens_per_s": round(state.real_tokens / max(state.train_seconds, 1e-9), 1),
-        "padding_efficiency": round(state.real_tokens / max(state.padded_tokens, 1), 4),
-        "peak_rss_mb": _peak_rss_mb(), "num_processes": world,
-        "global_batch": tc.batch_size * tc.grad_accum * world, **data_info,
-    }
-    if data_info.get("selection") == "dev_auroc":
-        summary["best_dev_auroc"] = state.best_value
-        summary["peak_dev_auroc"] = state.peak_value
-    if torch.cuda.is_available():
-        summary["peak_gpu_memory_mb"] = round(torch.cuda.max_memory_allocated() / 2**20, 1)
-    if in_sync is not None:
-        summary["processes_in_sync"] = in_sync
-    return summary
-
-
-def _summary_line(s: dict[str, Any], out_dir: Path) -> str:
-    best = ""
-    if s.get("best_dev_auroc") is not None:
-        best = f", best dev AUROC {s['best_dev_auroc']:.4f} at step {s['best_step']}"
-    return (f"trained {s['steps']} steps in {s['train_seconds']:.1f} s ({s['tokens_per_s']:.0f} tokens/s, "
-            f"padding efficiency {s['padding_efficiency']:.2f}, peak RSS {s['peak_rss_mb']} MB){best}; "
-            f"model saved to {out_dir}")
-
-
-def _data_info(train_set: Sequence[TrainExample], enc: Sequence[Encoded], dev_set: Sequence[TrainExample],
-               pos_weight: float | None, selection: str | None) -> dict[str, Any]:
-    return {
-        "n_train": len(train_set), "n_train_positive": sum(ex.label for ex in train_set),
-        "n_with_explanation": sum(1 for e in enc if e.explained),
-        "n_verdict_only": sum(1 for e in enc if e.target_len and not e.explained),
-        "n_targets_cut": sum(e.target_cut for e in enc),
-        "n_dev": len(dev_set), "pos_weight": pos_weight, "selection": selection,
-    }
-
-
-def _flat(d: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    for k, v in d.items():
-        key = f"{prefix}{k}"
-        if isinstance(v, Mapping):
-            out.update(_flat(v, key + "."))
-        else:
-            out[key] = v if isinstance(v, (int, float, str, bool)) else str(v)
-    return out

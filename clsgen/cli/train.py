@@ -43,7 +43,8 @@ def run_train(args: argparse.Namespace) -> int:
     from ..datasets import load_dataset
     from ..files import check_run_dir
     from ..model import META_FILE
-    from ..train import LOG_FILE, train
+    from ..train import train
+    from ..train_log import LOG_FILE
     from ..training_data import join_explanations, load_training_examples
 
     if args.max_steps is not None:
