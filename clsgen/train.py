@@ -27,7 +27,7 @@ import math
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Mapping, Sequence
+from typing import Any, Callable, Sequence
 
 import numpy as np
 import torch
@@ -39,7 +39,7 @@ from .checkpoints import (
     register_checkpoint_hooks, remove_stale_temporaries, resume_checkpoint, run_fingerprint, save_checkpoint,
     save_model,
 )
-from .collate import Encoded, collate_prompts, encode_example, padding_stats, plan_epoch, training_task
+from .collate import Encoded, encode_example, padding_stats, plan_epoch, training_task
 from .config import Config
 from .datasets import task_from_config
 from .distributed import check_in_sync, configure_launcher, plain_parallel, release
@@ -130,30 +130,6 @@ def train(cfg: Config, train_examples: Sequence[Any] | str | Path,
                       on_step)
     finally:
         release(accelerator)
-
-
-def score(model: DualHeadModel, examples: Sequence[Any], batch_size: int = 8) -> np.ndarray:
-    """P(label 1) of each example from the head: prompts only, left-padded, no LM logits."""
-    fields = [x["fields"] if isinstance(x, Mapping) else x.fields for x in examples]
-    prompts = [model.task.encode_prompt(model.tokenizer, f).input_ids for f in fields]
-    logits = _score_prompts(model, prompts, model.tokenizer.pad_token_id, batch_size, model.device)
-    return model.probabilities(torch.from_numpy(logits)).numpy()
-
-
-@torch.no_grad()
-def _score_prompts(model: Any, prompts: Sequence[Sequence[int]], pad_id: int, batch_size: int,
-                   device: torch.device) -> np.ndarray:
-    was_training = model.training
-    model.eval()
-    order = sorted(range(len(prompts)), key=lambda i: -len(prompts[i]))
-    logits = np.zeros(len(prompts), dtype=np.float32)
-    for start in range(0, len(order), batch_size):
-        idx = order[start: start + batch_size]
-        batch = {k: v.to(device) for k, v in collate_prompts([prompts[i] for i in idx], pad_id).items()}
-        out = model(**batch, lm_positions="none")
-        logits[idx] = out.cls_logits.float().cpu().numpy()
-    model.train(was_training)
-    return logits
 
 
 # ----------------------------------------------------------------------------- the loop
