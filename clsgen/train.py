@@ -18,6 +18,11 @@ What one call of `train` does:
      to the same weights as an uninterrupted one;
   6. saves the best model to `out/` (PEFT adapter, head, tokenizer, clsgen.json) with
      `train_log.jsonl` and `train_summary.json` (tokens/s, padding efficiency, memory, time).
+
+The module reads top down: `train` -> `_train` (the loop) -> `_step` (one optimizer step) -> `_evaluate`.
+Beside it: `training_data` (the examples), `checkpoints` (step-N/, the best model, installing it),
+`train_log` (the log and the summary), `trunk` (the cached trunk, the probe warm-start) and
+`distributed` (what the processes of a launch share).
 """
 
 from __future__ import annotations
@@ -331,6 +336,73 @@ def _step(accelerator: Any, model: Any, optimizer: Any, trainable: list, enc: Se
     return (accelerator.reduce(sums, reduction="sum") if world > 1 else sums), grad_norm
 
 
+# ----------------------------------------------------------------------------- evaluation
+
+
+@torch.no_grad()
+def _evaluate(accelerator: Any, model: Any, dev_enc: Sequence[Encoded], dev_trunk: Sequence[Any] | None,
+              pad_id: int, batch_size: int, w_lm: float) -> dict[str, Any]:
+    """Dev AUROC and losses. Rows are prompt + target (when present), right-padded: the head reads
+    the last prompt token, so its logit equals the prompt-only one. Batches are shared among the
+    processes (every process runs as many, for FSDP/ZeRO collectives) and results gathered."""
+    from accelerate.utils import gather_object
+
+    from .metrics import UndefinedMetricError, auroc, brier
+
+    model.eval()
+    order = sorted(range(len(dev_enc)), key=lambda i: -len(dev_enc[i]))
+    batches = [order[s: s + batch_size] for s in range(0, len(order), batch_size)]
+    world, rank = accelerator.num_processes, accelerator.process_index
+    n_real = len(batches)
+    while len(batches) % world:
+        batches.append(batches[-1][:1])  # a duplicate to even the count; its results are dropped
+    results: list[tuple[int, float]] = []
+    lm_sum, lm_tokens = 0.0, 0
+    for g in range(rank, len(batches), world):
+        idx = batches[g]
+        batch = training_batch(model, dev_enc, dev_trunk, idx, pad_id, accelerator.device)
+        out = model(batch["input_ids"], batch["attention_mask"], batch["cls_index"],
+                    labels=batch["labels"] if w_lm > 0 else None, w_lm=w_lm, **model_inputs(batch))
+        if g >= n_real:
+            continue
+        verdict = out.verdict_logits if out.verdict_logits is not None else out.cls_logits.new_full(
+            out.cls_logits.shape, float("nan"))
+        results.extend(zip(idx, out.cls_logits.float().cpu().tolist(), verdict.float().cpu().tolist()))
+        if out.lm_loss is not None and out.lm_tokens:
+            lm_sum += float(out.lm_loss) * out.lm_tokens
+            lm_tokens += out.lm_tokens
+    model.train()
+    gathered = gather_object([(results, lm_sum, lm_tokens)]) if world > 1 else [(results, lm_sum, lm_tokens)]
+    logits = np.zeros(len(dev_enc), dtype=np.float64)
+    verdict = np.full(len(dev_enc), np.nan)
+    lm_sum, lm_tokens = 0.0, 0
+    for res, s, t in gathered:
+        for i, z, v in res:
+            logits[i], verdict[i] = z, v
+        lm_sum, lm_tokens = lm_sum + s, lm_tokens + t
+    y = np.array([e.label for e in dev_enc])
+    p = 1.0 / (1.0 + np.exp(-logits))
+    bce = float(np.mean(np.logaddexp(0.0, logits) - y * logits))
+    metrics: dict[str, Any] = {"dev_cls_loss": bce, "dev_brier": float(brier(y, p)), "dev_n": len(y)}
+    try:
+        metrics["dev_auroc"] = float(auroc(y, p))
+    except UndefinedMetricError:
+        metrics["dev_auroc"] = None
+    if lm_tokens:
+        metrics["dev_lm_loss"] = lm_sum / lm_tokens
+    has = ~np.isnan(verdict)
+    if has.any():  # the LM's teacher-forced verdict: its own AUROC and its agreement with the head
+        try:
+            metrics["dev_verdict_auroc"] = float(auroc(y[has], 1.0 / (1.0 + np.exp(-verdict[has]))))
+        except UndefinedMetricError:
+            metrics["dev_verdict_auroc"] = None
+        metrics["dev_agreement"] = float(np.mean((verdict[has] > 0) == (logits[has] > 0)))
+    return metrics
+
+
+# ----------------------------------------------------------------------------- the best model and the log window
+
+
 def _select(accelerator: Any, model: Any, metrics: dict[str, Any], selection: str | None, state: LoopState,
             out_dir: Path, tolerance: float = 0.0) -> None:
     """Keep the best model so far in checkpoints/best: dev AUROC (the latest evaluation within
@@ -449,67 +521,3 @@ def _selection_metric(w_cls: float, dev: Sequence[TrainExample], dev_enc: Sequen
         log.warning("the dev split has a single class: AUROC is undefined, the last weights are kept")
         return None
     return "dev_lm_loss" if any(e.target_len for e in dev_enc) else None
-
-
-# ----------------------------------------------------------------------------- evaluation
-
-
-@torch.no_grad()
-def _evaluate(accelerator: Any, model: Any, dev_enc: Sequence[Encoded], dev_trunk: Sequence[Any] | None,
-              pad_id: int, batch_size: int, w_lm: float) -> dict[str, Any]:
-    """Dev AUROC and losses. Rows are prompt + target (when present), right-padded: the head reads
-    the last prompt token, so its logit equals the prompt-only one. Batches are shared among the
-    processes (every process runs as many, for FSDP/ZeRO collectives) and results gathered."""
-    from accelerate.utils import gather_object
-
-    from .metrics import UndefinedMetricError, auroc, brier
-
-    model.eval()
-    order = sorted(range(len(dev_enc)), key=lambda i: -len(dev_enc[i]))
-    batches = [order[s: s + batch_size] for s in range(0, len(order), batch_size)]
-    world, rank = accelerator.num_processes, accelerator.process_index
-    n_real = len(batches)
-    while len(batches) % world:
-        batches.append(batches[-1][:1])  # a duplicate to even the count; its results are dropped
-    results: list[tuple[int, float]] = []
-    lm_sum, lm_tokens = 0.0, 0
-    for g in range(rank, len(batches), world):
-        idx = batches[g]
-        batch = training_batch(model, dev_enc, dev_trunk, idx, pad_id, accelerator.device)
-        out = model(batch["input_ids"], batch["attention_mask"], batch["cls_index"],
-                    labels=batch["labels"] if w_lm > 0 else None, w_lm=w_lm, **model_inputs(batch))
-        if g >= n_real:
-            continue
-        verdict = out.verdict_logits if out.verdict_logits is not None else out.cls_logits.new_full(
-            out.cls_logits.shape, float("nan"))
-        results.extend(zip(idx, out.cls_logits.float().cpu().tolist(), verdict.float().cpu().tolist()))
-        if out.lm_loss is not None and out.lm_tokens:
-            lm_sum += float(out.lm_loss) * out.lm_tokens
-            lm_tokens += out.lm_tokens
-    model.train()
-    gathered = gather_object([(results, lm_sum, lm_tokens)]) if world > 1 else [(results, lm_sum, lm_tokens)]
-    logits = np.zeros(len(dev_enc), dtype=np.float64)
-    verdict = np.full(len(dev_enc), np.nan)
-    lm_sum, lm_tokens = 0.0, 0
-    for res, s, t in gathered:
-        for i, z, v in res:
-            logits[i], verdict[i] = z, v
-        lm_sum, lm_tokens = lm_sum + s, lm_tokens + t
-    y = np.array([e.label for e in dev_enc])
-    p = 1.0 / (1.0 + np.exp(-logits))
-    bce = float(np.mean(np.logaddexp(0.0, logits) - y * logits))
-    metrics: dict[str, Any] = {"dev_cls_loss": bce, "dev_brier": float(brier(y, p)), "dev_n": len(y)}
-    try:
-        metrics["dev_auroc"] = float(auroc(y, p))
-    except UndefinedMetricError:
-        metrics["dev_auroc"] = None
-    if lm_tokens:
-        metrics["dev_lm_loss"] = lm_sum / lm_tokens
-    has = ~np.isnan(verdict)
-    if has.any():  # the LM's teacher-forced verdict: its own AUROC and its agreement with the head
-        try:
-            metrics["dev_verdict_auroc"] = float(auroc(y[has], 1.0 / (1.0 + np.exp(-verdict[has]))))
-        except UndefinedMetricError:
-            metrics["dev_verdict_auroc"] = None
-        metrics["dev_agreement"] = float(np.mean((verdict[has] > 0) == (logits[has] > 0)))
-    return metrics
