@@ -42,7 +42,7 @@ def main() -> None:
     from clsgen.datasets import load_dataset
     from clsgen.head import PROBE_C_GRID, cv_auroc, cv_folds
     from clsgen.model import DualHeadModel
-    from clsgen.train import join_explanations
+    from clsgen.training_data import join_explanations
     from clsgen.trunk import TrunkCache
 
     cfg = load_config(args.config, args.overrides)

@@ -82,7 +82,7 @@ def _config(spec: dict[str, Any]) -> Any:
 
 
 def _examples(spec: dict[str, Any]) -> list[Any]:
-    from clsgen.train import load_training_examples
+    from clsgen.training_data import load_training_examples
 
     lines = Path(spec["examples"]).read_text(encoding="utf-8").splitlines()
     return load_training_examples([json.loads(x) for x in lines if x.strip()])

@@ -29,7 +29,7 @@ _EXPORTS = {
     "load_model": "backbones",
     "DualHeadModel": "model", "load_pretrained": "model",
     # training, inference, evaluation
-    "train": "train", "score": "train", "load_training_examples": "train", "TrainResult": "train",
+    "train": "train", "score": "inference", "load_training_examples": "training_data", "TrainResult": "train",
     "Predictor": "inference", "Prediction": "inference", "ClsgenClassifier": "estimator",
     "evaluate": "evaluate", "EvalResult": "evaluate",
     "fit_calibration": "calibration", "calibrate_predictor": "estimator",
@@ -66,8 +66,9 @@ if TYPE_CHECKING:  # for type checkers and IDEs; nothing is imported at run time
     from .evaluate import EvalResult, evaluate
     from .experiment import run_experiment
     from .hub import push_to_hub
-    from .inference import Prediction, Predictor
+    from .inference import Prediction, Predictor, score
     from .model import DualHeadModel, load_pretrained
     from .synth import make_teacher, synthesize
     from .task import Task
-    from .train import TrainResult, load_training_examples, score, train
+    from .train import TrainResult, train
+    from .training_data import load_training_examples

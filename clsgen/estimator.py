@@ -105,8 +105,8 @@ class ClsgenClassifier(TwoColumnProba):
                               "one from a config to train (ClsgenClassifier(cfg, out_dir=...).fit(train, "
                               "validation)), or call calibrate(validation) to choose the threshold and "
                               "temperature")
-        from .train import load_training_examples
         from .train import train as train_model
+        from .training_data import load_training_examples
 
         dev = load_training_examples(list(validation)) if validation else []
         self.train_result = train_model(self.config, train, dev or None, self.out_dir,

@@ -195,7 +195,8 @@ def _classifier(cfg: Config, ds: DatasetSplits, method: str, out: Path, synth_pa
             "on the validation split first)")
         return clf.calibrate(ds.validation)
     if method in LLM_TRAINED:
-        from .train import join_explanations, train
+        from .train import train
+        from .training_data import join_explanations
 
         model_dir = out / "models" / method
         if not (model_dir / "clsgen.json").is_file():

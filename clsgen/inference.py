@@ -19,7 +19,7 @@ import numpy as np
 import torch
 
 from .backbones import stop_token_ids as turn_end_ids
-from .collate import pad_left
+from .collate import collate_prompts, pad_left
 from .data import Example
 from .errors import ClsgenError
 from .metrics import sigmoid
@@ -373,6 +373,32 @@ class Predictor:
             probs = torch.zeros_like(probs).scatter(-1, order, sorted_probs)
         return torch.multinomial(probs, 1, generator=generator).squeeze(-1)
 
+
+# ---------------------------------------------------------------------------------- the head alone
+
+
+def score(model: DualHeadModel, examples: Sequence[Any], batch_size: int = 8) -> np.ndarray:
+    """P(label 1) of each example from the head: prompts only, left-padded, no LM logits."""
+    fields = [x["fields"] if isinstance(x, Mapping) else x.fields for x in examples]
+    prompts = [model.task.encode_prompt(model.tokenizer, f).input_ids for f in fields]
+    logits = _score_prompts(model, prompts, model.tokenizer.pad_token_id, batch_size, model.device)
+    return model.probabilities(torch.from_numpy(logits)).numpy()
+
+
+@torch.no_grad()
+def _score_prompts(model: Any, prompts: Sequence[Sequence[int]], pad_id: int, batch_size: int,
+                   device: torch.device) -> np.ndarray:
+    was_training = model.training
+    model.eval()
+    order = sorted(range(len(prompts)), key=lambda i: -len(prompts[i]))
+    logits = np.zeros(len(prompts), dtype=np.float32)
+    for start in range(0, len(order), batch_size):
+        idx = order[start: start + batch_size]
+        batch = {k: v.to(device) for k, v in collate_prompts([prompts[i] for i in idx], pad_id).items()}
+        out = model(**batch, lm_positions="none")
+        logits[idx] = out.cls_logits.float().cpu().numpy()
+    model.train(was_training)
+    return logits
 
 
 # ---------------------------------------------------------------------------------- helpers

@@ -1,7 +1,7 @@
 """Experiment trackers (accelerate's: tensorboard, wandb, mlflow, or a `GeneralTracker` instance) for
 what happens after training: an evaluation's metrics, with their intervals, and where its report is.
 
-Training logs its own records (train.py); `log_evaluation` sends an evaluation to the same trackers,
+Training logs its own records (train_log.py); `log_evaluation` sends an evaluation to the same trackers,
 named by `train.log_with`, so a run's dashboard shows the test metrics beside the training curves.
 """
 
@@ -56,7 +56,7 @@ def log_evaluation(trackers: Sequence[Any], out_dir: str | Path, metrics: Mappin
         return []
     from accelerate import Accelerator
 
-    from .train import _release
+    from .distributed import release
 
     accelerator = Accelerator(cpu=True, mixed_precision="no", log_with=chosen, project_dir=str(out_dir))
     try:
@@ -67,5 +67,5 @@ def log_evaluation(trackers: Sequence[Any], out_dir: str | Path, metrics: Mappin
         accelerator.log(record, step=step)
         accelerator.end_training()
     finally:
-        _release(accelerator)
+        release(accelerator)
     return chosen

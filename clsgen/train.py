@@ -18,186 +18,54 @@ What one call of `train` does:
      to the same weights as an uninterrupted one;
   6. saves the best model to `out/` (PEFT adapter, head, tokenizer, clsgen.json) with
      `train_log.jsonl` and `train_summary.json` (tokens/s, padding efficiency, memory, time).
+
+The module reads top down: `train` -> `_train` (the loop) -> `_step` (one optimizer step) -> `_evaluate`.
+Beside it: `training_data` (the examples), `checkpoints` (step-N/, the best model, installing it),
+`train_log` (the log and the summary), `trunk` (the cached trunk, the probe warm-start) and
+`distributed` (what the processes of a launch share).
 """
 
 from __future__ import annotations
 
-import dataclasses
-import hashlib
-import json
 import logging
 import math
-import os
-import shutil
-import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterable, Mapping, Sequence
+from typing import Any, Callable, Sequence
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 import yaml
 
-from .collate import (
-    Encoded, collate_prompts, collate_train, encode_example, padding_stats, plan_epoch, training_task,
+from .checkpoints import (
+    CHECKPOINTS, LoopState, best_dir, install_model, list_checkpoints, load_checkpoint, load_model_weights,
+    register_checkpoint_hooks, remove_stale_temporaries, resume_checkpoint, run_fingerprint, save_checkpoint,
+    save_model,
 )
+from .collate import Encoded, encode_example, padding_stats, plan_epoch, training_task
 from .config import Config
-from .data import Example, map_label, read_rows, rows_from_records, short_repr
 from .datasets import task_from_config
-from .errors import ClsgenError, ConfigError, DataError, Problem
-from .files import (atomic_write_json, atomic_write_text, check_writable, finite_json, write_error,
-                    writing)
-from .model import HEAD_FILE, META_FILE, DualHeadModel
+from .distributed import check_in_sync, configure_launcher, plain_parallel, release
+from .errors import ClsgenError, ConfigError
+from .files import atomic_write_json, atomic_write_text, check_writable, writing
+from .model import DualHeadModel
 from .task import Task
+from .train_log import (
+    LOG_FILE, SUMMARY_FILE, available_trackers, describe_data, eval_line, flatten, log_record, summarize,
+    summary_line, truncate_log,
+)
+from .training_data import TrainExample, join_explanations, load_training_examples
+from .trunk import cached_trunk, model_inputs, probe_init, training_batch
 
 log = logging.getLogger(__name__)
 
-CHECKPOINTS = "checkpoints"
-BEST = "best-step-"
-"""Prefix of the best model's folder, `checkpoints/best-step-N/` (a loadable model directory)."""
-TRAINER_STATE = "trainer_state.json"
-LOG_FILE = "train_log.jsonl"
-SUMMARY_FILE = "train_summary.json"
+__all__ = ["CHECKPOINTS", "LOG_FILE", "SUMMARY_FILE", "TrainExample", "TrainResult", "join_explanations",
+           "load_training_examples", "train"]
+"""The names other code imports from here; the examples, checkpoints and log live in their own modules."""
+
 CONFIG_FILE = "train_config.yaml"
-RESUME_MAY_CHANGE = {"eval_every", "save_every", "log_every", "log_with", "early_stopping", "keep_checkpoints",
-                     "cache_dir"}
-"""TrainConfig fields a resumed run may change; any other change would give different weights."""
-
-
-# ----------------------------------------------------------------------------- training examples
-
-
-@dataclass
-class TrainExample:
-    """An example with the teacher's explanation of its gold label (None: classification only)."""
-
-    id: str
-    fields: dict[str, str]
-    label: int
-    explanation: str | None = None
-
-
-def load_training_examples(source: str | Path | Iterable[Any]) -> list[TrainExample]:
-    """Training examples from a synth JSONL (`clsgen synth` records), a data file or in-memory items.
-
-    Accepted items: synth records `{id, label, fields, explanation, verdict, ...}`, example dicts
-    `{id, fields, label, meta}` (explanation in `meta.explanation`, if any), flat rows
-    `{id, label, <field>: text, ...}`, `Example` and `TrainExample` objects. An explanation whose
-    record states a verdict other than the gold label is dropped (the example trains the head only).
-    Every problem is reported together.
-    """
-    if source is None:
-        raise ClsgenError("no training examples given; pass the synth JSONL (--data)")
-    if isinstance(source, (str, Path)):
-        rows, name = read_rows(source), str(source)
-    else:
-        items = list(source)
-        if all(isinstance(x, TrainExample) for x in items):
-            return list(items)
-        rows = rows_from_records([_as_record(x) for x in items])
-        name = "examples"
-    reserved = {"id", "label", "explanation", "verdict", "attempts", "teacher", "seconds", "meta", "split"}
-    out: list[TrainExample] = []
-    problems: list[Problem] = []
-    seen: dict[str, int] = {}
-    for row in rows:
-        v = row.values
-        label = map_label(v.get("label"), None)
-        if label is None:
-            problems.append(Problem(f"label {short_repr(v.get('label'))} is not 0/1 (or true/false, yes/no)", name,
-                                    row.number, "label"))
-        fields = v.get("fields")
-        if fields is None:
-            fields = {k: x for k, x in v.items() if k not in reserved}
-        if not isinstance(fields, Mapping) or not fields:
-            problems.append(Problem("expected a 'fields' object with the example's text fields", name,
-                                    row.number, "fields"))
-            fields = {}
-        bad = [str(k) for k, x in fields.items() if not isinstance(x, (str, int, float))]
-        if bad:
-            problems.append(Problem(f"expected text, got {type(fields[bad[0]]).__name__}", name, row.number,
-                                    f"fields.{bad[0]}"))
-        explanation = v.get("explanation")
-        if explanation is None and isinstance(v.get("meta"), Mapping):
-            explanation = v["meta"].get("explanation")
-        if explanation is not None and not isinstance(explanation, str):
-            problems.append(Problem(f"expected text or null, got {type(explanation).__name__}", name,
-                                    row.number, "explanation"))
-            explanation = None
-        verdict = v.get("verdict")
-        if (explanation and isinstance(verdict, (int, bool)) and label is not None
-                and int(verdict) != label):
-            explanation = None  # the explanation argues for the other label: keep the head's example only
-        ex_id = str(v.get("id", row.number))
-        if ex_id in seen:
-            problems.append(Problem(f"duplicate id {short_repr(ex_id)} (first at row {seen[ex_id]})", name, row.number,
-                                    "id"))
-        seen.setdefault(ex_id, row.number)
-        out.append(TrainExample(ex_id, {str(k): str(x) for k, x in fields.items()}, label or 0,
-                                explanation if explanation and explanation.strip() else None))
-    if problems:
-        raise DataError(problems)
-    return out
-
-
-def join_explanations(examples: Sequence[Any], source: str | Path | Iterable[Any]) -> list[TrainExample]:
-    """The examples with the explanations of `source` joined by id: a synth JSONL, or any file of
-    records `{id, explanation[, label, verdict]}` (e.g. `clsgen:NAME`, a file shipped with clsgen).
-
-    An example without a record, or whose record has no accepted explanation, keeps None (it trains on
-    its verdict line alone). A record whose label differs from the example's means the data changed:
-    an error naming the ids. Explanations stating the other label are dropped.
-    """
-    records = load_explanation_records(source)
-    clash = [str(ex.id) for ex in examples if str(ex.id) in records
-             and records[str(ex.id)].get("label") not in (None, ex.label)]
-    if clash:
-        raise ClsgenError(f"{source}: the label of {len(clash)} examples differs from the data's (e.g. "
-                          f"{clash[:3]}); the explanations were made for other data or another binarization")
-    return [TrainExample(str(ex.id), {k: str(v) for k, v in ex.fields.items()}, int(ex.label),
-                         _accepted(records.get(str(ex.id)), ex.label)) for ex in examples]
-
-
-def load_explanation_records(source: str | Path | Iterable[Any]) -> dict[str, dict[str, Any]]:
-    """{id: record} of an explanations file or of in-memory records (each needs an id)."""
-    if isinstance(source, (str, Path)):
-        from .synth.store import explanations_path
-
-        source = explanations_path(source)
-    rows = read_rows(source) if isinstance(source, Path) else rows_from_records(list(source))
-    out: dict[str, dict[str, Any]] = {}
-    problems = []
-    for row in rows:
-        v = row.values
-        if v.get("id") is None:
-            problems.append(Problem("every explanation record needs an id", str(source), row.number, "id"))
-            continue
-        label = map_label(v.get("label"), None) if v.get("label") is not None else None
-        out[str(v["id"])] = {"explanation": v.get("explanation"), "verdict": v.get("verdict"), "label": label}
-    if problems:
-        raise DataError(problems)
-    return out
-
-
-def _accepted(record: Mapping[str, Any] | None, label: int) -> str | None:
-    if not record:
-        return None
-    text, verdict = record.get("explanation"), record.get("verdict")
-    if not isinstance(text, str) or not text.strip():
-        return None
-    if isinstance(verdict, (int, bool)) and int(verdict) != label:
-        return None
-    return text
-
-
-def _as_record(x: Any) -> Any:
-    if isinstance(x, TrainExample):
-        return dataclasses.asdict(x)
-    if isinstance(x, Example):
-        return {"id": x.id, "fields": x.fields, "label": x.label, "meta": x.meta}
-    return x
 
 
 # ----------------------------------------------------------------------------- results
@@ -214,26 +82,6 @@ class TrainResult:
     summary: dict[str, Any] = field(default_factory=dict)
     model: DualHeadModel | None = None
     """The trained model in memory with the best weights (None under FSDP / ZeRO-3 sharding)."""
-
-
-@dataclass
-class _LoopState:
-    """Everything the loop carries between steps (saved in each checkpoint)."""
-
-    step: int = 0
-    best_value: float | None = None
-    """The selection metric of the kept model."""
-    peak_value: float | None = None
-    """The best selection metric seen (dev AUROC: the kept model is within select_tolerance of it)."""
-    best_step: int | None = None
-    evals_since_best: int = 0
-    stopped_early: bool = False
-    finished: bool = False
-    real_tokens: int = 0
-    padded_tokens: int = 0
-    train_seconds: float = 0.0
-    train_cpu_seconds: float = 0.0
-    last_eval: dict[str, Any] | None = None
 
 
 # ----------------------------------------------------------------------------- public entry points
@@ -265,15 +113,15 @@ def train(cfg: Config, train_examples: Sequence[Any] | str | Path,
     if not train_set:
         raise ClsgenError("no training examples")
     ckpt_root = out_dir / CHECKPOINTS
-    resume_dir = _resume_checkpoint(ckpt_root, resume)
-    if not resume and _checkpoints(ckpt_root):
+    resume_dir = resume_checkpoint(ckpt_root, resume)
+    if not resume and list_checkpoints(ckpt_root):
         raise ClsgenError(f"{out_dir} already holds a training run ({CHECKPOINTS}/ has checkpoints); pass "
                           "--resume (resume=True) to continue it, or choose another --out")
     check_writable(out_dir)  # a read-only or misplaced --out fails now, not after the model is built
 
     from accelerate import Accelerator
 
-    trackers = _available_trackers(tc.log_with)
+    trackers = available_trackers(tc.log_with)
     # accelerate decides the device and the precision (`accelerate config`, `accelerate launch
     # --mixed_precision`, ACCELERATE_MIXED_PRECISION) unless train.mixed_precision names one
     # with no GPU at all the CPU is the only device: say so, or several CPU processes (torchrun) are not
@@ -286,31 +134,7 @@ def train(cfg: Config, train_examples: Sequence[Any] | str | Path,
         return _train(accelerator, cfg, task, train_set, dev_set, out_dir, resume_dir, trackers, progress,
                       on_step)
     finally:
-        _release(accelerator)
-
-
-def score(model: DualHeadModel, examples: Sequence[Any], batch_size: int = 8) -> np.ndarray:
-    """P(label 1) of each example from the head: prompts only, left-padded, no LM logits."""
-    fields = [x["fields"] if isinstance(x, Mapping) else x.fields for x in examples]
-    prompts = [model.task.encode_prompt(model.tokenizer, f).input_ids for f in fields]
-    logits = _score_prompts(model, prompts, model.tokenizer.pad_token_id, batch_size, model.device)
-    return model.probabilities(torch.from_numpy(logits)).numpy()
-
-
-@torch.no_grad()
-def _score_prompts(model: Any, prompts: Sequence[Sequence[int]], pad_id: int, batch_size: int,
-                   device: torch.device) -> np.ndarray:
-    was_training = model.training
-    model.eval()
-    order = sorted(range(len(prompts)), key=lambda i: -len(prompts[i]))
-    logits = np.zeros(len(prompts), dtype=np.float32)
-    for start in range(0, len(order), batch_size):
-        idx = order[start: start + batch_size]
-        batch = {k: v.to(device) for k, v in collate_prompts([prompts[i] for i in idx], pad_id).items()}
-        out = model(**batch, lm_positions="none")
-        logits[idx] = out.cls_logits.float().cpu().numpy()
-    model.train(was_training)
-    return logits
+        release(accelerator)
 
 
 # ----------------------------------------------------------------------------- the loop
@@ -347,12 +171,12 @@ def _train(accelerator: Any, cfg: Config, task: Task, train_set: list[TrainExamp
                               with_target=tc.w_lm > 0, verdict_only=tc.verdict_only) for ex in dev_set]
     pos_weight = _pos_weight(tc.pos_weight, [ex.label for ex in train_set])
     selection = _selection_metric(tc.w_cls, dev_set, dev_enc)
-    data_info = _data_info(train_set, enc, dev_set, pos_weight, selection)
+    data_info = describe_data(train_set, enc, dev_set, pos_weight, selection)
     trunk, dev_trunk = None, None
     if model.trunk_layers:
-        trunk, dev_trunk, data_info["trunk_cache"] = _cached_trunk(accelerator, model, tc, enc, dev_enc, progress)
+        trunk, dev_trunk, data_info["trunk_cache"] = cached_trunk(accelerator, model, tc, enc, dev_enc, progress)
     if cfg.head.init == "probe" and resume_dir is None and tc.w_cls > 0:
-        data_info["probe"] = _probe_init(model, enc, trunk, dev_enc, dev_trunk, pad_id, cfg, pos_weight)
+        data_info["probe"] = probe_init(model, enc, trunk, dev_enc, dev_trunk, pad_id, cfg, pos_weight)
     if tc.w_lm > 0 and not any(e.target_len for e in enc):
         log.warning("no training example has an explanation: the LM term is empty and only the head "
                     "learns; pass the synth JSONL as --data")
@@ -368,25 +192,25 @@ def _train(accelerator: Any, cfg: Config, task: Task, train_set: list[TrainExamp
     warmup = round(tc.warmup_ratio * total_steps)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, _lr_lambda(tc.schedule, warmup, total_steps))
     model.train()
-    _configure_launcher(accelerator, tc)
+    configure_launcher(accelerator, tc)
     model, optimizer = accelerator.prepare(model, optimizer)
-    _register_checkpoint_hooks(accelerator)
+    register_checkpoint_hooks(accelerator)
     unwrapped: DualHeadModel = accelerator.unwrap_model(model)
     trainable = [p for p in model.parameters() if p.requires_grad]
-    fingerprint = _fingerprint(cfg, enc, world)
+    fingerprint = run_fingerprint(cfg, enc, world)
 
     # --- resume
-    state = _LoopState()
+    state = LoopState()
     if resume_dir is not None:
-        state = _load_checkpoint(accelerator, model, scheduler, resume_dir, fingerprint)
+        state = load_checkpoint(accelerator, model, scheduler, resume_dir, fingerprint)
         accelerator.print(f"resumed from {resume_dir} at step {state.step}")
     if main:
         out_dir.mkdir(parents=True, exist_ok=True)
-        _remove_stale_temporaries(out_dir)
-        _truncate_log(out_dir / LOG_FILE, state.step)
+        remove_stale_temporaries(out_dir)
+        truncate_log(out_dir / LOG_FILE, state.step)
         atomic_write_text(out_dir / CONFIG_FILE, yaml.safe_dump(cfg.to_dict(), sort_keys=False))
     if trackers:
-        accelerator.init_trackers("clsgen", config=_flat(cfg.to_dict()))
+        accelerator.init_trackers("clsgen", config=flatten(cfg.to_dict()))
 
     log_every = max(1, tc.log_every)
     eval_every = tc.eval_every or steps_per_epoch
@@ -415,16 +239,16 @@ def _train(accelerator: Any, cfg: Config, task: Task, train_set: list[TrainExamp
             record.update(window.record(tc, lrs, grad_norm))
             window = _Window()
             bar.set_postfix(loss=f"{record['loss']:.4f}", tok_s=f"{record['tokens_per_s']:.0f}")
-            _log(accelerator, out_dir, record, trackers)
+            log_record(accelerator, out_dir, record, trackers)
         bar.update(1)
 
         if dev_set and (state.step % eval_every == 0 or last):
             metrics = _evaluate(accelerator, model, dev_enc, dev_trunk, pad_id, cfg.eval.batch_size, tc.w_lm)
             _select(accelerator, model, metrics, selection, state, out_dir, tc.select_tolerance)
             record.update(metrics)
-            _log(accelerator, out_dir, {"event": "eval", **metrics}, trackers)
+            log_record(accelerator, out_dir, {"event": "eval", **metrics}, trackers)
             if main:
-                (bar.write if progress else print)(_eval_line(metrics))
+                (bar.write if progress else print)(eval_line(metrics))
             if tc.early_stopping and state.evals_since_best >= tc.early_stopping:
                 state.stopped_early = True
                 accelerator.print(f"early stopping at step {state.step}: no dev improvement in "
@@ -433,43 +257,43 @@ def _train(accelerator: Any, cfg: Config, task: Task, train_set: list[TrainExamp
         if state.step % tc.save_every == 0 or state.finished:
             position = dict(zip(("epoch", "step_in_epoch"), divmod(state.step, steps_per_epoch)),
                             steps_per_epoch=steps_per_epoch)
-            _save_checkpoint(accelerator, model, out_dir / CHECKPOINTS, state,
-                             {"fingerprint": fingerprint, "data_position": position,
-                              "scheduler": scheduler.state_dict()}, tc.keep_checkpoints)
+            save_checkpoint(accelerator, model, out_dir / CHECKPOINTS, state,
+                            {"fingerprint": fingerprint, "data_position": position,
+                             "scheduler": scheduler.state_dict()}, tc.keep_checkpoints)
         if on_step is not None:
             on_step(state.step, record)
     bar.close()
 
     # --- final model: the best checkpoint's weights (else the last), saved to out_dir
-    final_dir = _best_dir(out_dir, state.best_step) if state.best_step is not None else None
+    final_dir = best_dir(out_dir, state.best_step) if state.best_step is not None else None
     if final_dir is not None and not final_dir.is_dir():
         log.warning("%s is missing: saving the last weights instead of the best", final_dir)
         final_dir = None
     if final_dir is not None:
-        if _plain_parallel(accelerator):
-            _load_model_weights(unwrapped, final_dir)
+        if plain_parallel(accelerator):
+            load_model_weights(unwrapped, final_dir)
         accelerator.wait_for_everyone()
     else:
         final_dir = out_dir / CHECKPOINTS / "last"
         with writing(final_dir, "the checkpoints saved before are intact; rerun with --resume to finish"):
-            _save_model(accelerator, model, final_dir, {"train": {"step": state.step}})
-    in_sync = _check_in_sync(accelerator, trainable)
-    summary = _summary(state, started, total_steps, steps_per_epoch, data_info, world, tc, in_sync)
+            save_model(accelerator, model, final_dir, {"train": {"step": state.step}})
+    in_sync = check_in_sync(accelerator, trainable)
+    summary = summarize(state, started, total_steps, steps_per_epoch, data_info, world, tc, in_sync)
     if main:
-        _install_model(final_dir, out_dir)
+        install_model(final_dir, out_dir)
         atomic_write_json(out_dir / SUMMARY_FILE, summary)
-        accelerator.print(_summary_line(summary, out_dir))
+        accelerator.print(summary_line(summary, out_dir))
     accelerator.wait_for_everyone()
     if trackers:
         accelerator.end_training()
     return TrainResult(out_dir, state.step, state.best_step,
                        state.best_value if selection == "dev_auroc" else None, summary,
-                       unwrapped if _plain_parallel(accelerator) else None)
+                       unwrapped if plain_parallel(accelerator) else None)
 
 
 def _step(accelerator: Any, model: Any, optimizer: Any, trainable: list, enc: Sequence[Encoded],
           trunk: Sequence[Any] | None, plan: Any, pad_id: int, pos_weight: float | None, tc: Any,
-          state: _LoopState) -> tuple[torch.Tensor, Any]:
+          state: LoopState) -> tuple[torch.Tensor, Any]:
     """One optimizer step over `plan` (grad_accum micro-batches on this process).
 
     Returns the step's (BCE sum, CE sum, consistency sum) over all processes and the gradient norm
@@ -487,10 +311,10 @@ def _step(accelerator: Any, model: Any, optimizer: Any, trainable: list, enc: Se
             state.real_tokens += real_t if r.weights[0] > 0 else 0
             state.padded_tokens += padded_t
         mb = slot[accelerator.process_index]
-        batch = _batch(model, enc, trunk, mb.indices, pad_id, accelerator.device, mb.weights, pos_weight)
+        batch = training_batch(model, enc, trunk, mb.indices, pad_id, accelerator.device, mb.weights, pos_weight)
         with accelerator.accumulate(model):
             out = model(batch["input_ids"], batch["attention_mask"], batch["cls_index"],
-                        labels=batch["labels"] if tc.w_lm > 0 else None, w_lm=tc.w_lm, **_model_inputs(batch))
+                        labels=batch["labels"] if tc.w_lm > 0 else None, w_lm=tc.w_lm, **model_inputs(batch))
             cls_sum, lm_sum, cons_sum = _loss_sums(out, batch, pos_weight, tc.w_cls)
             loss = 0.0 * out.cls_logits.sum()  # keeps every trainable parameter in the graph
             if tc.w_cls > 0:
@@ -512,7 +336,74 @@ def _step(accelerator: Any, model: Any, optimizer: Any, trainable: list, enc: Se
     return (accelerator.reduce(sums, reduction="sum") if world > 1 else sums), grad_norm
 
 
-def _select(accelerator: Any, model: Any, metrics: dict[str, Any], selection: str | None, state: _LoopState,
+# ----------------------------------------------------------------------------- evaluation
+
+
+@torch.no_grad()
+def _evaluate(accelerator: Any, model: Any, dev_enc: Sequence[Encoded], dev_trunk: Sequence[Any] | None,
+              pad_id: int, batch_size: int, w_lm: float) -> dict[str, Any]:
+    """Dev AUROC and losses. Rows are prompt + target (when present), right-padded: the head reads
+    the last prompt token, so its logit equals the prompt-only one. Batches are shared among the
+    processes (every process runs as many, for FSDP/ZeRO collectives) and results gathered."""
+    from accelerate.utils import gather_object
+
+    from .metrics import UndefinedMetricError, auroc, brier
+
+    model.eval()
+    order = sorted(range(len(dev_enc)), key=lambda i: -len(dev_enc[i]))
+    batches = [order[s: s + batch_size] for s in range(0, len(order), batch_size)]
+    world, rank = accelerator.num_processes, accelerator.process_index
+    n_real = len(batches)
+    while len(batches) % world:
+        batches.append(batches[-1][:1])  # a duplicate to even the count; its results are dropped
+    results: list[tuple[int, float]] = []
+    lm_sum, lm_tokens = 0.0, 0
+    for g in range(rank, len(batches), world):
+        idx = batches[g]
+        batch = training_batch(model, dev_enc, dev_trunk, idx, pad_id, accelerator.device)
+        out = model(batch["input_ids"], batch["attention_mask"], batch["cls_index"],
+                    labels=batch["labels"] if w_lm > 0 else None, w_lm=w_lm, **model_inputs(batch))
+        if g >= n_real:
+            continue
+        verdict = out.verdict_logits if out.verdict_logits is not None else out.cls_logits.new_full(
+            out.cls_logits.shape, float("nan"))
+        results.extend(zip(idx, out.cls_logits.float().cpu().tolist(), verdict.float().cpu().tolist()))
+        if out.lm_loss is not None and out.lm_tokens:
+            lm_sum += float(out.lm_loss) * out.lm_tokens
+            lm_tokens += out.lm_tokens
+    model.train()
+    gathered = gather_object([(results, lm_sum, lm_tokens)]) if world > 1 else [(results, lm_sum, lm_tokens)]
+    logits = np.zeros(len(dev_enc), dtype=np.float64)
+    verdict = np.full(len(dev_enc), np.nan)
+    lm_sum, lm_tokens = 0.0, 0
+    for res, s, t in gathered:
+        for i, z, v in res:
+            logits[i], verdict[i] = z, v
+        lm_sum, lm_tokens = lm_sum + s, lm_tokens + t
+    y = np.array([e.label for e in dev_enc])
+    p = 1.0 / (1.0 + np.exp(-logits))
+    bce = float(np.mean(np.logaddexp(0.0, logits) - y * logits))
+    metrics: dict[str, Any] = {"dev_cls_loss": bce, "dev_brier": float(brier(y, p)), "dev_n": len(y)}
+    try:
+        metrics["dev_auroc"] = float(auroc(y, p))
+    except UndefinedMetricError:
+        metrics["dev_auroc"] = None
+    if lm_tokens:
+        metrics["dev_lm_loss"] = lm_sum / lm_tokens
+    has = ~np.isnan(verdict)
+    if has.any():  # the LM's teacher-forced verdict: its own AUROC and its agreement with the head
+        try:
+            metrics["dev_verdict_auroc"] = float(auroc(y[has], 1.0 / (1.0 + np.exp(-verdict[has]))))
+        except UndefinedMetricError:
+            metrics["dev_verdict_auroc"] = None
+        metrics["dev_agreement"] = float(np.mean((verdict[has] > 0) == (logits[has] > 0)))
+    return metrics
+
+
+# ----------------------------------------------------------------------------- the best model and the log window
+
+
+def _select(accelerator: Any, model: Any, metrics: dict[str, Any], selection: str | None, state: LoopState,
             out_dir: Path, tolerance: float = 0.0) -> None:
     """Keep the best model so far in checkpoints/best: dev AUROC (the latest evaluation within
     `tolerance` of the best seen), or dev LM loss for generation-only."""
@@ -530,9 +421,9 @@ def _select(accelerator: Any, model: Any, metrics: dict[str, Any], selection: st
         improved = state.best_value is None or value < state.best_value
     if improved:
         state.best_value, state.best_step, state.evals_since_best = value, state.step, 0
-        best = _best_dir(out_dir, state.step)
+        best = best_dir(out_dir, state.step)
         with writing(best, "the checkpoints saved before are intact; rerun with --resume to continue from them"):
-            _save_model(accelerator, model, best, {"train": state.last_eval})
+            save_model(accelerator, model, best, {"train": state.last_eval})
     elif selection:
         state.evals_since_best += 1
     metrics["best"] = improved
@@ -630,592 +521,3 @@ def _selection_metric(w_cls: float, dev: Sequence[TrainExample], dev_enc: Sequen
         log.warning("the dev split has a single class: AUROC is undefined, the last weights are kept")
         return None
     return "dev_lm_loss" if any(e.target_len for e in dev_enc) else None
-
-
-# ----------------------------------------------------------------------------- the cached trunk
-
-
-def _batch(model: Any, enc: Sequence[Encoded], trunk: Sequence[Any] | None, indices: Sequence[int], pad_id: int,
-           device: torch.device, weights: Sequence[float] | None = None, pos_weight: float | None = None
-           ) -> dict[str, torch.Tensor]:
-    """A right-padded training batch, with the cached trunk's states when the model has a trunk and
-    LM weights that give positive rows' verdict tokens `pos_weight`, as the head's BCE does."""
-    from .trunk import collate_trunk
-
-    rows = [enc[i] for i in indices]
-    batch = collate_train(rows, pad_id, weights)
-    if trunk is not None:
-        batch.update(collate_trunk([trunk[i] for i in indices], _unwrap(model).head.pooling))
-    if pos_weight is not None:
-        lm_weights = torch.ones(batch["labels"].shape)
-        for r, e in enumerate(rows):
-            if e.label == 1 and e.verdict_at >= 0:
-                lm_weights[r, e.verdict_at] = pos_weight
-        batch["lm_weights"] = lm_weights
-    return {k: v.to(device) for k, v in batch.items()}
-
-
-def _model_inputs(batch: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """The trunk's states, the LM weights and the verdict positions of a batch (those it has)."""
-    keys = ("trunk_hidden", "trunk_pooled", "lm_weights", "verdict_at", "verdict_ids")
-    return {k: batch[k] for k in keys if k in batch}
-
-
-def _unwrap(model: Any) -> DualHeadModel:
-    return model.module if hasattr(model, "module") else model
-
-
-def _cached_trunk(accelerator: Any, model: DualHeadModel, tc: Any, enc: Sequence[Encoded],
-                  dev_enc: Sequence[Encoded], progress: bool) -> tuple[list, list, dict[str, Any]]:
-    """Build (main process) and load (every process) the frozen trunk's states of every example, after
-    checking on one example that the cached path reproduces the full forward pass."""
-    from .trunk import TrunkCache
-
-    cache = TrunkCache(model, tc.cache_dir)
-    info: dict[str, Any] = {"dir": str(cache.dir), "trunk_layers": cache.start}
-    if accelerator.is_main_process:
-        info.update(cache.build(list(enc) + list(dev_enc), batch_size=tc.batch_size * 2,
-                                progress=progress))
-        accelerator.print(f"trunk cache: layers 0-{cache.start - 1} of {len(enc) + len(dev_enc)} examples in "
-                          f"{cache.dir} ({info['computed']} computed in {info['seconds']:.0f} s)")
-    accelerator.wait_for_everyone()
-    states, dev_states = cache.load(enc), cache.load(dev_enc)
-    _check_trunk(model, enc, states)
-    return states, dev_states, info
-
-
-@torch.no_grad()
-def _check_trunk(model: DualHeadModel, enc: Sequence[Encoded], states: Sequence[Any]) -> None:
-    """The cached path must give the full pass's results: a model whose forward does more than run its
-    layers in turn (e.g. scales its embeddings inside) is refused here rather than trained wrongly."""
-    i = min(range(len(enc)), key=lambda j: len(enc[j]))
-    batch = _batch(model, enc, states, [i], model.tokenizer.pad_token_id, model.device)
-    was_training = model.training
-    model.eval()
-    try:
-        full = model(batch["input_ids"], batch["attention_mask"], batch["cls_index"], lm_positions="all")
-        cached = model(batch["input_ids"], batch["attention_mask"], batch["cls_index"], lm_positions="all",
-                       **_model_inputs(batch))
-    finally:
-        model.train(was_training)
-    scale = full.lm_logits.abs().max().clamp(min=1.0)
-    error = float((full.lm_logits - cached.lm_logits).abs().max() / scale)
-    tolerance = 1e-4 if batch["trunk_hidden"].dtype == torch.float32 else 5e-2
-    if not error <= tolerance:
-        raise ClsgenError(f"the cached trunk does not reproduce this model's forward pass (relative error "
-                          f"{error:.2g}); set lora.top_layers and lora.layers to null for this base model")
-
-
-@torch.no_grad()
-def _probe_init(model: DualHeadModel, enc: Sequence[Encoded], trunk: Sequence[Any] | None,
-                dev_enc: Sequence[Encoded], dev_trunk: Sequence[Any] | None, pad_id: int, cfg: Config,
-                pos_weight: float | None) -> dict[str, Any]:
-    """head.init = probe: a logistic regression on what the head reads, before any training step."""
-    from .head import fit_probe
-
-    layers = model.head.read_layers()
-    in_trunk = all(isinstance(layer, int) and layer <= model.trunk_layers for layer in layers)
-
-    def pooled(rows: Sequence[Encoded], states: Sequence[Any] | None) -> np.ndarray:
-        if states is not None and in_trunk:  # the head reads the frozen trunk only: the cache holds it
-            return np.stack([s.pooled[model.head.pooling][layers].numpy() for s in states])
-        out = []
-        for start in range(0, len(rows), cfg.eval.batch_size):
-            idx = list(range(start, min(start + cfg.eval.batch_size, len(rows))))
-            batch = _batch(model, rows, states, idx, pad_id, model.device)
-            result = model(batch["input_ids"], batch["attention_mask"], batch["cls_index"],
-                           lm_positions="none", **_model_inputs(batch))
-            out.append(result.pooled.cpu().numpy())
-        return np.concatenate(out)
-
-    was_training = model.training
-    model.eval()
-    try:
-        started = time.perf_counter()
-        x = pooled(enc, trunk)
-        xd = pooled(dev_enc, dev_trunk) if dev_enc else None
-        info = fit_probe(model.head, x, [e.label for e in enc], xd, [e.label for e in dev_enc] or None,
-                         balanced=pos_weight is not None)
-    finally:
-        model.train(was_training)
-    info["seconds"] = round(time.perf_counter() - started, 1)
-    log.info("head warm-started from a probe: %s", info)
-    return info
-
-
-# ----------------------------------------------------------------------------- evaluation
-
-
-@torch.no_grad()
-def _evaluate(accelerator: Any, model: Any, dev_enc: Sequence[Encoded], dev_trunk: Sequence[Any] | None,
-              pad_id: int, batch_size: int, w_lm: float) -> dict[str, Any]:
-    """Dev AUROC and losses. Rows are prompt + target (when present), right-padded: the head reads
-    the last prompt token, so its logit equals the prompt-only one. Batches are shared among the
-    processes (every process runs as many, for FSDP/ZeRO collectives) and results gathered."""
-    from accelerate.utils import gather_object
-
-    from .metrics import UndefinedMetricError, auroc, brier
-
-    model.eval()
-    order = sorted(range(len(dev_enc)), key=lambda i: -len(dev_enc[i]))
-    batches = [order[s: s + batch_size] for s in range(0, len(order), batch_size)]
-    world, rank = accelerator.num_processes, accelerator.process_index
-    n_real = len(batches)
-    while len(batches) % world:
-        batches.append(batches[-1][:1])  # a duplicate to even the count; its results are dropped
-    results: list[tuple[int, float]] = []
-    lm_sum, lm_tokens = 0.0, 0
-    for g in range(rank, len(batches), world):
-        idx = batches[g]
-        batch = _batch(model, dev_enc, dev_trunk, idx, pad_id, accelerator.device)
-        out = model(batch["input_ids"], batch["attention_mask"], batch["cls_index"],
-                    labels=batch["labels"] if w_lm > 0 else None, w_lm=w_lm, **_model_inputs(batch))
-        if g >= n_real:
-            continue
-        verdict = out.verdict_logits if out.verdict_logits is not None else out.cls_logits.new_full(
-            out.cls_logits.shape, float("nan"))
-        results.extend(zip(idx, out.cls_logits.float().cpu().tolist(), verdict.float().cpu().tolist()))
-        if out.lm_loss is not None and out.lm_tokens:
-            lm_sum += float(out.lm_loss) * out.lm_tokens
-            lm_tokens += out.lm_tokens
-    model.train()
-    gathered = gather_object([(results, lm_sum, lm_tokens)]) if world > 1 else [(results, lm_sum, lm_tokens)]
-    logits = np.zeros(len(dev_enc), dtype=np.float64)
-    verdict = np.full(len(dev_enc), np.nan)
-    lm_sum, lm_tokens = 0.0, 0
-    for res, s, t in gathered:
-        for i, z, v in res:
-            logits[i], verdict[i] = z, v
-        lm_sum, lm_tokens = lm_sum + s, lm_tokens + t
-    y = np.array([e.label for e in dev_enc])
-    p = 1.0 / (1.0 + np.exp(-logits))
-    bce = float(np.mean(np.logaddexp(0.0, logits) - y * logits))
-    metrics: dict[str, Any] = {"dev_cls_loss": bce, "dev_brier": float(brier(y, p)), "dev_n": len(y)}
-    try:
-        metrics["dev_auroc"] = float(auroc(y, p))
-    except UndefinedMetricError:
-        metrics["dev_auroc"] = None
-    if lm_tokens:
-        metrics["dev_lm_loss"] = lm_sum / lm_tokens
-    has = ~np.isnan(verdict)
-    if has.any():  # the LM's teacher-forced verdict: its own AUROC and its agreement with the head
-        try:
-            metrics["dev_verdict_auroc"] = float(auroc(y[has], 1.0 / (1.0 + np.exp(-verdict[has]))))
-        except UndefinedMetricError:
-            metrics["dev_verdict_auroc"] = None
-        metrics["dev_agreement"] = float(np.mean((verdict[has] > 0) == (logits[has] > 0)))
-    return metrics
-
-
-# ----------------------------------------------------------------------------- checkpoints
-
-
-def _checkpoints(root: Path) -> list[Path]:
-    """Complete `step-N` checkpoints, oldest first."""
-    if not root.is_dir():
-        return []
-    found = [p for p in root.iterdir() if p.is_dir() and p.name.startswith("step-")
-             and p.name[5:].isdigit() and (p / TRAINER_STATE).is_file()]
-    return sorted(found, key=lambda p: int(p.name[5:]))
-
-
-def _resume_checkpoint(root: Path, resume: bool | str | Path) -> Path | None:
-    if resume is False or resume is None:
-        return None
-    if resume is True:
-        found = _checkpoints(root)
-        if not found:
-            log.warning("no checkpoint in %s: starting from the beginning", root)
-        for ckpt in reversed(found):  # the latest readable one; a corrupt one is said and passed over
-            problem = _checkpoint_problem(ckpt)
-            if problem is None:
-                return ckpt
-            log.warning("%s; resuming from the checkpoint before it instead", problem)
-        if found:
-            log.warning("no checkpoint in %s is readable: starting from the beginning", root)
-        return None
-    path = Path(resume)
-    if not (path / TRAINER_STATE).is_file():
-        raise ClsgenError(f"{path} is not a clsgen training checkpoint (no {TRAINER_STATE}); pass "
-                          f"--resume without a value to use the latest one in {root}")
-    problem = _checkpoint_problem(path)
-    if problem is not None:
-        raise ClsgenError(f"{problem}; pass --resume without a value to use the latest readable one in {root}")
-    return path
-
-
-def _checkpoint_problem(path: Path) -> str | None:
-    """Why the checkpoint `path` cannot be loaded (a truncated or corrupt file, named), or None. Every
-    file is read the way resuming reads it: JSON, safetensors, or accelerate's torch.load(weights_only=True)."""
-    from accelerate.utils import load as accelerate_load
-
-    from .model import weights_file_problem
-
-    for file in sorted(p for p in path.rglob("*") if p.is_file() and not p.name.startswith(".")):
-        try:
-            if file.suffix == ".json":
-                json.loads(file.read_text(encoding="utf-8"))
-            elif file.suffix == ".safetensors":
-                problem = weights_file_problem(file)
-                if problem is not None:
-                    raise ValueError(problem)
-            elif file.suffix in (".bin", ".pt", ".pth", ".pkl"):
-                accelerate_load(file, map_location="cpu")
-        except Exception as e:  # any failure to read is the file's, not the run's
-            reason = (str(e).strip().splitlines() or [type(e).__name__])[0]
-            return f"checkpoint file {file} is truncated or corrupt ({reason[:160]})"
-    return None
-
-
-def _register_checkpoint_hooks(accelerator: Any) -> None:
-    """accelerate saves the optimizer and RNG states (loaded with weights_only=True); the weights travel as `model/`
-    (adapter + head, via save_pretrained), so frozen base weights are never copied into checkpoints."""
-    if not _plain_parallel(accelerator):
-        return  # FSDP / DeepSpeed save their own (sharded) model states
-
-    def save_hook(models: list, weights: list, output_dir: str) -> None:
-        weights.clear()
-
-    def load_hook(models: list, input_dir: str) -> None:
-        models.clear()
-
-    accelerator.register_save_state_pre_hook(save_hook)
-    accelerator.register_load_state_pre_hook(load_hook)
-
-
-def _save_checkpoint(accelerator: Any, model: Any, ckpt_root: Path, state: _LoopState,
-                     extra: dict[str, Any], keep: int) -> None:
-    """Write `step-N/` atomically: into a temporary folder, renamed once every process has written.
-
-    `trainer_state.json` holds the loop state, the data position (epoch, step in epoch: the batch
-    plan of an epoch is a function of the seed and the epoch) and the run's fingerprint."""
-    final = ckpt_root / f"step-{state.step}"
-    tmp = ckpt_root / f".step-{state.step}.tmp"
-    intact = "the checkpoints saved before are intact; rerun with --resume (resume=True) to continue from them"
-    try:
-        with writing(final, intact):
-            if accelerator.is_main_process:
-                shutil.rmtree(tmp, ignore_errors=True)
-                tmp.mkdir(parents=True)
-            accelerator.wait_for_everyone()
-            _save_model(accelerator, model, tmp / "model")
-            accelerator.save_state(str(tmp))
-            accelerator.wait_for_everyone()
-            if accelerator.is_main_process:
-                atomic_write_json(tmp / TRAINER_STATE, {**dataclasses.asdict(state), **extra}, finite=False)
-    except BaseException:
-        if accelerator.is_main_process:
-            shutil.rmtree(tmp, ignore_errors=True)  # a half-written checkpoint: never left to fill the disk
-        raise
-    if accelerator.is_main_process:
-        if final.exists():
-            _remove_checkpoint(final)
-        os.replace(tmp, final)
-        for old in _checkpoints(ckpt_root)[:-max(1, keep)]:
-            _remove_checkpoint(old)
-        _prune_best(ckpt_root, state.best_step)
-    accelerator.wait_for_everyone()
-
-
-def _remove_checkpoint(path: Path) -> None:
-    """Delete a checkpoint or best-model folder so that a kill midway never leaves a partial one under
-    its name: it is renamed to a hidden temporary first (one atomic step), then deleted; what a kill
-    leaves of it is removed by the next run (`_remove_stale_temporaries`)."""
-    trash = path.with_name(f".{path.name}.del.tmp")
-    shutil.rmtree(trash, ignore_errors=True)
-    try:
-        os.replace(path, trash)
-    except FileNotFoundError:
-        return
-    shutil.rmtree(trash, ignore_errors=True)
-
-
-def _remove_stale_temporaries(out_dir: Path) -> None:
-    """Delete what a killed run left half-written: `.name.*.tmp` files and folders (atomic writes,
-    checkpoints, model installs) and `.name.old` folders, in `out_dir` and its `checkpoints/`. Nothing
-    reads them; they only take space."""
-    for folder in (out_dir, out_dir / CHECKPOINTS):
-        if not folder.is_dir():
-            continue
-        for p in folder.iterdir():
-            if p.name.startswith(".") and (p.name.endswith(".tmp") or (folder.name == CHECKPOINTS
-                                                                       and p.name.endswith(".old"))):
-                if p.is_dir() and not p.is_symlink():
-                    shutil.rmtree(p, ignore_errors=True)
-                else:
-                    p.unlink(missing_ok=True)
-
-
-def _best_dir(out_dir: Path, step: int) -> Path:
-    return out_dir / CHECKPOINTS / f"{BEST}{step}"
-
-
-def _prune_best(ckpt_root: Path, current: int | None) -> None:
-    """Delete best-model folders that neither the run nor a kept checkpoint refers to (a checkpoint
-    refers to the best model of its own time, which a resumed run starts from)."""
-    wanted = {current}
-    for ckpt in _checkpoints(ckpt_root):
-        wanted.add(json.loads((ckpt / TRAINER_STATE).read_text()).get("best_step"))
-    for d in ckpt_root.glob(f"{BEST}*"):
-        if d.is_dir() and d.name[len(BEST):].isdigit() and int(d.name[len(BEST):]) not in wanted:
-            _remove_checkpoint(d)
-
-
-def _load_checkpoint(accelerator: Any, model: Any, scheduler: Any, path: Path,
-                     fingerprint: dict[str, Any]) -> _LoopState:
-    """Restore a checkpoint. The LR schedule's state travels in trainer_state.json (plain JSON), never
-    as a pickle: accelerate loads registered custom objects with torch.load(weights_only=False)."""
-    saved = json.loads((path / TRAINER_STATE).read_text())
-    changed = _fingerprint_changes(saved.get("fingerprint", {}), fingerprint)
-    if changed:
-        raise ClsgenError(f"cannot resume from {path}: {'; '.join(changed)} changed since it was written; "
-                          "restore them, or train into a new --out")
-    accelerator.load_state(str(path))
-    scheduler.load_state_dict(saved["scheduler"])
-    if _plain_parallel(accelerator):
-        _load_model_weights(accelerator.unwrap_model(model), path / "model")
-    fields = {f.name for f in dataclasses.fields(_LoopState)}
-    return _LoopState(**{k: v for k, v in saved.items() if k in fields})
-
-
-def _save_model(accelerator: Any, model: Any, path: Path, meta: dict[str, Any] | None = None) -> None:
-    """save_pretrained on the main process; under FSDP / ZeRO-3 the shards are gathered first."""
-    unwrapped = accelerator.unwrap_model(model)
-    state = None if _plain_parallel(accelerator) else accelerator.get_state_dict(model)
-    if accelerator.is_main_process:
-        old = dict(unwrapped.meta)
-        unwrapped.meta.update(meta or {})
-        try:
-            unwrapped.save_pretrained(path, state_dict=state)
-        finally:
-            unwrapped.meta = old
-    accelerator.wait_for_everyone()
-
-
-def _load_model_weights(model: DualHeadModel, path: Path) -> None:
-    """Load the adapter and head saved by `save_pretrained` at `path` into `model` (in place)."""
-    from peft import set_peft_model_state_dict
-    from safetensors.torch import load_file
-
-    adapter = load_file(str(path / "adapter_model.safetensors"))
-    result = set_peft_model_state_dict(model.lm, adapter)
-    if getattr(result, "unexpected_keys", None):
-        raise ClsgenError(f"{path}: the adapter does not fit this model (unexpected keys such as "
-                          f"{result.unexpected_keys[0]})")
-    model.head.load_state_dict(load_file(str(path / HEAD_FILE)))
-
-
-def _install_model(src: Path, out_dir: Path) -> None:
-    """Copy a saved model's files into `out_dir` as one unit: every file is copied to a temporary name
-    first (a full disk fails here, with the model already in `out_dir`, if any, untouched), then
-    clsgen.json is removed, the files renamed into place and clsgen.json renamed last: its presence
-    marks a complete model, never a mix of two."""
-    files = sorted((p for p in src.iterdir() if p.is_file()), key=lambda p: p.name == META_FILE)
-    staged: list[tuple[Path, Path]] = []
-    try:
-        for p in files:
-            tmp = out_dir / f".{p.name}.tmp"
-            staged.append((tmp, out_dir / p.name))
-            try:
-                shutil.copyfile(p, tmp)
-            except OSError as e:
-                raise write_error(out_dir / p.name, e, f"the model files already in {out_dir}, if any, are "
-                                  "intact") from None
-        (out_dir / META_FILE).unlink(missing_ok=True)
-        for tmp, dest in staged:
-            os.replace(tmp, dest)
-        staged = []
-    finally:
-        for tmp, _ in staged:
-            tmp.unlink(missing_ok=True)
-
-
-def _configure_launcher(accelerator: Any, tc: Any) -> None:
-    """Make the launcher's settings agree with train.*: the batch plan is clsgen's, not accelerate's."""
-    from accelerate.utils import DistributedType
-
-    if accelerator.gradient_accumulation_steps != tc.grad_accum:
-        raise ClsgenError(f"the launcher sets gradient accumulation to "
-                          f"{accelerator.gradient_accumulation_steps} but train.grad_accum is {tc.grad_accum}; "
-                          "set train.grad_accum and leave the launcher's value unset ('auto' for DeepSpeed)")
-    if accelerator.distributed_type == DistributedType.DEEPSPEED:
-        ds = accelerator.state.deepspeed_plugin.deepspeed_config
-        for key, value in (("train_micro_batch_size_per_gpu", tc.batch_size),
-                           ("gradient_clipping", tc.max_grad_norm)):
-            if ds.get(key, "auto") == "auto":
-                ds[key] = value
-
-
-def _plain_parallel(accelerator: Any) -> bool:
-    """One process or DDP: every process holds whole parameters (no FSDP / DeepSpeed sharding)."""
-    from accelerate.utils import DistributedType
-
-    return accelerator.distributed_type not in (DistributedType.FSDP, DistributedType.DEEPSPEED)
-
-
-def _fingerprint(cfg: Config, enc: Sequence[Encoded], world: int) -> dict[str, Any]:
-    """What must not change for a resumed run to reach the same weights."""
-    h = hashlib.sha256()
-    for e in enc:
-        h.update(json.dumps([e.input_ids, e.prompt_len, e.label]).encode())
-    train_cfg = {k: v for k, v in dataclasses.asdict(cfg.train).items() if k not in RESUME_MAY_CHANGE}
-    return {"data": h.hexdigest()[:16], "num_processes": world, "model": dataclasses.asdict(cfg.model),
-            "lora": dataclasses.asdict(cfg.lora), "head": dataclasses.asdict(cfg.head), "train": train_cfg}
-
-
-def _fingerprint_changes(old: dict[str, Any], new: dict[str, Any]) -> list[str]:
-    changes = []
-    for key in ("data", "num_processes"):
-        if old.get(key) != new.get(key):
-            what = ("the training data (or task, tokenizer or max_length)" if key == "data"
-                    else "the number of processes")
-            changes.append(f"{what}: {old.get(key)} -> {new.get(key)}")
-    for section in ("model", "lora", "head", "train"):
-        a, b = old.get(section, {}), new.get(section, {})
-        for k in sorted(set(a) | set(b)):
-            if a.get(k) != b.get(k):
-                changes.append(f"{section}.{k}: {a.get(k)!r} -> {b.get(k)!r}")
-    return changes
-
-
-# ----------------------------------------------------------------------------- logging and summary
-
-
-def _available_trackers(names: Sequence[str]) -> list[str]:
-    import importlib.util
-
-    modules = {"tensorboard": ("tensorboard", "tensorboardX"), "wandb": ("wandb",), "mlflow": ("mlflow",)}
-    chosen = []
-    for name in names:
-        mods = modules.get(name, (name,))
-        if any(importlib.util.find_spec(m) is not None for m in mods):
-            chosen.append(name)
-        else:
-            log.warning("train.log_with: %s is not installed; metrics go to %s only", name, LOG_FILE)
-    return chosen
-
-
-def _log(accelerator: Any, out_dir: Path, record: dict[str, Any], trackers: list[str]) -> None:
-    if accelerator.is_main_process:
-        intact = "the checkpoints saved before are intact; rerun with --resume"
-        with writing(out_dir / LOG_FILE, intact), (out_dir / LOG_FILE).open("a", encoding="utf-8") as f:
-            f.write(json.dumps(finite_json({**record, "time": round(time.time(), 3)}), allow_nan=False) + "\n")
-    if trackers:
-        scalars = {k: v for k, v in record.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
-        accelerator.log(scalars, step=record["step"])
-
-
-def _truncate_log(path: Path, step: int) -> None:
-    """On resume, drop records written after the checkpoint (the killed run's lost steps)."""
-    if not path.is_file():
-        return
-    if step == 0:
-        path.unlink()
-        return
-    keep = []
-    for line in path.read_text(encoding="utf-8", errors="replace").splitlines():
-        try:
-            record = json.loads(line)
-        except ValueError:  # a line torn by a kill or a full disk: it belongs to the lost steps
-            continue
-        if isinstance(record, dict) and record.get("step", 0) <= step:
-            keep.append(line)
-    atomic_write_text(path, "".join(line + "\n" for line in keep))
-
-
-def _eval_line(m: dict[str, Any]) -> str:
-    parts = [f"step {m['step']}"]
-    for k in ("dev_auroc", "dev_cls_loss", "dev_lm_loss", "dev_verdict_auroc", "dev_agreement"):
-        if m.get(k) is not None:
-            parts.append(f"{k} {m[k]:.4f}")
-    return "eval: " + ", ".join(parts) + (" (best)" if m.get("best") else "")
-
-
-def _peak_rss_mb() -> float | None:
-    try:
-        import resource
-    except ImportError:  # Windows
-        return None
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    return round(peak / (1024 * 1024 if sys.platform == "darwin" else 1024), 1)
-
-
-def _summary(state: _LoopState, started: float, total_steps: int, steps_per_epoch: int,
-             data_info: dict[str, Any], world: int, tc: Any, in_sync: bool | None) -> dict[str, Any]:
-    summary = {
-        "steps": state.step, "total_steps": total_steps, "steps_per_epoch": steps_per_epoch,
-        "epochs": round(state.step / steps_per_epoch, 4), "stopped_early": state.stopped_early,
-        "best_step": state.best_step, "best_value": state.best_value, "best_dev_auroc": None,
-        "last_eval": state.last_eval,
-        "train_seconds": round(state.train_seconds, 2), "wall_seconds": round(time.time() - started, 2),
-        "train_cpu_seconds": round(state.train_cpu_seconds, 2), "torch_threads": torch.get_num_threads(),
-        "tokens": state.real_tokens,
-        "tokens_per_s": round(state.real_tokens / max(state.train_seconds, 1e-9), 1),
-        "padding_efficiency": round(state.real_tokens / max(state.padded_tokens, 1), 4),
-        "peak_rss_mb": _peak_rss_mb(), "num_processes": world,
-        "global_batch": tc.batch_size * tc.grad_accum * world, **data_info,
-    }
-    if data_info.get("selection") == "dev_auroc":
-        summary["best_dev_auroc"] = state.best_value
-        summary["peak_dev_auroc"] = state.peak_value
-    if torch.cuda.is_available():
-        summary["peak_gpu_memory_mb"] = round(torch.cuda.max_memory_allocated() / 2**20, 1)
-    if in_sync is not None:
-        summary["processes_in_sync"] = in_sync
-    return summary
-
-
-def _summary_line(s: dict[str, Any], out_dir: Path) -> str:
-    best = ""
-    if s.get("best_dev_auroc") is not None:
-        best = f", best dev AUROC {s['best_dev_auroc']:.4f} at step {s['best_step']}"
-    return (f"trained {s['steps']} steps in {s['train_seconds']:.1f} s ({s['tokens_per_s']:.0f} tokens/s, "
-            f"padding efficiency {s['padding_efficiency']:.2f}, peak RSS {s['peak_rss_mb']} MB){best}; "
-            f"model saved to {out_dir}")
-
-
-def _data_info(train_set: Sequence[TrainExample], enc: Sequence[Encoded], dev_set: Sequence[TrainExample],
-               pos_weight: float | None, selection: str | None) -> dict[str, Any]:
-    return {
-        "n_train": len(train_set), "n_train_positive": sum(ex.label for ex in train_set),
-        "n_with_explanation": sum(1 for e in enc if e.explained),
-        "n_verdict_only": sum(1 for e in enc if e.target_len and not e.explained),
-        "n_targets_cut": sum(e.target_cut for e in enc),
-        "n_dev": len(dev_set), "pos_weight": pos_weight, "selection": selection,
-    }
-
-
-def _flat(d: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    for k, v in d.items():
-        key = f"{prefix}{k}"
-        if isinstance(v, Mapping):
-            out.update(_flat(v, key + "."))
-        else:
-            out[key] = v if isinstance(v, (int, float, str, bool)) else str(v)
-    return out
-
-
-def _check_in_sync(accelerator: Any, params: Sequence[torch.nn.Parameter]) -> bool | None:
-    """Under DDP, whether every process ends with the same trainable weights (a cheap checksum)."""
-    if accelerator.num_processes == 1 or not _plain_parallel(accelerator):
-        return None
-    with torch.no_grad():
-        total = torch.stack([p.detach().double().sum() for p in params]).sum().reshape(1)
-    everyone = accelerator.gather(total.to(accelerator.device))
-    ok = bool(torch.allclose(everyone, everyone[:1].expand_as(everyone), rtol=0, atol=1e-9))
-    if not ok:
-        raise RuntimeError(f"processes ended with different weights (checksums {everyone.tolist()})")
-    return ok
-
-
-def _release(accelerator: Any) -> None:
-    """Free the accelerate state so that another `train` call in this process starts clean."""
-    try:
-        accelerator.free_memory()
-    except Exception:  # noqa: BLE001 - best effort
-        pass
-    from accelerate.state import AcceleratorState, GradientState
-
-    AcceleratorState._reset_state(reset_partial_state=False)
-    GradientState._reset_state()

@@ -12,22 +12,36 @@ On disk: `<cache_dir>/<key>/shard-*.safetensors`, where the key hashes what the 
 hash of its token ids, so every method of an experiment and every epoch share one entry and a
 changed task or tokenizer gives new entries, never stale ones. Shards are written atomically as
 they are computed: a killed build resumes with the examples it had not stored yet.
+
+Training: `cached_trunk` builds (main process) and loads (every process) the states of a run's
+examples, after checking on one example that the cached path reproduces the full forward pass;
+`training_batch` collates examples with their cached states and `model_inputs` passes them to the
+model; `probe_init` warm-starts the head from a probe on what it reads (from the cache when it can).
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import os
+import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator, Sequence
+from typing import TYPE_CHECKING, Any, Iterator, Mapping, Sequence
 
+import numpy as np
 import torch
 
-from .collate import Encoded
+from .collate import Encoded, collate_train
 from .errors import ClsgenError
 from .files import atomic_write_json, cache_dir, writing
+
+if TYPE_CHECKING:
+    from .config import Config
+    from .model import DualHeadModel
+
+log = logging.getLogger(__name__)
 
 SHARD_EXAMPLES = 64
 """Examples per shard file (each shard is one atomic write)."""
@@ -214,3 +228,110 @@ def collate_trunk(states: Sequence[TrunkStates], pooling: str) -> dict[str, torc
     for i, s in enumerate(states):
         hidden[i, : s.hidden.shape[0]] = s.hidden
     return {"trunk_hidden": hidden, "trunk_pooled": torch.stack([s.pooled[pooling] for s in states])}
+
+
+# ----------------------------------------------------------------------------- training on the cached trunk
+
+
+def training_batch(model: Any, enc: Sequence[Encoded], trunk: Sequence[Any] | None, indices: Sequence[int],
+                   pad_id: int, device: torch.device, weights: Sequence[float] | None = None,
+                   pos_weight: float | None = None) -> dict[str, torch.Tensor]:
+    """A right-padded training batch, with the cached trunk's states when the model has a trunk and
+    LM weights that give positive rows' verdict tokens `pos_weight`, as the head's BCE does."""
+    rows = [enc[i] for i in indices]
+    batch = collate_train(rows, pad_id, weights)
+    if trunk is not None:
+        batch.update(collate_trunk([trunk[i] for i in indices], _unwrap(model).head.pooling))
+    if pos_weight is not None:
+        lm_weights = torch.ones(batch["labels"].shape)
+        for r, e in enumerate(rows):
+            if e.label == 1 and e.verdict_at >= 0:
+                lm_weights[r, e.verdict_at] = pos_weight
+        batch["lm_weights"] = lm_weights
+    return {k: v.to(device) for k, v in batch.items()}
+
+
+def model_inputs(batch: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """The trunk's states, the LM weights and the verdict positions of a batch (those it has)."""
+    keys = ("trunk_hidden", "trunk_pooled", "lm_weights", "verdict_at", "verdict_ids")
+    return {k: batch[k] for k in keys if k in batch}
+
+
+def _unwrap(model: Any) -> DualHeadModel:
+    return model.module if hasattr(model, "module") else model
+
+
+def cached_trunk(accelerator: Any, model: DualHeadModel, tc: Any, enc: Sequence[Encoded],
+                 dev_enc: Sequence[Encoded], progress: bool) -> tuple[list, list, dict[str, Any]]:
+    """Build (main process) and load (every process) the frozen trunk's states of every example, after
+    checking on one example that the cached path reproduces the full forward pass."""
+    cache = TrunkCache(model, tc.cache_dir)
+    info: dict[str, Any] = {"dir": str(cache.dir), "trunk_layers": cache.start}
+    if accelerator.is_main_process:
+        info.update(cache.build(list(enc) + list(dev_enc), batch_size=tc.batch_size * 2,
+                                progress=progress))
+        accelerator.print(f"trunk cache: layers 0-{cache.start - 1} of {len(enc) + len(dev_enc)} examples in "
+                          f"{cache.dir} ({info['computed']} computed in {info['seconds']:.0f} s)")
+    accelerator.wait_for_everyone()
+    states, dev_states = cache.load(enc), cache.load(dev_enc)
+    _check_trunk(model, enc, states)
+    return states, dev_states, info
+
+
+@torch.no_grad()
+def _check_trunk(model: DualHeadModel, enc: Sequence[Encoded], states: Sequence[Any]) -> None:
+    """The cached path must give the full pass's results: a model whose forward does more than run its
+    layers in turn (e.g. scales its embeddings inside) is refused here rather than trained wrongly."""
+    i = min(range(len(enc)), key=lambda j: len(enc[j]))
+    batch = training_batch(model, enc, states, [i], model.tokenizer.pad_token_id, model.device)
+    was_training = model.training
+    model.eval()
+    try:
+        full = model(batch["input_ids"], batch["attention_mask"], batch["cls_index"], lm_positions="all")
+        cached = model(batch["input_ids"], batch["attention_mask"], batch["cls_index"], lm_positions="all",
+                       **model_inputs(batch))
+    finally:
+        model.train(was_training)
+    scale = full.lm_logits.abs().max().clamp(min=1.0)
+    error = float((full.lm_logits - cached.lm_logits).abs().max() / scale)
+    tolerance = 1e-4 if batch["trunk_hidden"].dtype == torch.float32 else 5e-2
+    if not error <= tolerance:
+        raise ClsgenError(f"the cached trunk does not reproduce this model's forward pass (relative error "
+                          f"{error:.2g}); set lora.top_layers and lora.layers to null for this base model")
+
+
+@torch.no_grad()
+def probe_init(model: DualHeadModel, enc: Sequence[Encoded], trunk: Sequence[Any] | None,
+               dev_enc: Sequence[Encoded], dev_trunk: Sequence[Any] | None, pad_id: int, cfg: Config,
+               pos_weight: float | None) -> dict[str, Any]:
+    """head.init = probe: a logistic regression on what the head reads, before any training step."""
+    from .head import fit_probe
+
+    layers = model.head.read_layers()
+    in_trunk = all(isinstance(layer, int) and layer <= model.trunk_layers for layer in layers)
+
+    def pooled(rows: Sequence[Encoded], states: Sequence[Any] | None) -> np.ndarray:
+        if states is not None and in_trunk:  # the head reads the frozen trunk only: the cache holds it
+            return np.stack([s.pooled[model.head.pooling][layers].numpy() for s in states])
+        out = []
+        for start in range(0, len(rows), cfg.eval.batch_size):
+            idx = list(range(start, min(start + cfg.eval.batch_size, len(rows))))
+            batch = training_batch(model, rows, states, idx, pad_id, model.device)
+            result = model(batch["input_ids"], batch["attention_mask"], batch["cls_index"],
+                           lm_positions="none", **model_inputs(batch))
+            out.append(result.pooled.cpu().numpy())
+        return np.concatenate(out)
+
+    was_training = model.training
+    model.eval()
+    try:
+        started = time.perf_counter()
+        x = pooled(enc, trunk)
+        xd = pooled(dev_enc, dev_trunk) if dev_enc else None
+        info = fit_probe(model.head, x, [e.label for e in enc], xd, [e.label for e in dev_enc] or None,
+                         balanced=pos_weight is not None)
+    finally:
+        model.train(was_training)
+    info["seconds"] = round(time.perf_counter() - started, 1)
+    log.info("head warm-started from a probe: %s", info)
+    return info

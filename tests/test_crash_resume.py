@@ -210,9 +210,9 @@ def assert_same_log(got: list[dict], want: list[dict]) -> None:
 def checkpoint_problems(model_dir: Path) -> list[str]:
     """Checkpoints that count as complete (the loader would resume from them) but lack a file, and a
     model folder whose clsgen.json says complete but that lacks a file."""
-    from clsgen.train import CHECKPOINTS, _checkpoints
+    from clsgen.checkpoints import CHECKPOINTS, list_checkpoints
 
-    problems = [f"{c.name}/{f}" for c in _checkpoints(model_dir / CHECKPOINTS) for f in CHECKPOINT_FILES
+    problems = [f"{c.name}/{f}" for c in list_checkpoints(model_dir / CHECKPOINTS) for f in CHECKPOINT_FILES
                 if not (c / f).is_file()]
     if (model_dir / "clsgen.json").is_file():
         problems += [f for f in MODEL_FILES + ("adapter_config.json",) if not (model_dir / f).is_file()]
@@ -246,14 +246,14 @@ def test_train_killed_three_times_reaches_the_same_weights(launcher, workdirs):
     number_of_kills = lambda: len(checks)
 
     def check():
-        from clsgen.train import CHECKPOINTS, _checkpoints
+        from clsgen.checkpoints import CHECKPOINTS, list_checkpoints
 
         checks.append(1)
 
         assert unreadable_outputs(dir_) == []
         assert checkpoint_problems(model) == []
         note = {"logged_step": max_logged_step(log),
-                "checkpoint": _checkpoints(model / CHECKPOINTS)[-1].name if _checkpoints(model / CHECKPOINTS)
+                "checkpoint": list_checkpoints(model / CHECKPOINTS)[-1].name if list_checkpoints(model / CHECKPOINTS)
                 else None}
         if number_of_kills() == 2 and log.exists() and log.read_bytes().endswith(b"\n"):
             # the worst case of a kill in a write: a torn last line in the log

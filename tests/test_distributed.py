@@ -25,7 +25,7 @@ NEG = ["placebo", "difference", "no", "outcome"]
 
 
 def toy(n: int, seed: int):
-    from clsgen.train import TrainExample
+    from clsgen.training_data import TrainExample
 
     rng = random.Random(seed)
     return [TrainExample(f"{seed}-{i}", {"text": " ".join(rng.choice(POS if i % 2 else NEG)

@@ -292,7 +292,7 @@ def test_cli_synth_reference_and_a_clear_error(tmp_path, data_dir, capsys):
 def test_a_shareable_file_keeps_accepted_explanations_without_the_data_text(tmp_path, data_dir, capsys):
     from clsgen.cli import main
     from clsgen.synth.store import SHARED_KEYS, explanations_path
-    from clsgen.train import join_explanations
+    from clsgen.training_data import join_explanations
 
     out, shared = tmp_path / "p.jsonl", tmp_path / "shared.jsonl"
     code = main(["synth", "--dataset", "pubmedqa", "--data-dir", str(data_dir), "--split", "train",

@@ -25,9 +25,11 @@ from clsgen.backbones import tiny_model
 from clsgen.config import Config, DataConfig, LoraConfig, ModelConfig, TaskConfig, TrainConfig
 from clsgen.data import Example
 from clsgen.errors import ClsgenError, ConfigError, DataError
+from clsgen.inference import score
 from clsgen.metrics import auroc
 from clsgen.model import load_pretrained
-from clsgen.train import TrainExample, load_training_examples, score, train
+from clsgen.train import train
+from clsgen.training_data import TrainExample, load_training_examples
 
 POS = ["improved", "survival", "significant", "benefit"]
 NEG = ["placebo", "difference", "no", "outcome"]

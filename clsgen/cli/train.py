@@ -38,11 +38,14 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run_train(args: argparse.Namespace) -> int:
+    from ..checkpoints import CHECKPOINTS
     from ..data import stratified_sample
     from ..datasets import load_dataset
     from ..files import check_run_dir
     from ..model import META_FILE
-    from ..train import CHECKPOINTS, LOG_FILE, join_explanations, load_training_examples, train
+    from ..train import train
+    from ..train_log import LOG_FILE
+    from ..training_data import join_explanations, load_training_examples
 
     if args.max_steps is not None:
         args.overrides = [*args.overrides, f"train.max_steps={args.max_steps}"]
