@@ -50,12 +50,13 @@ class Encoded:
     def __len__(self) -> int:
         return len(self.input_ids)
 
+    verdict_only_from: int = -1
+    """In a verdict-only row, where its LM loss starts (-1: at the first target token)."""
+
     @property
     def loss_start(self) -> int:
-        """Index in `input_ids` of the first token carrying LM loss: the verdict token in a verdict-only
-        row, the first target token otherwise."""
-        return self.verdict_at if self.target_len and not self.explained and self.verdict_at >= 0 \
-            else self.prompt_len
+        """Index in `input_ids` of the first token carrying LM loss."""
+        return self.verdict_only_from if self.verdict_only_from >= 0 else self.prompt_len
 
     @property
     def loss_tokens(self) -> int:
@@ -91,11 +92,11 @@ def encode_example(task: Task, tokenizer: Any, fields: Mapping[str, Any], label:
     that the whole fits `max_length`.
 
     An example without an explanation (`None`, e.g. rejected by the teacher) gets the verdict line
-    up to its verdict token as its target, and only that token carries loss (`Encoded.loss_start`):
-    every row teaches the verdict, but a verdict-only row teaches neither that the turn ends after it
-    (with the verdict first, most rows unexplained would teach the model to stop before explaining)
-    nor that the turn opens with it (with the verdict last). `verdict_only=False`: no target, the row
-    trains the head only. The verdict token is found as the first token where the label-0 and label-1
+    up to its verdict token as its target, so every row teaches the verdict, but not that the turn
+    ends after it (when most rows are unexplained, that would teach the model to stop before
+    explaining). With the verdict first the whole line carries loss (every turn opens with it); with
+    the verdict last only the verdict token does (`Encoded.loss_start`), since there the line does
+    not open the turn. `verdict_only=False`: no target, the row trains the head only. The verdict token is found as the first token where the label-0 and label-1
     targets differ, whatever the tokenizer does around it.
     """
     prompt = task.encode_prompt(tokenizer, fields).input_ids
@@ -116,8 +117,9 @@ def encode_example(task: Task, tokenizer: Any, fields: Mapping[str, Any], label:
     verdict_at, verdict_ids = (-1, (-1, -1))
     if 0 <= at < len(target):
         verdict_at, verdict_ids = len(prompt) + at, (both[0][at], both[1][at])
+    last_only = not explained and verdict_at >= 0 and task.verdict_position != "first"
     return Encoded(prompt + target, len(prompt), int(label), len(target), cut, verdict_at, verdict_ids,
-                   explained)
+                   explained, verdict_at if last_only else -1)
 
 
 # ----------------------------------------------------------------------------- padded batches
