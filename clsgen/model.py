@@ -204,10 +204,17 @@ class DualHeadModel(nn.Module):
         if trunk_hidden is not None and start == 0:
             raise ClsgenError("trunk_hidden given, but this model has no frozen trunk (LoRA in every layer)")
         inputs = {"inputs_embeds": trunk_hidden} if trunk_hidden is not None else {"input_ids": input_ids}
-        with _capture_layers(self.decoder, live) as captured, _layers_from(self.decoder, start):
-            out = self.decoder(attention_mask=attention_mask, position_ids=position_ids, use_cache=use_cache,
-                               **inputs, **{cache_kw: past_key_values})
-        hidden = out.last_hidden_state
+        # the head alone is wanted and reads below the top: the layers above what it reads are skipped
+        head_only = (lm_positions == "none" and labels is None and verdict_at is None and not use_cache
+                     and bool(head_reads) and len(live) == len(head_reads))
+        with _capture_layers(self.decoder, live) as captured, \
+                _stop_after(self.decoder, max(live) if head_only else None), _layers_from(self.decoder, start):
+            try:
+                out = self.decoder(attention_mask=attention_mask, position_ids=position_ids, use_cache=use_cache,
+                                   **inputs, **{cache_kw: past_key_values})
+            except _HeadRead:
+                out = None
+        hidden = out.last_hidden_state if out is not None else None
         if head_reads:
             states = []
             for layer in head_reads:
@@ -224,7 +231,7 @@ class DualHeadModel(nn.Module):
         else:  # a decoding step: the probability came from the prefill
             pooled = None
             cls_logits = hidden.new_full((hidden.shape[0],), float("nan"), dtype=torch.float32)
-        cache = out.get(cache_kw) if use_cache else None
+        cache = out.get(cache_kw) if use_cache and out is not None else None
         result = DualHeadOutput(cls_logits=cls_logits, past_key_values=cache, pooled=pooled)
 
         if lm_positions == "all":
@@ -363,6 +370,28 @@ def _layers_from(decoder: nn.Module, start: int) -> Iterator[None]:
         yield
     finally:
         decoder.layers = full
+
+
+class _HeadRead(Exception):
+    """Raised on entering the layer above the last one the head reads, when nothing else is wanted."""
+
+
+@contextlib.contextmanager
+def _stop_after(decoder: nn.Module, layer: int | None) -> Iterator[None]:
+    """Stop the decoder's forward on entering decoder layer `layer` (its input, captured by an earlier
+    hook, is the last state needed); no-op for None."""
+    if layer is None:
+        yield
+        return
+
+    def stop(module: nn.Module, args: tuple) -> None:
+        raise _HeadRead
+
+    hook = list(decoder.layers)[layer].register_forward_pre_hook(stop)
+    try:
+        yield
+    finally:
+        hook.remove()
 
 
 @contextlib.contextmanager

@@ -265,3 +265,22 @@ def test_probe_of_a_head_inside_the_trunk_reads_the_cache(tmp_path):
     fit_probe(fresh, features(rows), [r.label for r in rows])
     torch.testing.assert_close(model.head.linear.weight, fresh.linear.weight, rtol=1e-4, atol=1e-5)
     torch.testing.assert_close(model.head.shift, fresh.shift, rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("layer", [1, 2, 3])
+def test_scoring_a_head_below_the_top_skips_the_layers_above_it(layer):
+    """A head-only pass (no LM logits, labels, verdict or cache wanted) stops on entering the layer
+    above what the head reads; its logits equal those of a pass that runs every layer."""
+    model = _model(HeadConfig(layer=layer, pooling="mean")).eval()
+    b = collate_train(_rows(model), model.tokenizer.pad_token_id)
+    entered = []
+    hooks = [m.register_forward_pre_hook(lambda mod, args, i=i: entered.append(i))
+             for i, m in enumerate(model.decoder.layers)]
+    with torch.no_grad():
+        fast = model(b["input_ids"], b["attention_mask"], b["cls_index"], lm_positions="none").cls_logits
+        ran = sorted(set(entered))
+        full = model(b["input_ids"], b["attention_mask"], b["cls_index"], lm_positions="last").cls_logits
+    for h in hooks:
+        h.remove()
+    assert ran == list(range(layer + 1))  # the layer it reads is entered (its input kept), none above
+    torch.testing.assert_close(fast, full, rtol=0, atol=1e-6)
