@@ -96,8 +96,9 @@ def encode_example(task: Task, tokenizer: Any, fields: Mapping[str, Any], label:
     ends after it (when most rows are unexplained, that would teach the model to stop before
     explaining). With the verdict first the whole line carries loss (every turn opens with it); with
     the verdict last only the verdict token does (`Encoded.loss_start`), since there the line does
-    not open the turn. `verdict_only=False`: no target, the row trains the head only. The verdict token is found as the first token where the label-0 and label-1
-    targets differ, whatever the tokenizer does around it.
+    not open the turn. `verdict_only=False`: no target, the row trains the head only. The verdict
+    token is found as the first token where the label-0 and label-1 targets differ, whatever the
+    tokenizer does around it.
     """
     prompt = task.encode_prompt(tokenizer, fields).input_ids
     if len(prompt) > max_length:  # only when the task was not capped by `training_task`
