@@ -354,10 +354,7 @@ class Predictor:
 
     def _forced_verdicts(self, cls_logits: torch.Tensor) -> torch.Tensor:
         """(rows, n) tokens opening each row's turn: the verdict line of the label its head gives."""
-        lines = self.verdict_lines()
-        if len(lines[0]) != len(lines[1]):  # the forced steps must line up across rows
-            raise ClsgenError(f"the verdict lines of task {self.task.name!r} differ in length before their "
-                              "verdict token; head-conditioned decoding needs a common verdict prefix")
+        lines = self.verdict_lines()  # equally long: they differ first at their last token
         p = torch.sigmoid(cls_logits.double() / self.temperature_scale)
         table = torch.tensor(lines, dtype=torch.long, device=cls_logits.device)
         return table[(p >= self.threshold).long()]

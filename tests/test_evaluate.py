@@ -220,6 +220,8 @@ def test_predict_command(tiny_dir, tmp_path, capsys):
     assert "give exactly one of" in capsys.readouterr().err
     assert main(["predict", "--model", str(tiny_dir), "--field", "txt=oops"]) == 2
     assert "not a field of the task" in capsys.readouterr().err
+    assert main(["predict", "--model", str(tiny_dir), "A note.", "--head-verdict"]) == 2  # trained verdict last
+    assert "condition_on_head forces the verdict that opens the turn" in capsys.readouterr().err
 
 
 def test_predict_needs_fields_for_a_multi_field_task(tmp_path, capsys):

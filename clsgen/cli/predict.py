@@ -26,6 +26,9 @@ def register(sub: argparse._SubParsersAction) -> None:
                     f"{MAX_TEXT_CHARS:,}, as the server's --max-text-chars)")
     pr.add_argument("--json", action="store_true", help="print JSON (one object per line)")
     pr.add_argument("--no-explain", action="store_true", help="probability and label only")
+    pr.add_argument("--head-verdict", action="store_true", help="head-conditioned decoding: the explanation "
+                    "opens with the verdict the probability gives, then argues it (models trained with "
+                    "task.verdict_position=first)")
     pr.add_argument("--dataset", default=None, help="with --untrained-head: the built-in dataset whose task "
                     "to use (default clinifact)")
     add_model_options(pr)
@@ -104,7 +107,7 @@ def run_predict(args: argparse.Namespace) -> int:
     predictor = load_predictor(args, task, meta, batch_size=args.batch_size or 8,
                                max_new_tokens=256 if args.max_new_tokens is None else args.max_new_tokens,
                                do_sample=args.sample, temperature=args.temperature, top_p=args.top_p,
-                               seed=args.seed, progress=len(items) > 1)
+                               seed=args.seed, progress=len(items) > 1, condition_on_head=args.head_verdict)
     for it in items:  # a prompt that cannot fit fails before any model work
         predictor.encode(it)
     explain = not args.no_explain
