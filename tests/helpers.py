@@ -1,14 +1,17 @@
 """Helpers shared by several test modules: the tasks and the tiny model that talks (also served as
-fixtures by conftest.py), loopback servers (in a thread, in a process), an SSE parser and the crash
-harness."""
+fixtures by conftest.py), a toy training set and config, loopback servers (in a thread, in a process),
+an SSE parser and the crash harness."""
 
 from __future__ import annotations
 
+import random
 import socket
 import threading
 import time
 
+from clsgen.config import Config, DataConfig, LoraConfig, ModelConfig, TaskConfig, TrainConfig
 from clsgen.task import Task
+from clsgen.training_data import TrainExample
 
 NOTE_TASK = Task(name="note", system="Decide whether the patient dies within 30 days.",
                  template="Note: {text}", verbalizers=("NO", "YES"))
@@ -16,6 +19,35 @@ NOTE_TASK = Task(name="note", system="Decide whether the patient dies within 30 
 PAIR_TASK = Task(name="pair", system="Does the abstract support the claim?",
                  template="Claim: {claim}\nAbstract: {article_abstract}", verbalizers=("FALSE", "TRUE"))
 """A two-field task, with CliniFact's field names."""
+
+
+POS = ["improved", "survival", "significant", "benefit"]
+NEG = ["placebo", "difference", "no", "outcome"]
+
+
+def toy(n: int, seed: int, null_every: int = 0) -> list[TrainExample]:
+    """n examples of a learnable note task (positive / negative words), short explanations (None on
+    every `null_every`-th row)."""
+    rng = random.Random(seed)
+    out = []
+    for i in range(n):
+        y = i % 2
+        words = [rng.choice(POS if y else NEG) for _ in range(rng.randint(2, 6))]
+        expl = "Patients improved." if y else "No difference."
+        if null_every and i % null_every == 0:
+            expl = None
+        out.append(TrainExample(f"{seed}-{i}", {"text": " ".join(words)}, y, expl))
+    return out
+
+
+def make_cfg(lora_dropout: float = 0.0, **train) -> Config:
+    """A tiny-model training config for `toy`, with `train.*` overrides."""
+    base = dict(batch_size=8, lr=1e-2, head_lr=2e-2, warmup_ratio=0.0, max_length=128, log_every=1,
+                save_every=1000, eval_every=1000)
+    return Config(model=ModelConfig(name="tiny", dtype="float32"), data=DataConfig(dataset="toy.jsonl"),
+                  lora=LoraConfig(r=4, alpha=8, dropout=lora_dropout),
+                  task=TaskConfig(template="Note: {text}", system="Is the note positive?"),
+                  train=TrainConfig(**{**base, **train}))
 
 
 class ThreadServer:

@@ -313,9 +313,9 @@ def checkpointed(tmp_path_factory):
     import sys
 
     sys.path.insert(0, str(Path(__file__).parent))
-    from test_train import make_cfg, toy
-
     from clsgen.train import train
+
+    from helpers import make_cfg, toy
 
     out = tmp_path_factory.mktemp("ckpt") / "run"
     train(make_cfg(max_steps=2, save_every=1), toy(8, 0), toy(8, 1), out, progress=False)
@@ -323,9 +323,9 @@ def checkpointed(tmp_path_factory):
 
 
 def _resume(run: Path) -> None:
-    from test_train import make_cfg, toy
-
     from clsgen.train import train
+
+    from helpers import make_cfg, toy
 
     train(make_cfg(max_steps=2, save_every=1), toy(8, 0), toy(8, 1), run, resume=run / "checkpoints" / "step-1",
           progress=False)

@@ -12,7 +12,6 @@ import dataclasses
 import importlib.util
 import json
 import os
-import random
 import subprocess
 import sys
 from pathlib import Path
@@ -22,41 +21,19 @@ import pytest
 import torch
 
 from clsgen.backbones import tiny_model
-from clsgen.config import Config, DataConfig, LoraConfig, ModelConfig, TaskConfig, TrainConfig
+from clsgen.config import LoraConfig
 from clsgen.data import Example
 from clsgen.errors import ClsgenError, ConfigError, DataError
 from clsgen.inference import score
 from clsgen.metrics import auroc
 from clsgen.model import load_pretrained
 from clsgen.train import train
-from clsgen.training_data import TrainExample, load_training_examples
+from clsgen.training_data import load_training_examples
 
-POS = ["improved", "survival", "significant", "benefit"]
-NEG = ["placebo", "difference", "no", "outcome"]
+from helpers import make_cfg, toy
+
 REPO = Path(__file__).resolve().parent.parent
 
-
-
-def toy(n: int, seed: int, null_every: int = 0) -> list[TrainExample]:
-    rng = random.Random(seed)
-    out = []
-    for i in range(n):
-        y = i % 2
-        words = [rng.choice(POS if y else NEG) for _ in range(rng.randint(2, 6))]
-        expl = "Patients improved." if y else "No difference."
-        if null_every and i % null_every == 0:
-            expl = None
-        out.append(TrainExample(f"{seed}-{i}", {"text": " ".join(words)}, y, expl))
-    return out
-
-
-def make_cfg(lora_dropout: float = 0.0, **train) -> Config:
-    base = dict(batch_size=8, lr=1e-2, head_lr=2e-2, warmup_ratio=0.0, max_length=128, log_every=1,
-                save_every=1000, eval_every=1000)
-    return Config(model=ModelConfig(name="tiny", dtype="float32"), data=DataConfig(dataset="toy.jsonl"),
-                  lora=LoraConfig(r=4, alpha=8, dropout=lora_dropout),
-                  task=TaskConfig(template="Note: {text}", system="Is the note positive?"),
-                  train=TrainConfig(**{**base, **train}))
 
 
 def read_log(out: Path) -> list[dict]:

@@ -216,10 +216,10 @@ def test_probe_init_of_a_mix_starts_at_the_best_layer():
 def test_train_with_a_cached_trunk_and_a_probe_head(tmp_path):
     """The whole loop on the cached path: the cache is built once and shared by a second run, the
     probe warm-starts the head, and the saved model is an ordinary folder that reloads."""
-    from test_train import make_cfg, toy
-
     from clsgen.model import load_pretrained
     from clsgen.train import train
+
+    from helpers import make_cfg, toy
 
     cfg = make_cfg(max_steps=2, batch_size=4, eval_every=2, cache_dir=str(tmp_path / "cache"))
     cfg.model.name, cfg.lora.top_layers = "tiny", 1
@@ -239,11 +239,11 @@ def test_train_with_a_cached_trunk_and_a_probe_head(tmp_path):
 def test_probe_of_a_head_inside_the_trunk_reads_the_cache(tmp_path):
     """A head reading a frozen trunk layer is probed from the cached pooled states, without running
     the LoRA layers: the same head a probe on the full forward pass's features gives."""
-    from test_train import make_cfg, toy
-
     from clsgen.head import ClassificationHead, fit_probe
     from clsgen.model import load_pretrained
     from clsgen.train import train
+
+    from helpers import make_cfg, toy
 
     cfg = make_cfg(max_steps=1, batch_size=4, eval_every=1, head_lr=0.0, cache_dir=str(tmp_path / "cache"))
     cfg.model.name, cfg.lora.top_layers = "tiny", 1
