@@ -18,7 +18,7 @@ MAX_FUNCTION_LINES = 120
 # Known offenders, each to be split; a new one fails the test. config.py and model.py, train._train()
 # and evaluate() are being reworked by the training changes, which split them as they land.
 ALLOWED_FILES: set[str] = set()
-ALLOWED_FUNCTIONS = {("train.py", "_train"), ("evaluate.py", "evaluate")}
+ALLOWED_FUNCTIONS = {("train.py", "_train")}
 
 
 def _modules() -> list[Path]:
