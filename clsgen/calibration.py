@@ -112,7 +112,7 @@ def store_calibration(model_dir: str | Path, cal: Calibration) -> Path:
     """Write threshold and temperature into `model_dir`/clsgen.json atomically (other keys are kept)
     and rewrite its README.md."""
     from .card import write_model_card  # the model folder's modules load torch; fitting needs none
-    from .model import META_FILE, read_meta
+    from .model_io import META_FILE, read_meta
 
     model_dir = Path(model_dir)
     meta = read_meta(model_dir)

@@ -26,7 +26,8 @@ from .config import Config
 from .distributed import plain_parallel
 from .errors import ClsgenError
 from .files import atomic_write_json, write_error, writing
-from .model import HEAD_FILE, META_FILE, DualHeadModel
+from .model import DualHeadModel
+from .model_io import HEAD_FILE, META_FILE
 
 log = logging.getLogger(__name__)
 
@@ -98,7 +99,7 @@ def checkpoint_problem(path: Path) -> str | None:
     file is read the way resuming reads it: JSON, safetensors, or accelerate's torch.load(weights_only=True)."""
     from accelerate.utils import load as accelerate_load
 
-    from .model import weights_file_problem
+    from .model_io import weights_file_problem
 
     for file in sorted(p for p in path.rglob("*") if p.is_file() and not p.name.startswith(".")):
         try:

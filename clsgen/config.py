@@ -3,13 +3,14 @@
 `load_config(path, overrides)` reads a YAML file (optional), applies `section.key=value` overrides and
 checks everything at once: unknown keys, wrong types and values that cannot work are reported
 together, each naming its key, as a `ConfigError`.
+
+Beside it: `config_yaml` (reading the YAML), `config_aliases` (the Trainer / TRL names of settings),
+`config_coerce` (values against the annotations) and `config_checks` (values that cannot work).
 """
 
 from __future__ import annotations
 
 import dataclasses
-import math
-import re
 import types
 import typing
 from dataclasses import dataclass, field
@@ -18,6 +19,10 @@ from typing import Any, Literal
 
 import yaml
 
+from .config_aliases import canonical_key, resolve_aliases
+from .config_checks import config_problems
+from .config_coerce import from_dict
+from .config_yaml import load_yaml, parse_yaml_file
 from .data import short_repr
 from .errors import ConfigError, Problem
 
@@ -314,350 +319,13 @@ class Config:
 
     def validate(self) -> list[Problem]:
         """Values that cannot work, found before any expensive step."""
-        p: list[Problem] = []
-        t = self.train
-        if t.w_cls == 0 and t.w_lm == 0:
-            p.append(Problem("both loss weights are 0: nothing would be trained; set train.w_cls or "
-                             "train.w_lm above 0", field="train.w_cls"))
-        for name in ("w_cls", "w_lm", "w_consistency", "lr", "head_lr", "weight_decay", "select_tolerance"):
-            if getattr(t, name) < 0:
-                p.append(Problem(f"must be >= 0, got {getattr(t, name)}", field=f"train.{name}"))
-        for name in ("batch_size", "grad_accum", "max_length", "save_every"):
-            if getattr(t, name) < 1:
-                p.append(Problem(f"must be >= 1, got {getattr(t, name)}", field=f"train.{name}"))
-        if not 0 <= t.warmup_ratio < 1:
-            p.append(Problem(f"must be in [0, 1), got {t.warmup_ratio}", field="train.warmup_ratio"))
-        if isinstance(t.pos_weight, float) and t.pos_weight <= 0:
-            p.append(Problem(f"must be > 0, got {t.pos_weight}", field="train.pos_weight"))
-        if self.lora.r < 1:
-            p.append(Problem(f"must be >= 1, got {self.lora.r}", field="lora.r"))
-        lo = self.lora
-        if lo.top_layers is not None and lo.layers is not None:
-            p.append(Problem("give lora.top_layers or lora.layers, not both", field="lora.layers"))
-        if lo.top_layers is not None and lo.top_layers < 1:
-            p.append(Problem(f"must be >= 1 (or null for all layers), got {lo.top_layers}", field="lora.top_layers"))
-        if lo.layers is not None and (len(lo.layers) != 2 or not 0 <= lo.layers[0] < lo.layers[1]):
-            p.append(Problem(f"must be [a, b] with 0 <= a < b (LoRA in decoder layers a..b-1), got {lo.layers}",
-                             field="lora.layers"))
-        if isinstance(self.head.layer, int) and self.head.layer < 0:
-            p.append(Problem(f"must be >= 0 (a layer count), 'mix' or null, got {self.head.layer}",
-                             field="head.layer"))
-        if not 0 <= self.lora.dropout < 1:
-            p.append(Problem(f"must be in [0, 1), got {self.lora.dropout}", field="lora.dropout"))
-        if self.task.max_prompt_tokens is not None and self.task.max_prompt_tokens < 16:
-            p.append(Problem(f"must be >= 16, got {self.task.max_prompt_tokens}",
-                             field="task.max_prompt_tokens"))
-        if self.task.verbalizers is not None and (
-            len(self.task.verbalizers) != 2 or len({v.strip().lower() for v in self.task.verbalizers}) != 2
-            or not all(v.strip() for v in self.task.verbalizers)
-        ):
-            p.append(Problem(f"need two different non-empty words (label 0, label 1), got "
-                             f"{self.task.verbalizers!r}", field="task.verbalizers"))
-        bad_labels = {k: v for k, v in (self.data.label_map or {}).items() if v not in (0, 1)}
-        if bad_labels:
-            p.append(Problem(f"must map labels to 0 or 1, got {_short_repr(bad_labels)}",
-                             field="data.label_map"))
-        elif self.data.label_map and len(set(self.data.label_map.values())) < 2:
-            p.append(Problem(f"maps every label to {next(iter(self.data.label_map.values()))}, so one class would "
-                             f"be empty; map some labels to 0 and some to 1", field="data.label_map"))
-        if self.task.template is not None and not _template_fields(self.task.template):
-            p.append(Problem(f"uses no field, so every prompt would be the same; name a field of the data in "
-                             f"braces, e.g. 'Note: {{text}}', got {_short_repr(self.task.template)}",
-                             field="task.template"))
-        for name in ("max_train", "max_eval", "max_validation"):
-            value = getattr(self.data, name)
-            if value is not None and value < 1:
-                p.append(Problem(f"must be >= 1 (or null for all examples), got {value}", field=f"data.{name}"))
-        if t.max_steps is not None and t.max_steps < 1:
-            p.append(Problem(f"must be >= 1 (or null to train train.epochs), got {t.max_steps}",
-                             field="train.max_steps"))
-        if not (math.isfinite(t.epochs) and t.epochs > 0):
-            p.append(Problem(f"must be > 0, got {t.epochs}", field="train.epochs"))
-        if self.teacher.max_attempts < 1:
-            p.append(Problem("must be >= 1", field="teacher.max_attempts"))
-        ca = self.teacher.class_attempts
-        if ca is not None and (len(ca) != 2 or min(ca) < 1):
-            p.append(Problem(f"must be two counts >= 1 (label 0, label 1), got {ca}", field="teacher.class_attempts"))
-        for name, low in (("batch_size", 1), ("max_new_tokens", 0), ("n_bootstrap", 0)):
-            if getattr(self.eval, name) < low:
-                p.append(Problem(f"must be >= {low}, got {getattr(self.eval, name)}", field=f"eval.{name}"))
-        if not 0 <= self.eval.fixed_threshold <= 1:
-            p.append(Problem("must be in [0, 1]", field="eval.fixed_threshold"))
-        return p
+        return config_problems(self)
 
 
 PATH_SETTINGS = ((None, "output_dir"), ("data", "train_file"), ("data", "dev_file"))
 """Where a run's files are: kept out of `Config.to_dict` while unset."""
 
-# ----------------------------------------------------------------------------- familiar names
-
-ALIASES: dict[str, tuple[str, ...]] = {
-    # setting: the names Trainer / TRL / PEFT / LLaMA-Factory users type for it
-    "model.name": ("model_name_or_path", "model_name"),
-    "model.dtype": ("torch_dtype",),
-    "model.trust_remote_code": ("trust_remote_code",),
-    "lora.r": ("lora_rank", "lora_r"),
-    "lora.alpha": ("lora_alpha",),
-    "lora.dropout": ("lora_dropout",),
-    "lora.target_modules": ("lora_target", "lora_target_modules"),
-    "data.dataset": ("dataset", "dataset_name"),
-    "data.data_dir": ("dataset_dir",),
-    "data.train_file": ("train_file",),
-    "data.dev_file": ("validation_file", "eval_file", "dev_file"),
-    "data.max_train": ("max_train_samples", "max_samples"),
-    "data.max_eval": ("max_eval_samples",),
-    "train.lr": ("learning_rate",),
-    "train.grad_accum": ("gradient_accumulation_steps",),
-    "train.batch_size": ("per_device_train_batch_size", "batch_size"),
-    "train.epochs": ("num_train_epochs",),
-    "train.max_steps": ("max_steps",),
-    "train.warmup_ratio": ("warmup_ratio",),
-    "train.weight_decay": ("weight_decay",),
-    "train.max_grad_norm": ("max_grad_norm",),
-    "train.seed": ("seed",),
-    "train.schedule": ("lr_scheduler_type",),
-    "train.max_length": ("max_length", "max_seq_length", "cutoff_len"),
-    "train.log_with": ("report_to",),
-    "train.log_every": ("logging_steps",),
-    "train.save_every": ("save_steps",),
-    "train.eval_every": ("eval_steps",),
-    "train.keep_checkpoints": ("save_total_limit",),
-    "train.gradient_checkpointing": ("gradient_checkpointing",),
-    "eval.batch_size": ("per_device_eval_batch_size",),
-}
-"""Canonical setting -> its aliases. An alias is accepted at the top level of a config (as in a
-Trainer / LLaMA-Factory YAML: `learning_rate: 1e-4`) and inside the setting's section
-(`train.learning_rate`); an alias and its setting (or two aliases of one setting) given together are
-an error naming both. Top-level `output_dir` is itself a setting."""
-
-
-def _alias_table() -> tuple[dict[str, str], dict[tuple[str, str], str]]:
-    flat: dict[str, str] = {}
-    sectioned: dict[tuple[str, str], str] = {}
-    for canonical, aliases in ALIASES.items():
-        section, key = canonical.split(".")
-        for alias in aliases:
-            if alias not in {f.name for f in dataclasses.fields(Config)}:
-                flat.setdefault(alias, canonical)
-            if alias != key:
-                sectioned[(section, alias)] = canonical
-    return flat, sectioned
-
-
-def canonical_key(keys: list[str]) -> list[str]:
-    """['learning_rate'] or ['train', 'learning_rate'] -> ['train', 'lr']; other keys unchanged."""
-    flat, sectioned = _alias_table()
-    if len(keys) == 1 and keys[0] in flat:
-        return flat[keys[0]].split(".")
-    if len(keys) == 2 and (keys[0], keys[1]) in sectioned:
-        return sectioned[(keys[0], keys[1])].split(".")
-    return keys
-
-
-def resolve_aliases(data: Any, source: str = "config") -> Any:
-    """A copy of a config mapping with every alias moved to its canonical setting; a `ConfigError`
-    when an alias and its setting, or two aliases of one setting, are both given."""
-    if not isinstance(data, dict):
-        return data
-    out: dict[Any, Any] = {k: (dict(v) if isinstance(v, dict) else v) for k, v in data.items()}
-    given: dict[str, list[str]] = {}  # canonical -> the spellings that set it
-    moves: list[tuple[tuple[Any, ...], list[str]]] = []
-    for key, value in data.items():
-        if not isinstance(key, str):
-            continue
-        target = canonical_key([key])
-        if target != [key]:
-            moves.append(((key,), target))
-        elif isinstance(value, dict):
-            for sub in value:
-                if isinstance(sub, str):
-                    target = canonical_key([key, sub])
-                    if target != [key, sub]:
-                        moves.append(((key, sub), target))
-                    else:
-                        given.setdefault(f"{key}.{sub}", []).append(f"{key}.{sub}")
-    problems: list[Problem] = []
-    for where, target in moves:
-        spelled = ".".join(where)
-        canonical = ".".join(target)
-        given.setdefault(canonical, []).append(spelled)
-        value = out.pop(where[0]) if len(where) == 1 else out[where[0]].pop(where[1])
-        section = out.setdefault(target[0], {})
-        if isinstance(section, dict):
-            section[target[1]] = value
-    for canonical, spellings in given.items():
-        if len(spellings) > 1:
-            problems.append(Problem(f"set twice, as {' and as '.join(spellings)}: they name the same setting; "
-                                    f"keep one (the canonical name is {canonical})", file=source,
-                                    field=canonical))
-    if problems:
-        raise ConfigError(problems)
-    return out
-def _template_fields(template: Any) -> list[str]:
-    """The field names a template uses; [] when it names none (or does not parse: checked elsewhere)."""
-    import string
-
-    try:
-        return [name for _, name, _, _ in string.Formatter().parse(str(template)) if name]
-    except ValueError:
-        return ["?"]
-
-
 # ----------------------------------------------------------------------------- loading
-
-
-class _Loader(yaml.SafeLoader):
-    """YAML with 1.2 booleans: only true/false are booleans, so verbalizers like [NO, YES] stay words."""
-
-
-_Loader.yaml_implicit_resolvers = {
-    k: [r for r in v if r[0] != "tag:yaml.org,2002:bool"]
-    for k, v in yaml.SafeLoader.yaml_implicit_resolvers.items()
-}
-_Loader.add_implicit_resolver("tag:yaml.org,2002:bool", re.compile(r"^(?:true|True|TRUE|false|False|FALSE)$"),
-                              list("tTfF"))
-
-
-def _unique_mapping(loader: _Loader, node: yaml.MappingNode, deep: bool = False) -> dict:
-    """A mapping whose keys are all different: YAML parsers keep the last of a repeated key silently."""
-    seen: set = set()
-    for key_node, _ in node.value:
-        key = loader.construct_object(key_node, deep=deep)
-        if isinstance(key, str) and key in seen:
-            raise yaml.constructor.ConstructorError(
-                "while reading a mapping", node.start_mark, f"the key {key!r} is given twice (the last would "
-                "win silently); give each key once", key_node.start_mark)
-        if isinstance(key, str):
-            seen.add(key)
-    return yaml.SafeLoader.construct_mapping(loader, node, deep=deep)
-
-
-_Loader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _unique_mapping)
-
-
-def _load_yaml(text: str) -> Any:
-    return yaml.load(text, Loader=_Loader)  # noqa: S506 (a SafeLoader subclass)
-
-
-def _type_name(tp: Any) -> str:
-    origin = typing.get_origin(tp)
-    if origin is Literal:
-        return " | ".join(repr(a) for a in typing.get_args(tp))
-    if origin in (typing.Union, types.UnionType):
-        return " | ".join(_type_name(a) for a in typing.get_args(tp))
-    if origin is not None:
-        args = ", ".join(_type_name(a) for a in typing.get_args(tp))
-        return f"{getattr(origin, '__name__', str(origin))}[{args}]"
-    return "null" if tp is type(None) else getattr(tp, "__name__", str(tp))
-
-
-def _short_repr(value: Any, limit: int = 80) -> str:
-    """A bounded repr: a value built from YAML aliases can be exponentially large when printed."""
-    return short_repr(value, limit)
-
-
-def _coerce(value: Any, tp: Any, key: str, problems: list[Problem]) -> Any:
-    """Check `value` against the annotation `tp`; return it (ints widened to floats) or record a problem."""
-    origin = typing.get_origin(tp)
-
-    def bad() -> Problem:  # built only when recorded: printing a value can be costly (see _short_repr)
-        return Problem(f"expected {_type_name(tp)}, got {_short_repr(value)} ({type(value).__name__})",
-                       field=key)
-
-    if dataclasses.is_dataclass(tp):
-        if not isinstance(value, dict):
-            problems.append(bad())
-            return tp()
-        return _from_dict(tp, value, key, problems)
-    if origin is Literal:
-        if value in typing.get_args(tp):
-            return value
-        problems.append(bad())
-        return None
-    if origin in (typing.Union, types.UnionType):
-        for arg in typing.get_args(tp):
-            trial: list[Problem] = []
-            out = _coerce(value, arg, key, trial)
-            if not trial:
-                return out
-        problems.append(bad())
-        return None
-    if tp is type(None):
-        if value is None:
-            return None
-        problems.append(bad())
-        return None
-    if origin is list:
-        (item_tp,) = typing.get_args(tp)
-        if not isinstance(value, list):
-            problems.append(bad())
-            return []
-        return [_coerce(v, item_tp, f"{key}[{i}]", problems) for i, v in enumerate(value)]
-    if origin is dict:
-        k_tp, v_tp = typing.get_args(tp)
-        if not isinstance(value, dict):
-            problems.append(bad())
-            return {}
-        return {str(k): _coerce(v, v_tp, f"{key}.{k}", problems) for k, v in value.items()}
-    if tp is float:
-        number = None
-        if isinstance(value, (int, float)) and not isinstance(value, bool):
-            try:
-                number = float(value)
-            except OverflowError:  # an int too large for a float
-                number = math.inf
-        elif isinstance(value, str):  # YAML reads '1e-4' (no dot) as a string
-            try:
-                number = float(value)
-            except ValueError:
-                pass
-        if number is not None and not math.isfinite(number):
-            problems.append(Problem(f"must be a finite number, got {_short_repr(value)}", field=key))
-            return None
-        if number is not None:
-            return number
-        problems.append(bad())
-        return None
-    if tp is int:
-        if isinstance(value, int) and not isinstance(value, bool):
-            if abs(value) >= 2**63:  # numpy and torch would overflow on it later
-                problems.append(Problem(f"must fit in 64 bits, got {_short_repr(value)}", field=key))
-                return None
-            return value
-        problems.append(bad())
-        return None
-    if tp is str and isinstance(value, str):
-        try:  # YAML's "\ud83d\ude00" escapes (as json.dumps writes an emoji) give a surrogate pair: join it
-            return value.encode("utf-16-le", "surrogatepass").decode("utf-16-le")
-        except UnicodeDecodeError as e:
-            problems.append(Problem(f"not valid Unicode text (a lone surrogate at character {e.start // 2})",
-                                    field=key))
-            return None
-    if tp is str or tp is bool:
-        if isinstance(value, tp):
-            return value
-        problems.append(bad())
-        return None
-    raise TypeError(f"unsupported config annotation {tp!r} for {key}")  # a bug in this module
-
-
-def _from_dict(cls: type, data: dict[str, Any], prefix: str, problems: list[Problem]) -> Any:
-    hints = typing.get_type_hints(cls)
-    names = {f.name for f in dataclasses.fields(cls)}
-    kwargs = {}
-    for key, value in data.items():
-        name = key if isinstance(key, str) and key.strip() == key and key else repr(key)  # '', ' x', None
-        full = f"{prefix}.{name}" if prefix else name
-        if key not in names:
-            known = ", ".join(sorted(names))
-            problems.append(Problem(f"unknown key; known keys here: {known}", field=full))
-            continue
-        kwargs[key] = _coerce(value, hints[key], full, problems)
-    return cls(**{k: v for k, v in kwargs.items() if v is not None or _allows_none(hints[k])})
-
-
-def _allows_none(tp: Any) -> bool:
-    return type(None) in typing.get_args(tp)
 
 
 def parse_override(text: str) -> tuple[list[str], Any]:
@@ -669,7 +337,7 @@ def parse_override(text: str) -> tuple[list[str], Any]:
     key, raw = text.split("=", 1)
     keys = key.strip().split(".")
     if not all(k.strip() for k in keys):
-        raise ConfigError([Problem(f"override {_short_repr(text)} has an empty key; write section.key=value",
+        raise ConfigError([Problem(f"override {short_repr(text, 80)} has an empty key; write section.key=value",
                                    field="--set")])
     keys = canonical_key(keys)
     text_key = _is_text_key(keys)
@@ -678,7 +346,7 @@ def parse_override(text: str) -> tuple[list[str], Any]:
         # line break into a space and drop '# ...' as a comment. Quote it to use YAML escapes.
         return keys, raw.strip()
     try:
-        value = _load_yaml(raw) if raw.strip() else ""
+        value = load_yaml(raw) if raw.strip() else ""
     except (yaml.YAMLError, ValueError, RecursionError):  # not YAML (or too deep, or huge ints): the text
         value = raw
     if value is not None and not isinstance(value, str) and text_key:
@@ -706,7 +374,7 @@ def config_from_dict(data: dict[str, Any], source: str = "config") -> Config:
         raise ConfigError([Problem(f"expected a mapping of sections, got {type(data).__name__}",
                                    file=source)])
     data = resolve_aliases(data, source)
-    cfg = _from_dict(Config, data, "", problems)
+    cfg = from_dict(Config, data, "", problems)
     if not problems:
         problems.extend(cfg.validate())
     if problems:
@@ -727,7 +395,7 @@ def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str
         except ValueError as e:  # UnicodeDecodeError; an embedded NUL byte in the path
             why = f"not UTF-8 text (byte {e.start})" if isinstance(e, UnicodeDecodeError) else str(e)
             raise ConfigError([Problem(f"cannot read: {why}; save it as UTF-8", file=source)]) from None
-        data = resolve_aliases(_parse_yaml_file(text, source), source)
+        data = resolve_aliases(parse_yaml_file(text, source), source)
     if overrides and not isinstance(data, dict):
         raise ConfigError([Problem(f"expected a mapping of sections, got {type(data).__name__}", file=source)])
     for text in overrides:
@@ -741,25 +409,6 @@ def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str
         if path is not None:
             source = f"{path} (with overrides)"
     return config_from_dict(data, source)
-
-
-def _parse_yaml_file(text: str, source: str) -> Any:
-    """The YAML document in `text` ({} when empty); a `ConfigError` saying where it is not YAML."""
-    try:
-        data = _load_yaml(text)
-    except yaml.MarkedYAMLError as e:
-        mark = e.problem_mark or e.context_mark
-        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
-        what = e.problem or e.context or "syntax error"
-        raise ConfigError([Problem(f"not valid YAML{where}: {what}", file=source)]) from None
-    except yaml.YAMLError as e:
-        first = (str(e).strip().splitlines() or [type(e).__name__])[0]
-        raise ConfigError([Problem(f"not valid YAML: {first}", file=source)]) from None
-    except RecursionError:
-        raise ConfigError([Problem("not valid YAML: nested too deeply", file=source)]) from None
-    except ValueError:  # an integer with more digits than Python converts
-        raise ConfigError([Problem("not valid YAML: a number with too many digits", file=source)]) from None
-    return {} if data is None else data
 
 
 def save_config(cfg: Config, path: str | Path) -> None:

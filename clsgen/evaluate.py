@@ -129,15 +129,90 @@ def evaluate(
     y = labels_of(examples)
     timing: dict[str, float] = {}
 
-    # ----------------------------------------------------------------- explanations
-    texts: list[str | None] = [None] * len(examples)
-    verdicts: list[int | None] = [None] * len(examples)
-    cut_off: list[bool] = []
-    cut_at: dict[int, bool] = {}  # example index -> whether the token limit cut its explanation
-    all_verdicts: list[int | None] | None = None
-    can_explain = isinstance(classifier, Explainer)
-    position = getattr(getattr(classifier, "task", None), "verdict_position", "last")
-    if can_explain and explain != 0:
+    ex = _explain(classifier, examples, y, name, explain, verbalizers, max_new_tokens, seed, timing)
+    # after explaining: a classifier may reuse the prefill that produced the explanation
+    started = time.perf_counter()
+    p_model = _check_probabilities(positive_proba(classifier, list(examples)), len(examples), name)
+    timing["predict_proba"] = time.perf_counter() - started
+    d = _decide(classifier, p_model, validation, name, threshold_method, fixed_threshold, calibrate, timing)
+
+    explained = [t is not None for t in ex.texts]
+    have_explanations = any(explained)
+    metrics = compute_metrics(y, d.p_final, d.threshold,
+                              verdicts=ex.verdicts if have_explanations else None,
+                              explanations=ex.texts if have_explanations else None,
+                              n_boot=n_bootstrap, seed=seed, alignment_verdicts=ex.all_verdicts)
+    metrics_uncal = None
+    if d.p_raw is not None and d.threshold_raw is not None:
+        metrics_uncal = compute_metrics(y, d.p_raw, d.threshold_raw,
+                                        verdicts=ex.verdicts if have_explanations else None,
+                                        explanations=ex.texts if have_explanations else None,
+                                        n_boot=n_bootstrap, seed=seed, alignment_verdicts=ex.all_verdicts)
+    rows = _rows(examples, y, d, ex, explained, show_inputs)
+
+    summary: dict[str, Any] = {
+        "classifier": name, "n": len(examples), "positives": int(y.sum()),
+        "n_explained": int(sum(explained)), "can_explain": ex.can_explain,
+        "n_cut_off": int(sum(ex.cut_off)) if ex.cut_off else None,
+        "n_no_verdict": int(sum(1 for i, e in enumerate(explained) if e and ex.verdicts[i] is None)),
+        "n_verdicts_all_rows": (sum(v is not None for v in ex.all_verdicts) if ex.all_verdicts is not None else None),
+        "threshold": d.threshold, "threshold_source": d.threshold_source, "temperature": d.temperature,
+        "threshold_uncalibrated": d.threshold_raw if d.temperature is not None else None,
+        "n_validation": len(validation) if validation else 0,
+        "metrics": {k: v.to_dict() for k, v in metrics.items()},
+        "metrics_uncalibrated": ({k: v.to_dict() for k, v in metrics_uncal.items()} if metrics_uncal else None),
+        "n_bootstrap": n_bootstrap, "timing_s": {k: round(v, 3) for k, v in timing.items()},
+        "info": info or {},
+    }
+    paths = {"predictions": out_dir / PREDICTIONS_FILE, "metrics": out_dir / METRICS_FILE,
+             "report": out_dir / REPORT_FILE}
+    report_info = {"classifier": name, **(info or {}), "threshold source": d.threshold_source,
+                   "temperature (fitted on validation)": None if d.temperature is None else f"{d.temperature:.4g}"}
+    page = render_report(y=y, p=d.p_final, threshold=d.threshold, metrics=metrics, rows=rows,
+                         p_uncalibrated=d.p_raw, metrics_uncalibrated=metrics_uncal, verbalizers=ex.verbalizers,
+                         info=report_info, title=title or f"clsgen evaluation: {name}", show_inputs=show_inputs,
+                         show_examples=show_examples)
+    # one unit: a full disk leaves an earlier evaluation's three files as they were; metrics.json, which
+    # marks a finished evaluation (the experiment runner skips a method that has it), is renamed last
+    atomic_write_files([
+        (paths["predictions"], "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows).encode("utf-8")),
+        (paths["report"], page.encode("utf-8")),
+        (paths["metrics"], (json.dumps(summary, indent=2, ensure_ascii=False) + "\n").encode("utf-8")),
+    ])
+    return EvalResult(metrics=metrics, predictions=rows, paths=paths, threshold=d.threshold,
+                      temperature=d.temperature, metrics_uncalibrated=metrics_uncal, summary=summary)
+
+
+# ----------------------------------------------------------------------------- the steps of evaluate
+
+
+@dataclass
+class _Explanations:
+    """What the classifier's explanations gave, one entry per example (None where none was asked)."""
+
+    texts: list[str | None]
+    verdicts: list[int | None]
+    cut_off: list[bool]
+    """Per explained row, whether the token limit cut its explanation ([] when the classifier does not say)."""
+    cut_at: dict[int, bool]
+    """example index -> whether the token limit cut its explanation"""
+    all_verdicts: list[int | None] | None
+    """The teacher-forced verdict of every row (a verdict-first `VerdictScorer`), else None."""
+    verbalizers: Sequence[str] | None
+    position: str
+    can_explain: bool
+
+
+def _explain(classifier: Any, examples: Sequence[Example], y: np.ndarray, name: str, explain: int | None,
+             verbalizers: Sequence[str] | None, max_new_tokens: int, seed: int,
+             timing: dict[str, float]) -> _Explanations:
+    """Explain the chosen rows (an `Explainer`) and read their verdicts; a verdict-first `VerdictScorer`
+    also gives every row's verdict. Records the seconds taken in `timing`."""
+    n = len(examples)
+    ex = _Explanations(texts=[None] * n, verdicts=[None] * n, cut_off=[], cut_at={}, all_verdicts=None,
+                       verbalizers=verbalizers, can_explain=isinstance(classifier, Explainer),
+                       position=getattr(getattr(classifier, "task", None), "verdict_position", "last"))
+    if ex.can_explain and explain != 0:
         words = verbalizers or getattr(getattr(classifier, "task", None), "verbalizers", None)
         if not words:
             raise ClsgenError(f"{name} explains, but its verdict words are unknown; pass verbalizers=")
@@ -148,107 +223,73 @@ def evaluate(
         if len(generated) != len(chosen):
             raise ClsgenError(f"{name}.explain returned {len(generated)} texts for {len(chosen)} examples")
         for i, text in zip(chosen, generated):
-            texts[i] = text or ""
-            verdicts[i] = parse_verdict(text, words, position)
+            ex.texts[i] = text or ""
+            ex.verdicts[i] = parse_verdict(text, words, ex.position)
         cut = getattr(classifier, "cut_off", None)
-        cut_off = list(cut) if isinstance(cut, list) and len(cut) == len(chosen) else []
-        cut_at = {i: bool(c) for i, c in zip(chosen, cut_off)}
-        verbalizers = list(words)
-    if isinstance(classifier, VerdictScorer) and position == "first":
+        ex.cut_off = list(cut) if isinstance(cut, list) and len(cut) == len(chosen) else []
+        ex.cut_at = {i: bool(c) for i, c in zip(chosen, ex.cut_off)}
+        ex.verbalizers = list(words)
+    if isinstance(classifier, VerdictScorer) and ex.position == "first":
         started = time.perf_counter()  # the verdict of every row, teacher-forced: alignment on all rows
-        all_verdicts = classifier.verdicts(list(examples))
+        ex.all_verdicts = classifier.verdicts(list(examples))
         timing["verdicts"] = time.perf_counter() - started
+    return ex
 
-    # ----------------------------------------------------------------- probabilities
-    # after explaining: a classifier may reuse the prefill that produced the explanation
-    started = time.perf_counter()
-    p_model = _check_probabilities(positive_proba(classifier, list(examples)), len(examples), name)
-    timing["predict_proba"] = time.perf_counter() - started
 
+@dataclass
+class _Decision:
+    """The final probabilities and the threshold applied to them, and where both came from."""
+
+    p_final: np.ndarray
+    threshold: float
+    threshold_source: str
     temperature: float | None = None
+    """Fitted on validation (None when none was fitted)."""
     p_raw: np.ndarray | None = None
+    """The classifier's own probabilities, when a temperature changed them."""
     threshold_raw: float | None = None
-    if validation:
-        started = time.perf_counter()
-        y_val = labels_of(validation)
-        p_val = _check_probabilities(positive_proba(classifier, list(validation)), len(validation), name)
-        timing["validation_predict_proba"] = time.perf_counter() - started
-        threshold_raw = _threshold(y_val, p_val, threshold_method, fixed_threshold)
-        if calibrate:
-            cal = fit_calibration(y_val, logit(p_val), method=threshold_method, fixed=fixed_threshold)
-            temperature, threshold = cal.temperature, cal.threshold
-            p_final = apply_temperature(logit(p_model), temperature)
-            p_raw = p_model
-            threshold_source = f"validation ({threshold_method}, after temperature scaling)"
-        else:
-            p_final, threshold = p_model, threshold_raw
-            threshold_source = f"validation ({threshold_method})"
-    else:
-        p_final = p_model
+    """The threshold chosen on the raw validation probabilities (None without validation)."""
+
+
+def _decide(classifier: Any, p_model: np.ndarray, validation: Sequence[Example] | None, name: str,
+            threshold_method: str, fixed_threshold: float, calibrate: bool, timing: dict[str, float]) -> _Decision:
+    """Threshold (and, with `calibrate`, temperature) chosen on `validation`; without it, the
+    classifier's own probabilities and stored threshold (else 0.5)."""
+    if not validation:
         stored = getattr(classifier, "threshold", None)
-        threshold = float(stored) if stored is not None else 0.5
-        threshold_source = "classifier" if stored is not None else "default 0.5"
+        return _Decision(p_final=p_model, threshold=float(stored) if stored is not None else 0.5,
+                         threshold_source="classifier" if stored is not None else "default 0.5")
+    started = time.perf_counter()
+    y_val = labels_of(validation)
+    p_val = _check_probabilities(positive_proba(classifier, list(validation)), len(validation), name)
+    timing["validation_predict_proba"] = time.perf_counter() - started
+    threshold_raw = _threshold(y_val, p_val, threshold_method, fixed_threshold)
+    if not calibrate:
+        return _Decision(p_final=p_model, threshold=threshold_raw, threshold_source=f"validation ({threshold_method})",
+                         threshold_raw=threshold_raw)
+    cal = fit_calibration(y_val, logit(p_val), method=threshold_method, fixed=fixed_threshold)
+    return _Decision(p_final=apply_temperature(logit(p_model), cal.temperature), threshold=cal.threshold,
+                     threshold_source=f"validation ({threshold_method}, after temperature scaling)",
+                     temperature=cal.temperature, p_raw=p_model, threshold_raw=threshold_raw)
 
-    explained = [t is not None for t in texts]
-    have_explanations = any(explained)
 
-    metrics = compute_metrics(y, p_final, threshold,
-                              verdicts=verdicts if have_explanations else None,
-                              explanations=texts if have_explanations else None,
-                              n_boot=n_bootstrap, seed=seed, alignment_verdicts=all_verdicts)
-    metrics_uncal = None
-    if p_raw is not None and threshold_raw is not None:
-        metrics_uncal = compute_metrics(y, p_raw, threshold_raw,
-                                        verdicts=verdicts if have_explanations else None,
-                                        explanations=texts if have_explanations else None,
-                                        n_boot=n_bootstrap, seed=seed, alignment_verdicts=all_verdicts)
-
-    # ----------------------------------------------------------------- rows
+def _rows(examples: Sequence[Example], y: np.ndarray, d: _Decision, ex: _Explanations, explained: list[bool],
+          show_inputs: bool) -> list[dict[str, Any]]:
+    """predictions.jsonl: one row per example (its input fields only with `show_inputs`)."""
     rows = []
-    for i, ex in enumerate(examples):
-        pred = int(p_final[i] >= threshold)
-        row: dict[str, Any] = {"id": ex.id, "label": int(y[i]), "probability": float(p_final[i]),
+    for i, example in enumerate(examples):
+        pred = int(d.p_final[i] >= d.threshold)
+        row: dict[str, Any] = {"id": example.id, "label": int(y[i]), "probability": float(d.p_final[i]),
                                "prediction": pred, "correct": pred == int(y[i]), "explained": explained[i]}
-        if p_raw is not None:
-            row["probability_uncalibrated"] = float(p_raw[i])
+        if d.p_raw is not None:
+            row["probability_uncalibrated"] = float(d.p_raw[i])
         if explained[i]:
-            row["verdict"] = verdicts[i]
-            row["explanation"] = split_verdict(texts[i], position)[0]
-            row["text"] = texts[i]
-            if i in cut_at:
-                row["cut_off"] = cut_at[i]
+            row["verdict"] = ex.verdicts[i]
+            row["explanation"] = split_verdict(ex.texts[i], ex.position)[0]
+            row["text"] = ex.texts[i]
+            if i in ex.cut_at:
+                row["cut_off"] = ex.cut_at[i]
         if show_inputs:
-            row["fields"] = dict(ex.fields)
+            row["fields"] = dict(example.fields)
         rows.append(row)
-
-    summary: dict[str, Any] = {
-        "classifier": name, "n": len(examples), "positives": int(y.sum()),
-        "n_explained": int(sum(explained)), "can_explain": can_explain,
-        "n_cut_off": int(sum(cut_off)) if cut_off else None,
-        "n_no_verdict": int(sum(1 for i, e in enumerate(explained) if e and verdicts[i] is None)),
-        "n_verdicts_all_rows": (sum(v is not None for v in all_verdicts) if all_verdicts is not None else None),
-        "threshold": threshold, "threshold_source": threshold_source, "temperature": temperature,
-        "threshold_uncalibrated": threshold_raw if temperature is not None else None,
-        "n_validation": len(validation) if validation else 0,
-        "metrics": {k: v.to_dict() for k, v in metrics.items()},
-        "metrics_uncalibrated": ({k: v.to_dict() for k, v in metrics_uncal.items()} if metrics_uncal else None),
-        "n_bootstrap": n_bootstrap, "timing_s": {k: round(v, 3) for k, v in timing.items()},
-        "info": info or {},
-    }
-    paths = {"predictions": out_dir / PREDICTIONS_FILE, "metrics": out_dir / METRICS_FILE,
-             "report": out_dir / REPORT_FILE}
-    report_info = {"classifier": name, **(info or {}), "threshold source": threshold_source,
-                   "temperature (fitted on validation)": None if temperature is None else f"{temperature:.4g}"}
-    page = render_report(y=y, p=p_final, threshold=threshold, metrics=metrics, rows=rows,
-                         p_uncalibrated=p_raw, metrics_uncalibrated=metrics_uncal, verbalizers=verbalizers,
-                         info=report_info, title=title or f"clsgen evaluation: {name}", show_inputs=show_inputs,
-                         show_examples=show_examples)
-    # one unit: a full disk leaves an earlier evaluation's three files as they were; metrics.json, which
-    # marks a finished evaluation (the experiment runner skips a method that has it), is renamed last
-    atomic_write_files([
-        (paths["predictions"], "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows).encode("utf-8")),
-        (paths["report"], page.encode("utf-8")),
-        (paths["metrics"], (json.dumps(summary, indent=2, ensure_ascii=False) + "\n").encode("utf-8")),
-    ])
-    return EvalResult(metrics=metrics, predictions=rows, paths=paths, threshold=threshold,
-                      temperature=temperature, metrics_uncalibrated=metrics_uncal, summary=summary)
+    return rows

@@ -263,7 +263,7 @@ def _store_calibration(model_dir: Path, threshold: float, temperature: float, ds
     """Keep the threshold and temperature that evaluation fitted on the dev split with the model, so
     `clsgen predict` and `clsgen serve` use them."""
     from .calibration import Calibration, store_calibration
-    from .model import read_meta
+    from .model_io import read_meta
 
     if only_if_missing:
         meta = read_meta(model_dir)

@@ -24,7 +24,7 @@ def push_to_hub(folder: str | Path, repo_id: str, *, private: bool = False, toke
     """Create `repo_id` on the hub if needed (private when asked) and upload `folder`; returns the
     commit's URL. `api`: an object with `create_repo` and `upload_folder` like `huggingface_hub.HfApi`
     (tests pass a local fake; default: a real `HfApi`)."""
-    from .model import read_meta
+    from .model_io import read_meta
 
     folder = Path(folder)
     read_meta(folder)  # a clear error unless it is a clsgen model folder

@@ -19,7 +19,8 @@ What one call of `train` does:
   6. saves the best model to `out/` (PEFT adapter, head, tokenizer, clsgen.json) with
      `train_log.jsonl` and `train_summary.json` (tokens/s, padding efficiency, memory, time).
 
-The module reads top down: `train` -> `_train` (the loop) -> `_step` (one optimizer step) -> `_evaluate`.
+The module reads top down: `train` -> `_train` (the loop) -> its steps (`_build_model`, `_start_run`,
+`_dev_evaluation`, `_save_position`, `_final_weights`) -> `_step` (one optimizer step) -> `_evaluate`.
 Beside it: `training_data` (the examples), `checkpoints` (step-N/, the best model, installing it),
 `train_log` (the log and the summary), `trunk` (the cached trunk, the probe warm-start) and
 `distributed` (what the processes of a launch share).
@@ -146,8 +147,6 @@ def _train(accelerator: Any, cfg: Config, task: Task, train_set: list[TrainExamp
     from accelerate.utils import set_seed
     from tqdm.auto import tqdm
 
-    from .backbones import load_model
-
     tc = cfg.train
     started = time.time()
     main = accelerator.is_main_process
@@ -155,20 +154,10 @@ def _train(accelerator: Any, cfg: Config, task: Task, train_set: list[TrainExamp
 
     # --- model and data (every check that can fail happens before the first step)
     set_seed(tc.seed)
-    backbone = load_model(cfg.model.name, dtype=cfg.model.dtype, revision=cfg.model.revision,
-                          trust_remote_code=cfg.model.trust_remote_code)
-    tokenizer = backbone.tokenizer
-    task = training_task(task, tokenizer, tc.max_length)
-    model = DualHeadModel.from_backbone(backbone, task, cfg.lora, seed=tc.seed, head=cfg.head)
-    if tc.w_cls == 0:  # generation-only baseline: the head is not trained
-        model.head.requires_grad_(False)
-    if tc.gradient_checkpointing:
-        model.causal_lm.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    model, tokenizer, task = _build_model(cfg, task)
     pad_id = tokenizer.pad_token_id
-    enc = [encode_example(task, tokenizer, ex.fields, ex.label, ex.explanation, tc.max_length,
-                          with_target=tc.w_lm > 0, verdict_only=tc.verdict_only) for ex in train_set]
-    dev_enc = [encode_example(task, tokenizer, ex.fields, ex.label, ex.explanation, tc.max_length,
-                              with_target=tc.w_lm > 0, verdict_only=tc.verdict_only) for ex in dev_set]
+    enc = _encode(task, tokenizer, train_set, tc)
+    dev_enc = _encode(task, tokenizer, dev_set, tc)
     pos_weight = _pos_weight(tc.pos_weight, [ex.label for ex in train_set])
     selection = _selection_metric(tc.w_cls, dev_set, dev_enc)
     data_info = describe_data(train_set, enc, dev_set, pos_weight, selection)
@@ -182,11 +171,7 @@ def _train(accelerator: Any, cfg: Config, task: Task, train_set: list[TrainExamp
                     "learns; pass the synth JSONL as --data")
 
     # --- optimizer, schedule, plan
-    lora_params = [p for n, p in model.named_parameters() if p.requires_grad and not n.startswith("head.")]
-    head_params = [p for p in model.head.parameters() if p.requires_grad]
-    groups = [{"params": lora_params, "lr": tc.lr}] + ([{"params": head_params, "lr": tc.head_lr}]
-                                                        if head_params else [])
-    optimizer = torch.optim.AdamW(groups, weight_decay=tc.weight_decay)
+    optimizer = _optimizer(model, tc)
     steps_per_epoch = math.ceil(len(enc) / (tc.batch_size * world * tc.grad_accum))
     total_steps = tc.max_steps or max(1, math.ceil(tc.epochs * steps_per_epoch))
     warmup = round(tc.warmup_ratio * total_steps)
@@ -199,18 +184,8 @@ def _train(accelerator: Any, cfg: Config, task: Task, train_set: list[TrainExamp
     trainable = [p for p in model.parameters() if p.requires_grad]
     fingerprint = run_fingerprint(cfg, enc, world)
 
-    # --- resume
-    state = LoopState()
-    if resume_dir is not None:
-        state = load_checkpoint(accelerator, model, scheduler, resume_dir, fingerprint)
-        accelerator.print(f"resumed from {resume_dir} at step {state.step}")
-    if main:
-        out_dir.mkdir(parents=True, exist_ok=True)
-        remove_stale_temporaries(out_dir)
-        truncate_log(out_dir / LOG_FILE, state.step)
-        atomic_write_text(out_dir / CONFIG_FILE, yaml.safe_dump(cfg.to_dict(), sort_keys=False))
-    if trackers:
-        accelerator.init_trackers("clsgen", config=flatten(cfg.to_dict()))
+    # --- resume (or start), then the loop
+    state = _start_run(accelerator, model, scheduler, cfg, out_dir, resume_dir, fingerprint, trackers)
 
     log_every = max(1, tc.log_every)
     eval_every = tc.eval_every or steps_per_epoch
@@ -243,40 +218,18 @@ def _train(accelerator: Any, cfg: Config, task: Task, train_set: list[TrainExamp
         bar.update(1)
 
         if dev_set and (state.step % eval_every == 0 or last):
-            metrics = _evaluate(accelerator, model, dev_enc, dev_trunk, pad_id, cfg.eval.batch_size, tc.w_lm)
-            _select(accelerator, model, metrics, selection, state, out_dir, tc.select_tolerance)
-            record.update(metrics)
-            log_record(accelerator, out_dir, {"event": "eval", **metrics}, trackers)
-            if main:
-                (bar.write if progress else print)(eval_line(metrics))
-            if tc.early_stopping and state.evals_since_best >= tc.early_stopping:
-                state.stopped_early = True
-                accelerator.print(f"early stopping at step {state.step}: no dev improvement in "
-                                  f"{tc.early_stopping} evaluations")
+            record.update(_dev_evaluation(accelerator, model, dev_enc, dev_trunk, pad_id, cfg, selection, state,
+                                          out_dir, trackers, bar.write if progress else print))
         state.finished = last or state.stopped_early
         if state.step % tc.save_every == 0 or state.finished:
-            position = dict(zip(("epoch", "step_in_epoch"), divmod(state.step, steps_per_epoch)),
-                            steps_per_epoch=steps_per_epoch)
-            save_checkpoint(accelerator, model, out_dir / CHECKPOINTS, state,
-                            {"fingerprint": fingerprint, "data_position": position,
-                             "scheduler": scheduler.state_dict()}, tc.keep_checkpoints)
+            _save_position(accelerator, model, scheduler, state, out_dir, fingerprint, steps_per_epoch,
+                           tc.keep_checkpoints)
         if on_step is not None:
             on_step(state.step, record)
     bar.close()
 
     # --- final model: the best checkpoint's weights (else the last), saved to out_dir
-    final_dir = best_dir(out_dir, state.best_step) if state.best_step is not None else None
-    if final_dir is not None and not final_dir.is_dir():
-        log.warning("%s is missing: saving the last weights instead of the best", final_dir)
-        final_dir = None
-    if final_dir is not None:
-        if plain_parallel(accelerator):
-            load_model_weights(unwrapped, final_dir)
-        accelerator.wait_for_everyone()
-    else:
-        final_dir = out_dir / CHECKPOINTS / "last"
-        with writing(final_dir, "the checkpoints saved before are intact; rerun with --resume to finish"):
-            save_model(accelerator, model, final_dir, {"train": {"step": state.step}})
+    final_dir = _final_weights(accelerator, model, unwrapped, state, out_dir)
     in_sync = check_in_sync(accelerator, trainable)
     summary = summarize(state, started, total_steps, steps_per_epoch, data_info, world, tc, in_sync)
     if main:
@@ -289,6 +242,104 @@ def _train(accelerator: Any, cfg: Config, task: Task, train_set: list[TrainExamp
     return TrainResult(out_dir, state.step, state.best_step,
                        state.best_value if selection == "dev_auroc" else None, summary,
                        unwrapped if plain_parallel(accelerator) else None)
+
+
+# ----------------------------------------------------------------------------- the steps of _train
+
+
+def _build_model(cfg: Config, task: Task) -> tuple[DualHeadModel, Any, Task]:
+    """Base LM + fresh LoRA + fresh head as `cfg` says; its tokenizer; the task fitted to it."""
+    from .backbones import load_model
+
+    tc = cfg.train
+    backbone = load_model(cfg.model.name, dtype=cfg.model.dtype, revision=cfg.model.revision,
+                          trust_remote_code=cfg.model.trust_remote_code)
+    tokenizer = backbone.tokenizer
+    task = training_task(task, tokenizer, tc.max_length)
+    model = DualHeadModel.from_backbone(backbone, task, cfg.lora, seed=tc.seed, head=cfg.head)
+    if tc.w_cls == 0:  # generation-only baseline: the head is not trained
+        model.head.requires_grad_(False)
+    if tc.gradient_checkpointing:
+        model.causal_lm.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    return model, tokenizer, task
+
+
+def _encode(task: Task, tokenizer: Any, examples: Sequence[TrainExample], tc: Any) -> list[Encoded]:
+    """Each example as prompt + teacher explanation token ids (the explanation only with an LM term)."""
+    return [encode_example(task, tokenizer, ex.fields, ex.label, ex.explanation, tc.max_length,
+                           with_target=tc.w_lm > 0, verdict_only=tc.verdict_only) for ex in examples]
+
+
+def _optimizer(model: DualHeadModel, tc: Any) -> torch.optim.Optimizer:
+    """AdamW over the trainable LoRA parameters (train.lr) and the head's (train.head_lr)."""
+    lora_params = [p for n, p in model.named_parameters() if p.requires_grad and not n.startswith("head.")]
+    head_params = [p for p in model.head.parameters() if p.requires_grad]
+    groups = [{"params": lora_params, "lr": tc.lr}] + ([{"params": head_params, "lr": tc.head_lr}]
+                                                        if head_params else [])
+    return torch.optim.AdamW(groups, weight_decay=tc.weight_decay)
+
+
+def _start_run(accelerator: Any, model: Any, scheduler: Any, cfg: Config, out_dir: Path, resume_dir: Path | None,
+               fingerprint: Any, trackers: list[str]) -> LoopState:
+    """The loop's state (a fresh one, or the resumed checkpoint's); out_dir readied, trackers started."""
+    state = LoopState()
+    if resume_dir is not None:
+        state = load_checkpoint(accelerator, model, scheduler, resume_dir, fingerprint)
+        accelerator.print(f"resumed from {resume_dir} at step {state.step}")
+    if accelerator.is_main_process:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        remove_stale_temporaries(out_dir)
+        truncate_log(out_dir / LOG_FILE, state.step)
+        atomic_write_text(out_dir / CONFIG_FILE, yaml.safe_dump(cfg.to_dict(), sort_keys=False))
+    if trackers:
+        accelerator.init_trackers("clsgen", config=flatten(cfg.to_dict()))
+    return state
+
+
+def _dev_evaluation(accelerator: Any, model: Any, dev_enc: Sequence[Encoded], dev_trunk: Sequence[Any] | None,
+                    pad_id: int, cfg: Config, selection: str | None, state: LoopState, out_dir: Path,
+                    trackers: list[str], say: Callable[[str], Any]) -> dict[str, Any]:
+    """Evaluate on dev, keep the model if it is the best so far, log and `say` the result, and mark
+    an early stop; returns the dev metrics."""
+    tc = cfg.train
+    metrics = _evaluate(accelerator, model, dev_enc, dev_trunk, pad_id, cfg.eval.batch_size, tc.w_lm)
+    _select(accelerator, model, metrics, selection, state, out_dir, tc.select_tolerance)
+    log_record(accelerator, out_dir, {"event": "eval", **metrics}, trackers)
+    if accelerator.is_main_process:
+        say(eval_line(metrics))
+    if tc.early_stopping and state.evals_since_best >= tc.early_stopping:
+        state.stopped_early = True
+        accelerator.print(f"early stopping at step {state.step}: no dev improvement in "
+                          f"{tc.early_stopping} evaluations")
+    return metrics
+
+
+def _save_position(accelerator: Any, model: Any, scheduler: Any, state: LoopState, out_dir: Path, fingerprint: Any,
+                   steps_per_epoch: int, keep: int) -> None:
+    """A resumable checkpoint of this step: weights, optimizer, scheduler and the data position."""
+    position = dict(zip(("epoch", "step_in_epoch"), divmod(state.step, steps_per_epoch)),
+                    steps_per_epoch=steps_per_epoch)
+    save_checkpoint(accelerator, model, out_dir / CHECKPOINTS, state,
+                    {"fingerprint": fingerprint, "data_position": position,
+                     "scheduler": scheduler.state_dict()}, keep)
+
+
+def _final_weights(accelerator: Any, model: Any, unwrapped: DualHeadModel, state: LoopState, out_dir: Path) -> Path:
+    """The folder holding the model to install: the best checkpoint (its weights loaded into
+    `unwrapped`), else the last weights, saved now to checkpoints/last."""
+    final_dir = best_dir(out_dir, state.best_step) if state.best_step is not None else None
+    if final_dir is not None and not final_dir.is_dir():
+        log.warning("%s is missing: saving the last weights instead of the best", final_dir)
+        final_dir = None
+    if final_dir is not None:
+        if plain_parallel(accelerator):
+            load_model_weights(unwrapped, final_dir)
+        accelerator.wait_for_everyone()
+    else:
+        final_dir = out_dir / CHECKPOINTS / "last"
+        with writing(final_dir, "the checkpoints saved before are intact; rerun with --resume to finish"):
+            save_model(accelerator, model, final_dir, {"train": {"step": state.step}})
+    return final_dir
 
 
 def _step(accelerator: Any, model: Any, optimizer: Any, trainable: list, enc: Sequence[Encoded],

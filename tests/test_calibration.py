@@ -23,7 +23,8 @@ from clsgen.errors import ClsgenError
 from clsgen.estimator import calibrate_predictor
 from clsgen.inference import Predictor
 from clsgen.metrics import apply_temperature, choose_threshold, ece, fit_temperature
-from clsgen.model import META_FILE, DualHeadModel
+from clsgen.model import DualHeadModel
+from clsgen.model_io import META_FILE
 from clsgen.task import Task
 
 TASK = Task(name="toy", system="Is the note positive?", template="Note: {text}", verbalizers=("NO", "YES"))

@@ -21,7 +21,8 @@ from safetensors.torch import load_file, save_file
 from clsgen.backbones import EMBEDDED, EMBEDDED_HUB_ID, load_model, tiny_model
 from clsgen.card import load_snippet, record_evaluation, write_model_card
 from clsgen.inference import Predictor
-from clsgen.model import DualHeadModel, base_model_spec, read_meta
+from clsgen.model import DualHeadModel
+from clsgen.model_io import base_model_spec, read_meta
 from clsgen.task import Task
 
 from helpers import randomize_lora

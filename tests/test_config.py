@@ -157,7 +157,7 @@ def test_save_config_round_trips(tmp_path):
 
 
 def test_trainer_trl_and_llama_factory_names_are_aliases(tmp_path):
-    from clsgen.config import ALIASES
+    from clsgen.config_aliases import ALIASES
 
     path = tmp_path / "hf.yaml"
     path.write_text("model_name_or_path: tiny\nlearning_rate: 3.0e-4\ngradient_accumulation_steps: 4\n"

@@ -15,10 +15,9 @@ PACKAGE = REPO / "clsgen"
 MAX_FILE_LINES = 600
 MAX_FUNCTION_LINES = 120
 
-# Known offenders, each to be split; a new one fails the test. config.py and model.py, train._train()
-# and evaluate() are being reworked by the training changes, which split them as they land.
-ALLOWED_FILES = {"config.py", "model.py"}
-ALLOWED_FUNCTIONS = {("train.py", "_train"), ("evaluate.py", "evaluate")}
+# Known offenders, each to be split; a new one fails the test. None today: keep it so.
+ALLOWED_FILES: set[str] = set()
+ALLOWED_FUNCTIONS: set[tuple[str, str]] = set()
 
 
 def _modules() -> list[Path]:

@@ -23,7 +23,8 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 def run_export(args: argparse.Namespace) -> int:
     from ..files import atomic_dir, check_output_dir
-    from ..model import META_FILE, load_pretrained, read_meta
+    from ..model import load_pretrained
+    from ..model_io import META_FILE, read_meta
 
     sources = [args.merge] + ([args.base_model] if args.base_model and Path(args.base_model).exists() else [])
     out = check_output_dir(args.out, META_FILE, overwrite=args.overwrite, sources=sources)

@@ -32,7 +32,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 def run_card(args: argparse.Namespace) -> int:
     from ..card import record_evaluation, write_model_card
-    from ..model import read_meta
+    from ..model_io import read_meta
 
     read_meta(args.model)
     path = record_evaluation(args.model, args.metrics) if args.metrics else write_model_card(args.model)
@@ -43,7 +43,7 @@ def run_card(args: argparse.Namespace) -> int:
 def run_push(args: argparse.Namespace) -> int:
     from ..card import record_evaluation
     from ..hub import push_to_hub, token_from_env
-    from ..model import read_meta
+    from ..model_io import read_meta
 
     read_meta(args.model)
     token = token_from_env(args.token_env)

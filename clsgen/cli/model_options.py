@@ -51,7 +51,7 @@ def add_sampling_options(p: argparse.ArgumentParser) -> None:
 
 
 def model_meta(spec: str) -> dict[str, Any] | None:
-    from ..model import META_FILE, read_meta
+    from ..model_io import META_FILE, read_meta
 
     return read_meta(spec) if (Path(spec) / META_FILE).is_file() else None
 

@@ -42,7 +42,7 @@ def run_train(args: argparse.Namespace) -> int:
     from ..data import stratified_sample
     from ..datasets import load_dataset
     from ..files import check_run_dir
-    from ..model import META_FILE
+    from ..model_io import META_FILE
     from ..train import train
     from ..train_log import LOG_FILE
     from ..training_data import join_explanations, load_training_examples
