@@ -385,16 +385,14 @@ def score(model: DualHeadModel, examples: Sequence[Any], batch_size: int = 8) ->
 @torch.no_grad()
 def _score_prompts(model: Any, prompts: Sequence[Sequence[int]], pad_id: int, batch_size: int,
                    device: torch.device) -> np.ndarray:
-    was_training = model.training
-    model.eval()
     order = sorted(range(len(prompts)), key=lambda i: -len(prompts[i]))
     logits = np.zeros(len(prompts), dtype=np.float32)
-    for start in range(0, len(order), batch_size):
-        idx = order[start: start + batch_size]
-        batch = {k: v.to(device) for k, v in collate_prompts([prompts[i] for i in idx], pad_id).items()}
-        out = model(**batch, lm_positions="none")
-        logits[idx] = out.cls_logits.float().cpu().numpy()
-    model.train(was_training)
+    with eval_mode(model):
+        for start in range(0, len(order), batch_size):
+            idx = order[start: start + batch_size]
+            batch = {k: v.to(device) for k, v in collate_prompts([prompts[i] for i in idx], pad_id).items()}
+            out = model(**batch, lm_positions="none")
+            logits[idx] = out.cls_logits.float().cpu().numpy()
     return logits
 
 

@@ -36,6 +36,7 @@ import torch
 from .collate import Encoded, collate_train
 from .errors import ClsgenError
 from .files import atomic_write_json, cache_dir, writing
+from .modes import eval_mode
 
 if TYPE_CHECKING:
     from .config import Config
@@ -144,12 +145,8 @@ class TrunkCache:
         device = model.device
         ids, mask = batch["input_ids"].to(device), batch["attention_mask"].to(device)
         cls_index = batch["cls_index"].to(device)
-        was_training = model.training
-        model.eval()
-        try:
+        with eval_mode(model):
             states = run_trunk(model, ids, mask, self.start)
-        finally:
-            model.train(was_training)
         pooled = {how: torch.stack([pool(h, mask, cls_index, how) for h in states], dim=1)
                   for how in ("last", "mean")}
         return [TrunkStates(states[-1][i, : len(r)].contiguous().cpu(),
@@ -284,14 +281,10 @@ def _check_trunk(model: DualHeadModel, enc: Sequence[Encoded], states: Sequence[
     layers in turn (e.g. scales its embeddings inside) is refused here rather than trained wrongly."""
     i = min(range(len(enc)), key=lambda j: len(enc[j]))
     batch = training_batch(model, enc, states, [i], model.tokenizer.pad_token_id, model.device)
-    was_training = model.training
-    model.eval()
-    try:
+    with eval_mode(model):
         full = model(batch["input_ids"], batch["attention_mask"], batch["cls_index"], lm_positions="all")
         cached = model(batch["input_ids"], batch["attention_mask"], batch["cls_index"], lm_positions="all",
                        **model_inputs(batch))
-    finally:
-        model.train(was_training)
     scale = full.lm_logits.abs().max().clamp(min=1.0)
     error = float((full.lm_logits - cached.lm_logits).abs().max() / scale)
     tolerance = 1e-4 if batch["trunk_hidden"].dtype == torch.float32 else 5e-2
@@ -322,16 +315,12 @@ def probe_init(model: DualHeadModel, enc: Sequence[Encoded], trunk: Sequence[Any
             out.append(result.pooled.cpu().numpy())
         return np.concatenate(out)
 
-    was_training = model.training
-    model.eval()
-    try:
+    with eval_mode(model):
         started = time.perf_counter()
         x = pooled(enc, trunk)
         xd = pooled(dev_enc, dev_trunk) if dev_enc else None
         info = fit_probe(model.head, x, [e.label for e in enc], xd, [e.label for e in dev_enc] or None,
                          balanced=pos_weight is not None)
-    finally:
-        model.train(was_training)
     info["seconds"] = round(time.perf_counter() - started, 1)
     log.info("head warm-started from a probe: %s", info)
     return info
