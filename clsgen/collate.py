@@ -92,13 +92,14 @@ def encode_example(task: Task, tokenizer: Any, fields: Mapping[str, Any], label:
     that the whole fits `max_length`.
 
     An example without an explanation (`None`, e.g. rejected by the teacher) gets the verdict line
-    up to its verdict token as its target, so every row teaches the verdict, but not that the turn
-    ends after it (when most rows are unexplained, that would teach the model to stop before
-    explaining). With the verdict first the whole line carries loss (every turn opens with it); with
-    the verdict last only the verdict token does (`Encoded.loss_start`), since there the line does
-    not open the turn. `verdict_only=False`: no target, the row trains the head only. The verdict
-    token is found as the first token where the label-0 and label-1 targets differ, whatever the
-    tokenizer does around it.
+    up to its verdict token as its target, and only the verdict token carries loss
+    (`Encoded.loss_start`): every row teaches the verdict, but a verdict-only row teaches neither
+    that the turn ends after it nor what opens it. When most rows are unexplained, the end of turn
+    taught the model to stop before explaining, and 'Answer:' taught on every row made it write
+    'Answer:' again and again instead of an explanation (measured on `make demo`'s slice). With the
+    verdict first, generation opens the turn with the verdict prefix itself (see `Predictor`).
+    `verdict_only=False`: no target, the row trains the head only. The verdict token is found as the
+    first token where the label-0 and label-1 targets differ, whatever the tokenizer does around it.
     """
     prompt = task.encode_prompt(tokenizer, fields).input_ids
     if len(prompt) > max_length:  # only when the task was not capped by `training_task`
@@ -118,9 +119,8 @@ def encode_example(task: Task, tokenizer: Any, fields: Mapping[str, Any], label:
     verdict_at, verdict_ids = (-1, (-1, -1))
     if 0 <= at < len(target):
         verdict_at, verdict_ids = len(prompt) + at, (both[0][at], both[1][at])
-    last_only = not explained and verdict_at >= 0 and task.verdict_position != "first"
     return Encoded(prompt + target, len(prompt), int(label), len(target), cut, verdict_at, verdict_ids,
-                   explained, verdict_at if last_only else -1)
+                   explained, verdict_at if not explained else -1)
 
 
 # ----------------------------------------------------------------------------- padded batches

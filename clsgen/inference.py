@@ -103,9 +103,11 @@ class Predictor:
                  do_sample: bool = False, temperature: float = 1.0, top_p: float = 1.0, seed: int = 0,
                  stop_token_ids: Sequence[int] | None = None, progress: bool = False,
                  condition_on_head: bool = False):
-        """condition_on_head: head-conditioned decoding, for models trained with the verdict first: the
-        verdict line is forced to the label the head's probability gives (at this predictor's threshold)
-        and the LM writes the explanation after it, so the stated verdict agrees by construction."""
+        """With the verdict first (task.verdict_position 'first') every turn opens with the verdict prefix
+        ('Answer: '), forced; the LM states the verdict after it and explains. condition_on_head
+        (head-conditioned decoding): the verdict line is forced to the label the head's probability gives
+        (at this predictor's threshold) and the LM writes the explanation after it, so the stated verdict
+        agrees by construction."""
         problems = []
         if batch_size < 1:
             problems.append(f"batch_size must be >= 1, got {batch_size}")
@@ -333,7 +335,7 @@ class Predictor:
         stop = torch.tensor(self.stop_token_ids or [-1], device=device)
         pad = torch.full((rows,), self.tokenizer.pad_token_id, dtype=torch.long, device=device)
         finished = torch.zeros(rows, dtype=torch.bool, device=device)
-        forced = self._forced_verdicts(out.cls_logits) if self.condition_on_head else None
+        forced = self._forced_opening(out.cls_logits)
         cache, logits = out.past_key_values, out.lm_logits[:, -1]
         del out
         for step in range(budget):
@@ -352,12 +354,21 @@ class Predictor:
                                  past_key_values=cache, use_cache=True)
             cache, logits = out.past_key_values, out.lm_logits[:, -1]
 
-    def _forced_verdicts(self, cls_logits: torch.Tensor) -> torch.Tensor:
-        """(rows, n) tokens opening each row's turn: the verdict line of the label its head gives."""
+    def _forced_opening(self, cls_logits: torch.Tensor) -> torch.Tensor | None:
+        """(rows, n) tokens that open each row's turn whatever the LM prefers, or None. With the verdict
+        first: the verdict prefix ('Answer: '), part of the trained format like the chat template's
+        assistant header, after which the LM states the verdict and explains; with `condition_on_head`,
+        the whole verdict line of the label the head gives."""
+        if self.task.verdict_position != "first":
+            return None
         lines = self.verdict_lines()  # equally long: they differ first at their last token
-        p = torch.sigmoid(cls_logits.double() / self.temperature_scale)
         table = torch.tensor(lines, dtype=torch.long, device=cls_logits.device)
-        return table[(p >= self.threshold).long()]
+        if self.condition_on_head:
+            p = torch.sigmoid(cls_logits.double() / self.temperature_scale)
+            return table[(p >= self.threshold).long()]
+        if table.shape[1] == 1:  # the verdict word opens the turn: nothing to force
+            return None
+        return table[0, :-1].expand(cls_logits.shape[0], -1)
 
     def _next_tokens(self, logits: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
         if not self.do_sample:

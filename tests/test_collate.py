@@ -66,18 +66,16 @@ def test_the_verdict_token_is_found_at_either_position(tok, position):
 
 
 @pytest.mark.parametrize("position", ["first", "last"])
-def test_a_verdict_only_row_never_teaches_the_turn_to_end_after_the_verdict(tok, position):
-    """A row without an explanation teaches its verdict line up to the verdict token, never the end
-    of turn after it (most rows have none: they would teach the model not to explain); with the
-    verdict last, only the verdict token carries loss, since the line does not open such a turn."""
+def test_a_verdict_only_row_carries_loss_on_its_verdict_token_alone(tok, position):
+    """Neither the end of the turn after the verdict nor the 'Answer:' before it is taught by a row
+    without an explanation: most rows have none, and they would teach the model not to explain."""
     task = TASK.with_overrides(verdict_position=position)
     bare = encode_example(task, tok, FIELDS, 1, None, max_length=512)
     explained = encode_example(task, tok, FIELDS, 0, "The outcome improved.", max_length=512)
     labels = collate_train([bare, explained], pad_id=0)["labels"]
-    first = bare.prompt_len if position == "first" else bare.verdict_at
-    assert (labels[0] != IGNORE_INDEX).nonzero().flatten().tolist() == list(range(first, bare.verdict_at + 1))
-    assert labels[0, bare.verdict_at] == bare.verdict_ids[1] and bare.loss_tokens == bare.verdict_at + 1 - first
-    assert tok.decode(bare.input_ids[first: bare.verdict_at + 1]).strip() == ("Answer: YES" if position == "first" else "YES")
+    assert (labels[0] != IGNORE_INDEX).nonzero().flatten().tolist() == [bare.verdict_at]
+    assert labels[0, bare.verdict_at] == bare.verdict_ids[1] and bare.loss_tokens == 1
+    assert bare.verdict_at == len(bare) - 1
     carried = (labels[1] != IGNORE_INDEX).nonzero().flatten().tolist()
     assert carried == list(range(explained.prompt_len, len(explained))) == \
         list(range(explained.loss_start, explained.loss_start + explained.loss_tokens))

@@ -338,6 +338,10 @@ def test_head_conditioned_decoding_states_the_heads_label_then_explains():
     clf = ClsgenClassifier(forced)
     examples = [Example(str(i), {"text": t}, i % 2) for i, t in enumerate(texts)]
     assert clf.verdicts(examples) == [p.label for p in forced.predict(texts)]
+    # free decoding with the verdict first: the verdict prefix opens every turn (forced), then the LM
+    # goes on greedily on its own
+    for p in free.predict(texts):
+        assert p.token_ids[: len(lines[0]) - 1] == lines[0][:-1]
     with pytest.raises(ClsgenError, match="condition_on_head .*verdict_position=last"):
         Predictor(DualHeadModel.from_backbone(tiny_model(num_layers=2), ONE_FIELD, LoraConfig(r=4)),
                   condition_on_head=True)
