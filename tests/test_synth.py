@@ -6,6 +6,7 @@ test_synth_openai.py.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 
 import pytest
@@ -142,6 +143,15 @@ def test_reference_teacher_formats_the_rationale_and_keeps_examples_without_one(
     with pytest.raises(ClsgenError, match="no example has the reference field 'nope'.*--reference-field"):
         synthesize(exs, TASK, ReferenceTeacher("nope"), tmp_path / "t.jsonl", progress=False)
     assert not (tmp_path / "t.jsonl").exists()
+
+
+def test_reference_teacher_replies_with_the_verdict_last_when_the_task_states_it_first(tmp_path):
+    # a teacher's reply always ends with the verdict; training moves it to the task's position
+    task = dataclasses.replace(TASK, verdict_position="first")
+    report = synthesize(ref_examples(2), task, ReferenceTeacher("rationale"), tmp_path / "s.jsonl", progress=False)
+    assert report.accepted == 2
+    r1 = {r["id"]: r for r in read_synth(tmp_path / "s.jsonl")}["r1"]
+    assert r1["text"].endswith("\n\nAnswer: TRUE") and task.target_text(r1["explanation"], 1).startswith("Answer: TRUE\n\n")
 
 
 def test_reference_teacher_on_pubmedqa_long_answers(tmp_path, data_dir):

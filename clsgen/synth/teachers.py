@@ -27,6 +27,7 @@ from ..config import TeacherConfig
 from ..data import Example
 from ..errors import ClsgenError
 from ..task import ELLIPSIS
+from ..verdict import verdict_line
 from .openai_teacher import OpenAITeacher
 from .prompts import TeacherPrompt
 from .teacher import Reply, Request, Teacher, request_seed
@@ -226,8 +227,9 @@ class _LoopStop:
 
 
 class ReferenceTeacher:
-    """Formats an existing rationale (in `example.meta` or `example.fields`) into the target:
-    the rationale, a blank line, and the gold verdict line."""
+    """Formats an existing rationale (in `example.meta` or `example.fields`) as a teacher's reply:
+    the rationale, a blank line, and the gold verdict line. Like every teacher's reply the verdict
+    comes last whatever `task.verdict_position` is; training puts it where the task says."""
 
     kind = "reference"
     parallel = 1
@@ -257,7 +259,7 @@ class ReferenceTeacher:
             if ref is None:
                 out.append(Reply(None, error="missing_reference", final=True))
             else:
-                out.append(Reply(r.prompt.task.target_text(ref, r.label)))
+                out.append(Reply(f"{ref}\n\n{verdict_line(r.prompt.task.verbalizers[r.label])}"))
         return out
 
     def close(self) -> None:
