@@ -265,6 +265,9 @@ class EvalConfig:
     """Generate explanations for at most this many test rows (None: all)."""
     max_new_tokens: int = 256
     """Longest generated explanation."""
+    no_repeat_ngram_size: int = 6
+    """Generating methods never repeat an n-gram of this many generated tokens (0: off): the
+    embedded model's greedy explanations otherwise fall into loops until the token limit."""
     batch_size: int = 8
     """Examples per forward pass."""
     n_bootstrap: int = 1000

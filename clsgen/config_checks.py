@@ -85,6 +85,9 @@ def config_problems(cfg: Config) -> list[Problem]:
     for name, low in (("batch_size", 1), ("max_new_tokens", 0), ("n_bootstrap", 0)):
         if getattr(cfg.eval, name) < low:
             p.append(Problem(f"must be >= {low}, got {getattr(cfg.eval, name)}", field=f"eval.{name}"))
+    if cfg.eval.no_repeat_ngram_size < 0 or cfg.eval.no_repeat_ngram_size == 1:
+        p.append(Problem(f"must be 0 (off) or >= 2, got {cfg.eval.no_repeat_ngram_size}",
+                         field="eval.no_repeat_ngram_size"))
     if not 0 <= cfg.eval.fixed_threshold <= 1:
         p.append(Problem("must be in [0, 1]", field="eval.fixed_threshold"))
     return p

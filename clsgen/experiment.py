@@ -188,8 +188,7 @@ def _classifier(cfg: Config, ds: DatasetSplits, method: str, out: Path, synth_pa
 
         source = DECODING_VARIANTS[method]
         _classifier(cfg, ds, source, out, synth_path, log)  # trains the model it decodes when missing
-        clf = ClsgenClassifier(out / "models" / source, batch_size=ev.batch_size, max_new_tokens=ev.max_new_tokens,
-                               condition_on_head=True, threshold_method=ev.threshold,
+        clf = ClsgenClassifier(out / "models" / source, **_decoding(ev), condition_on_head=True, threshold_method=ev.threshold,
                                fixed_threshold=ev.fixed_threshold, calibrate=ev.calibrate)
         log(f"[{method}] decoding {source}'s model with the verdict forced to the head's label (calibrated "
             "on the validation split first)")
@@ -210,17 +209,22 @@ def _classifier(cfg: Config, ds: DatasetSplits, method: str, out: Path, synth_pa
 
             # its probability is read where it was trained to state the verdict
             scoring = "prefix" if ds.task.verdict_position == "first" else "explanation"
-            return GenerationOnlyClassifier(model_dir, batch_size=ev.batch_size, max_new_tokens=ev.max_new_tokens,
-                                            scoring=scoring)
+            return GenerationOnlyClassifier(model_dir, **_decoding(ev), scoring=scoring)
         from .estimator import ClsgenClassifier
 
-        return ClsgenClassifier(model_dir, batch_size=ev.batch_size, max_new_tokens=ev.max_new_tokens)
+        return ClsgenClassifier(model_dir, **_decoding(ev))
     from .baselines import make_baseline
 
     if method == "prompting":
         return make_baseline("prompting", backbone_or_spec=cfg.model.name, task=ds.task,
-                             batch_size=ev.batch_size, max_new_tokens=ev.max_new_tokens, dtype=cfg.model.dtype)
+                             **_decoding(ev), dtype=cfg.model.dtype)
     return make_baseline(method, task=ds.task)
+
+
+def _decoding(ev: Any) -> dict[str, int]:
+    """The same batching and decoding settings for every generating method."""
+    return {"batch_size": ev.batch_size, "max_new_tokens": ev.max_new_tokens,
+            "no_repeat_ngram_size": ev.no_repeat_ngram_size}
 
 
 def _method_step(cfg: Config, ds: DatasetSplits, method: str, out: Path, synth_path: Path | None,

@@ -25,6 +25,7 @@ from .errors import ClsgenError
 from .metrics import sigmoid
 from .model import DualHeadModel, load_pretrained
 from .modes import eval_mode
+from .repeats import block_repeats
 from .task import PromptIds, Task
 
 MIN_NEW_TOKENS_ROOM = 16
@@ -102,8 +103,10 @@ class Predictor:
     def __init__(self, model: DualHeadModel, batch_size: int = 8, max_new_tokens: int = 256,
                  do_sample: bool = False, temperature: float = 1.0, top_p: float = 1.0, seed: int = 0,
                  stop_token_ids: Sequence[int] | None = None, progress: bool = False,
-                 condition_on_head: bool = False):
-        """With the verdict first (task.verdict_position 'first') every turn opens with the verdict prefix
+                 condition_on_head: bool = False, no_repeat_ngram_size: int = 0):
+        """no_repeat_ngram_size: never generate a token that repeats an n-gram of this many tokens
+        already generated in the turn (0: off; the prompt is not looked at, see `clsgen.repeats`).
+        With the verdict first (task.verdict_position 'first') every turn opens with the verdict prefix
         ('Answer: '), forced; the LM states the verdict after it and explains. condition_on_head
         (head-conditioned decoding): the verdict line is forced to the label the head's probability gives
         (at this predictor's threshold) and the LM writes the explanation after it, so the stated verdict
@@ -117,6 +120,8 @@ class Predictor:
             problems.append(f"temperature must be > 0 (use do_sample=False for greedy), got {temperature}")
         if not 0 < top_p <= 1:
             problems.append(f"top_p must be in (0, 1], got {top_p}")
+        if no_repeat_ngram_size < 0 or no_repeat_ngram_size == 1:
+            problems.append(f"no_repeat_ngram_size must be 0 (off) or >= 2, got {no_repeat_ngram_size}")
         if condition_on_head and model.task.verdict_position != "first":
             problems.append("condition_on_head forces the verdict that opens the turn; the model was trained "
                             "with task.verdict_position=last")
@@ -130,6 +135,7 @@ class Predictor:
         self.do_sample = do_sample
         self.temperature = temperature  # sampling; the calibration temperature is `temperature_scale`
         self.top_p = top_p
+        self.no_repeat_ngram_size = no_repeat_ngram_size
         self.seed = seed
         self.progress = progress
         self.context = _context_length(model)
@@ -338,13 +344,18 @@ class Predictor:
         forced = self._forced_opening(out.cls_logits)
         cache, logits = out.past_key_values, out.lm_logits[:, -1]
         del out
+        history: list[list[int]] = [[] for _ in range(rows)]
         for step in range(budget):
             with torch.inference_mode():
+                if self.no_repeat_ngram_size:
+                    logits = block_repeats(logits, history, self.no_repeat_ngram_size)
                 tokens = self._next_tokens(logits, generator)
                 if forced is not None and step < forced.shape[1]:
                     tokens = forced[:, step]
                 tokens = torch.where(finished, pad, tokens)
             yield [None if f else t for f, t in zip(finished.tolist(), tokens.tolist())]
+            for row, token in enumerate(tokens.tolist()):
+                history[row].append(token)
             finished |= torch.isin(tokens, stop)
             if bool(finished.all()) or step == budget - 1:
                 break

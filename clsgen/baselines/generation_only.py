@@ -24,10 +24,10 @@ class GenerationOnlyClassifier(PromptingClassifier):
     name = "generation-only"
 
     def __init__(self, model_dir: str | Path, batch_size: int = 8, max_new_tokens: int = 256,
-                 scoring: str = "prefix"):
+                 scoring: str = "prefix", no_repeat_ngram_size: int = 0):
         from ..model import load_pretrained
 
         model = load_pretrained(model_dir)
         backbone = Backbone(model.lm, model.tokenizer, str(model_dir))
         super().__init__(backbone, model.task, batch_size=batch_size, max_new_tokens=max_new_tokens,
-                         scoring=scoring)
+                         scoring=scoring, no_repeat_ngram_size=no_repeat_ngram_size)

@@ -167,8 +167,13 @@ def probability_of_one(log_probs: np.ndarray) -> np.ndarray:
 
 
 def generate_explanations(model: Any, tokenizer: Any, task: Task, examples: Sequence[Example],
-                          max_new_tokens: int = 256, batch_size: int = 8) -> list[str]:
-    """Greedy continuations of each example's task prompt, batched with left padding, cut at eos."""
+                          max_new_tokens: int = 256, batch_size: int = 8, no_repeat_ngram_size: int = 0) -> list[str]:
+    """Greedy continuations of each example's task prompt, batched with left padding, cut at eos;
+    no_repeat_ngram_size as in `Predictor` (no generated n-gram repeated; 0: off)."""
+    from transformers import LogitsProcessorList
+
+    from ..repeats import NoRepeatGeneratedNGrams
+
     examples = require_examples(examples, "explain", "pass at least one example")
     prompts = [task.encode_prompt(tokenizer, ex.fields).input_ids for ex in examples]
     eos = sorted(stop_token_ids(model, tokenizer))
@@ -180,9 +185,11 @@ def generate_explanations(model: Any, tokenizer: Any, task: Task, examples: Sequ
             for start in range(0, len(order), batch_size):
                 chosen = order[start:start + batch_size]
                 ids, mask = pad_left([prompts[i] for i in chosen], pad_id, device)
+                processors = LogitsProcessorList(
+                    [NoRepeatGeneratedNGrams(no_repeat_ngram_size, ids.shape[1])] if no_repeat_ngram_size else [])
                 out = model.generate(input_ids=ids, attention_mask=mask, max_new_tokens=max_new_tokens,
                                      do_sample=False, temperature=None, top_p=None, top_k=None,
-                                     pad_token_id=pad_id, eos_token_id=eos)
+                                     pad_token_id=pad_id, eos_token_id=eos, logits_processor=processors)
                 for b, i in enumerate(chosen):
                     new = out[b, ids.shape[1]:].tolist()
                     cut = next((j for j, t in enumerate(new) if t in eos), len(new))
@@ -228,7 +235,7 @@ class PromptingClassifier(TwoColumnProba):
 
     def __init__(self, backbone_or_spec: Backbone | str = EMBEDDED, task: Task | None = None,
                  batch_size: int = 8, max_new_tokens: int = 256, scoring: str = "prefix",
-                 dtype: str = "auto"):
+                 dtype: str = "auto", no_repeat_ngram_size: int = 0):
         if task is None:
             raise ClsgenError("the prompting baseline needs a task (its prompt and verbalizers); "
                               "pass task=load_dataset(...).task")
@@ -240,6 +247,7 @@ class PromptingClassifier(TwoColumnProba):
         self.task = task
         self.batch_size = batch_size
         self.max_new_tokens = max_new_tokens
+        self.no_repeat_ngram_size = no_repeat_ngram_size
         self.scoring = scoring
         self.dtype = dtype
         self._backbone = backbone_or_spec if isinstance(backbone_or_spec, Backbone) else None
@@ -278,7 +286,7 @@ class PromptingClassifier(TwoColumnProba):
         if todo:
             bb = self.backbone
             texts = generate_explanations(bb.model, bb.tokenizer, self.task, [examples[i] for i in todo],
-                                          n, self.batch_size)
+                                          n, self.batch_size, self.no_repeat_ngram_size)
             self._explanations.update({keys[i]: t for i, t in zip(todo, texts)})
         return [self._explanations[k] for k in keys]
 

@@ -66,6 +66,7 @@ def run_evaluate(args: argparse.Namespace) -> int:
     out = check_run_dir(args.out or f"runs/eval-{ds.name}-{split}", (METRICS_FILE, PREDICTIONS_FILE))
     predictor = load_predictor(args, ds.task, meta, batch_size=cfg.eval.batch_size,
                                max_new_tokens=cfg.eval.max_new_tokens, do_sample=args.sample,
+                               no_repeat_ngram_size=cfg.eval.no_repeat_ngram_size,
                                temperature=args.temperature, top_p=args.top_p, seed=args.seed, progress=True)
     classifier = ClsgenClassifier(predictor)
     mode = args.calibration

@@ -24,6 +24,23 @@ def add_model_options(p: argparse.ArgumentParser) -> None:
     add_trust_options(g)
     g.add_argument("--batch-size", type=int, default=None, help="prompts per forward pass (eval.batch_size)")
     g.add_argument("--max-new-tokens", type=int, default=None, help="longest explanation (eval.max_new_tokens)")
+    add_repeat_option(g)
+
+
+def add_repeat_option(g: Any) -> None:
+    from ..config import EvalConfig
+
+    g.add_argument("--no-repeat-ngram-size", type=int, default=None, metavar="N",
+                   help="never repeat an N-token n-gram of the explanation, 0 = off (eval.no_repeat_ngram_size, "
+                        f"default {EvalConfig.no_repeat_ngram_size})")
+
+
+def repeat_size(args: argparse.Namespace) -> int:
+    """--no-repeat-ngram-size, or the configuration's default."""
+    from ..config import EvalConfig
+
+    value = getattr(args, "no_repeat_ngram_size", None)
+    return EvalConfig.no_repeat_ngram_size if value is None else value
 
 
 def add_trust_options(g: Any) -> None:
@@ -131,6 +148,7 @@ def eval_config(args: argparse.Namespace, meta: dict[str, Any] | None = None):
         cfg.task.verbalizers = list(task["verbalizers"])
     e = cfg.eval
     for attr, key in (("batch_size", "batch_size"), ("max_new_tokens", "max_new_tokens"),
+                      ("no_repeat_ngram_size", "no_repeat_ngram_size"),
                       ("threshold", "threshold"), ("fixed_threshold", "fixed_threshold"),
                       ("n_bootstrap", "n_bootstrap"), ("explain", "explain")):
         value = getattr(args, attr, None)

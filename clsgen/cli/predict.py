@@ -8,7 +8,14 @@ from collections.abc import Sequence
 from typing import Any
 
 from ..errors import ClsgenError
-from .model_options import add_model_options, add_sampling_options, check_model_kind, load_predictor, model_meta
+from .model_options import (
+    add_model_options,
+    add_sampling_options,
+    check_model_kind,
+    load_predictor,
+    model_meta,
+    repeat_size,
+)
 
 MAX_TEXT_CHARS = 100_000
 
@@ -107,7 +114,8 @@ def run_predict(args: argparse.Namespace) -> int:
     predictor = load_predictor(args, task, meta, batch_size=args.batch_size or 8,
                                max_new_tokens=256 if args.max_new_tokens is None else args.max_new_tokens,
                                do_sample=args.sample, temperature=args.temperature, top_p=args.top_p,
-                               seed=args.seed, progress=len(items) > 1, condition_on_head=args.head_verdict)
+                               seed=args.seed, progress=len(items) > 1, condition_on_head=args.head_verdict,
+                               no_repeat_ngram_size=repeat_size(args))
     for it in items:  # a prompt that cannot fit fails before any model work
         predictor.encode(it)
     explain = not args.no_explain

@@ -8,6 +8,7 @@ import os
 import sys
 
 from ..errors import ClsgenError
+from .model_options import add_repeat_option, repeat_size
 
 LOOPBACK = ("127.0.0.1", "localhost", "::1")
 
@@ -44,6 +45,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                    "(default 8)")
     g.add_argument("--explain-tokens", type=int, default=256, help="default explanation length in tokens "
                    "(default 256; a request's max_tokens overrides it, up to --max-tokens)")
+    add_repeat_option(g)
     g.add_argument("--threads", type=int, help="CPU threads for the model (default: torch's choice; "
                    "--threads 1 is much steadier on a small machine shared with other work)")
     g.add_argument("--dtype", choices=["auto", "float32", "bfloat16", "float16"], help="weights dtype "
@@ -89,7 +91,8 @@ def run(args: argparse.Namespace) -> int:
 
     print(f"clsgen: loading {args.model} ...", file=sys.stderr, flush=True)
     predictor = Predictor.from_pretrained(args.model, dtype=args.dtype, batch_size=args.batch_size,
-                                          max_new_tokens=args.explain_tokens)
+                                          max_new_tokens=args.explain_tokens,
+                                          no_repeat_ngram_size=repeat_size(args))
     from pathlib import Path
 
     app = create_app(predictor, api_key=api_key, max_body_bytes=args.max_body_bytes,
