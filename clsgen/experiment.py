@@ -40,6 +40,8 @@ CALIBRATED = ("clsgen", "clsgen+consistency", "classification-only")
 """Methods whose model directory keeps the threshold and temperature fitted by evaluation."""
 TABLE_METRICS = ("auroc", "auprc", "f1", "ece", "brier", "alignment_auroc", "alignment_kappa",
                  "inconsistency_rate", "readability", "flesch")
+OPTIONAL_METRICS = ("body_stance_auroc",)
+"""Columns shown only when a method has them (the body stance: with head-conditioned decoding in the run)."""
 RUN_FILE = "experiment.json"
 
 
@@ -134,6 +136,7 @@ def run_experiment(cfg: Config, out_dir: str | Path | None = None, *, methods: l
     results: dict[str, dict[str, Any]] = {}
     for method in methods:
         results[method] = _method_step(cfg, ds, method, out, synth_path, log, show_examples)
+    _judge_stances(cfg, ds, results, out, log)
 
     table = results_table(results, cfg, ds)
     paths = {"markdown": out / "results.md", "json": out / "results.json", "html": out / "results.html"}
@@ -262,6 +265,40 @@ def _method_step(cfg: Config, ds: DatasetSplits, method: str, out: Path, synth_p
     return _summary(result.summary, eval_dir)
 
 
+def _judge_stances(cfg: Config, ds: DatasetSplits, results: dict[str, dict[str, Any]], out: Path,
+                    log: Callable[[str], None]) -> None:
+    """With head-conditioned decoding in the run: the body stance (`clsgen.stance`) of its explanations
+    and of its source model's own, judged by the base model; kept in each eval folder's stance.json."""
+    from .evaluate import PREDICTIONS_FILE
+    from .stance import STANCE_FILE, judged_rows, stance_metrics, stance_shift
+
+    judged = [m for variant, source in DECODING_VARIANTS.items() if variant in results
+              for m in (source, variant) if m in results]
+    judge = None
+    for method in judged:
+        path = out / "eval" / method / STANCE_FILE
+        if not path.is_file():
+            rows = [json.loads(line) for line in (path.parent / PREDICTIONS_FILE).read_text().splitlines()]
+            judged_by_id = judged_rows(rows, ds.task)
+            if not judged_by_id:
+                continue
+            if judge is None:
+                from .backbones import load_model
+
+                judge = load_model(cfg.model.name, dtype=cfg.model.dtype)
+            test = {str(ex.id): ex for ex in ds.test}
+            log(f"[{method}] judging the stance of {len(judged_by_id)} explanation bodies with {cfg.model.name}")
+            shift = stance_shift(judge.model, judge.tokenizer, ds.task, [test[i] for i, _, _ in judged_by_id],
+                                 [body for _, body, _ in judged_by_id], cfg.eval.batch_size)
+            verdicts = [v for _, _, v in judged_by_id]
+            metrics = stance_metrics(shift, verdicts, cfg.eval.n_bootstrap, cfg.data.seed)
+            atomic_write_json(path, {"judge": cfg.model.name, "metrics": {k: v.to_dict() for k, v in metrics.items()},
+                                     "rows": [{"id": i, "verdict": v, "stance": round(float(s), 4)}
+                                              for (i, _, v), s in zip(judged_by_id, shift)]})
+        results[method]["metrics"] = {**(results[method]["metrics"] or {}),
+                                      **json.loads(path.read_text())["metrics"]}
+
+
 def _store_calibration(model_dir: Path, threshold: float, temperature: float, ds: DatasetSplits, method: str,
                        only_if_missing: bool = False) -> None:
     """Keep the threshold and temperature that evaluation fitted on the dev split with the model, so
@@ -303,11 +340,13 @@ def _fmt(m: dict[str, Any] | None, with_ci: bool = False) -> str:
 
 def results_table(results: dict[str, dict[str, Any]], cfg: Config, ds: DatasetSplits) -> str:
     """A Markdown table: one row per method, metrics with bootstrap 95% intervals."""
-    head = "| method | " + " | ".join(TABLE_METRICS) + " |"
-    lines = [head, "|" + "---|" * (len(TABLE_METRICS) + 1)]
+    keys = TABLE_METRICS + tuple(k for k in OPTIONAL_METRICS if any(k in (r["metrics"] or {}) for r in results.values()))
+    head = "| method | " + " | ".join(keys) + " |"
+    lines = [head, "|" + "---|" * (len(keys) + 1)]
     for method, r in results.items():
         m = r["metrics"] or {}
-        cells = [_fmt(m.get(k), with_ci=k in ("auroc", "f1", "alignment_auroc", "readability")) for k in TABLE_METRICS]
+        cells = [_fmt(m.get(k), with_ci=k in ("auroc", "f1", "alignment_auroc", "readability", "body_stance_auroc"))
+                 for k in keys]
         lines.append(f"| {method} | " + " | ".join(cells) + " |")
     n_expl = {meth: ((r["metrics"] or {}).get("readability") or {}).get("n") for meth, r in results.items()}
     note = (f"\nTest split: {len(ds.test)} examples of {ds.name}"
@@ -321,6 +360,10 @@ def results_table(results: dict[str, dict[str, Any]], cfg: Config, ds: DatasetSp
     if forced:
         note += (f" {', '.join(forced)}: the verdict is forced to the head's label, so its alignment and "
                  "inconsistency are not measurements (shown as —).")
+    if "body_stance_auroc" in keys:
+        note += (" body_stance_auroc: the base model's stance from each explanation's body (its log-odds of "
+                 "label 1 with the body minus without) against the verdict the explanation states; 0.5 = the "
+                 "bodies ignore their verdict (see clsgen/stance.py).")
     return "\n".join(lines) + "\n" + note
 
 

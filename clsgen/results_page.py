@@ -65,6 +65,10 @@ METRICS = (
     MetricSpec("inconsistency_rate", "Inconsistency rate", "Share of explained rows whose explanation states "
                "no verdict, or a verdict other than the predicted label ŷ. Lower is better.", better="lower",
                paper="< 0.05 (RLI, our reading)"),
+    MetricSpec("body_stance_auroc", "Body stance AUROC", "Does the text after the verdict argue for it? AUROC "
+               "of the base model's stance from the explanation (log-odds of label 1 with the explanation's body "
+               "minus without it) against the stated verdict; 0.5 = the bodies ignore their verdict. Weak judge: "
+               "compare rows, not other runs."),
     MetricSpec("readability", "Readability", "Share of explanations that are non-empty, state a verdict, do "
                "not loop and read as prose. Near 0 means the model no longer writes explanations.",
                paper="> 0.98", band=(0.98, 1.0)),
@@ -79,6 +83,8 @@ PAPER_SOURCE = "paper (CLSGen, arXiv 2604.11801): Llama-3.1-8B-Instruct on a GPU
 METHOD_NAMES = {
     "clsgen": ("CLSGen", "LoRA + classification head, trained jointly with the explanation (the method)"),
     "clsgen+consistency": ("CLSGen + consistency", "CLSGen with a loss tying the explanation's verdict to the head"),
+    "clsgen+head-verdict": ("CLSGen, head-conditioned", "CLSGen + consistency's model with the verdict line "
+                            "forced to the head's label, the explanation written after it"),
     "classification-only": ("Classification only", "the same model with the explanation loss off (w_lm = 0)"),
     "generation-only": ("Generation only", "LoRA fine-tuned on explanations; p from the verdict token"),
     "prompting": ("Prompting (zero-shot)", "the base model untrained; p from the verdict words' next-token "

@@ -63,6 +63,8 @@ def test_experiment_runs_every_method_and_reruns_from_cache(tmp_path):
     rows = [json.loads(line) for line in (result.out_dir / "eval" / "clsgen+head-verdict" / "predictions.jsonl")
             .read_text().splitlines()]
     assert all(r["verdict"] == r["prediction"] for r in rows if r["explained"])
+    # the tiny model writes no body after the verdict line: nothing for the stance judge (tests/test_stance.py)
+    assert "body_stance_auroc" not in table
     # the threshold and temperature fitted on dev are stored with the CLSGen model for predict/serve
     stored = json.loads((result.out_dir / "models" / "clsgen" / "clsgen.json").read_text())
     evaluated = json.loads((result.out_dir / "eval" / "clsgen" / "metrics.json").read_text())
