@@ -49,11 +49,21 @@ def main() -> None:
     command = "python benchmarks/run_all.py" + (" --quick" if args.quick else "")
     if args.only:
         command += " --only " + " ".join(args.only)
-    targets = [(s.title, t) for _, s in sections for t in s.targets]
+    date = f"{datetime.now(timezone.utc):%Y-%m-%d}"
+    out = Path(args.out)
+    ran = {name: {"title": s.title, "rendered": s.render(), "figures": s.figures, "seconds": s.seconds,
+                  "command": command, "date": date,
+                  "targets": [{"name": t.name, "ratio": t.ratio, "bound": t.bound, "met": t.met} for t in s.targets]}
+           for name, s in sections}
+    kept = _earlier_sections(out, set(ran)) if args.only else {}
+    entries = {n: ran.get(n) or kept[n] for n in BENCHMARKS if n in ran or n in kept}
     lines = [
         "# Benchmarks",
         "",
-        f"Produced by `{command}` on {datetime.now(timezone.utc):%Y-%m-%d} in {total / 60:.1f} minutes.",
+        f"Produced by `{command}` on {date} in {total / 60:.1f} minutes"
+        + ("; the other sections are kept from " + ", ".join(sorted({f"`{e['command']}` ({e['date']})"
+                                                                      for e in kept.values()})) if kept else "")
+        + ".",
         "Every comparison runs both sides in one process, alternately, and reports medians of repeated",
         "runs; ratios are what to read (absolute figures move with the machine's load).",
         "",
@@ -64,19 +74,33 @@ def main() -> None:
         "| benchmark | target | ratio | bound | |",
         "|---|---|---|---|---|",
     ]
-    lines += [f"| {title} | {t.name} | {t.ratio:.3f} | {t.bound} | {'met' if t.met else 'missed'} |"
-              for title, t in targets]
+    lines += [f"| {e['title']} | {t['name']} | {t['ratio']:.3f} | {t['bound']} | {'met' if t['met'] else 'missed'} |"
+              for e in entries.values() for t in e["targets"]]
     lines.append("")
-    body = "\n".join(lines) + "\n" + "\n".join(s.render() for _, s in sections)
-    out = Path(args.out)
+    body = "\n".join(lines) + "\n" + "\n".join(e["rendered"] for e in entries.values())
     atomic_write_text(out, body)
     atomic_write_text(out.with_suffix(".json"), json.dumps(
-        {"command": command, "machine": info, "minutes": total / 60,
-         "benchmarks": {n: {"figures": s.figures, "seconds": s.seconds,
-                            "targets": [{"name": t.name, "ratio": t.ratio, "bound": t.bound, "met": t.met}
-                                        for t in s.targets]} for n, s in sections}},
-        indent=2, default=str))
+        {"command": command, "machine": info, "minutes": total / 60, "benchmarks": entries}, indent=2, default=str))
     print(f"wrote {out} ({total / 60:.1f} minutes)")
+
+
+def _earlier_sections(out: Path, ran: set[str]) -> dict[str, dict]:
+    """The sections an `--only` run did not run, as the last run wrote them (never dropped)."""
+    path = out.with_suffix(".json")
+    if not path.is_file():
+        return {}
+    old = json.loads(path.read_text())
+    text = out.read_text() if out.is_file() else ""
+    blocks = ["## " + b.rstrip() + "\n" for b in text.split("\n## ")[1:] if not b.startswith("Targets\n")]
+    kept = {}
+    for i, (name, entry) in enumerate(old.get("benchmarks", {}).items()):
+        rendered = entry.get("rendered") or (blocks[i] if i < len(blocks) else None)  # older files: by order
+        if name in ran or rendered is None:
+            continue
+        title = entry.get("title") or rendered.splitlines()[0].removeprefix("## ")
+        kept[name] = {**entry, "title": title, "rendered": rendered,
+                      "command": entry.get("command") or old.get("command", "?"), "date": entry.get("date", "earlier")}
+    return kept
 
 
 if __name__ == "__main__":

@@ -105,7 +105,7 @@ def run(quick: bool = False) -> Section:
     counts = {"probability": 8, "explanation": 4} if quick else {"probability": 32, "explanation": 16}
     ds = load_dataset(DataConfig(dataset="clinifact", data_dir=data_dir(), max_eval=32))
     fields = [dict(ex.fields) for ex in ds.test]
-    backbone = load_model("smollm2-135m", dtype="bfloat16")
+    backbone = load_model("smollm2-135m", dtype="auto")  # what `clsgen serve` runs here: bf16 only where native
     model = DualHeadModel.from_backbone(backbone, ds.task).eval()
     threads = torch.get_num_threads()
     common = dict(max_queue=256, request_timeout=600, max_tokens=64, threads=threads)
@@ -138,7 +138,8 @@ def run(quick: bool = False) -> Section:
                           f"{_percentile(r['latencies'], 50):.2f} s, batch {r['mean_batch']:.1f}, "
                           f"errors {r['errors']}", flush=True)
 
-    rows, figures = [], {"cells": {}, "counts": counts, "explain_tokens": EXPLAIN_TOKENS,
+    dtype = str(next(model.parameters()).dtype).removeprefix("torch.")
+    rows, figures = [], {"cells": {}, "dtype": dtype, "counts": counts, "explain_tokens": EXPLAIN_TOKENS,
                          "max_batch": MAX_BATCH, "batch_size": BATCH_SIZE, "threads": threads}
     errors = 0
     for kind, n in counts.items():
@@ -162,7 +163,7 @@ def run(quick: bool = False) -> Section:
         ups = [figures["cells"][f"{kind}|{c}|speedup"] for c in concurrencies if c > 1]
         spans[kind] = f"{min(ups):.2f}x–{max(ups):.2f}x" if len(ups) > 1 else f"{ups[0]:.2f}x"
     markdown = "\n".join([
-        f"`clsgen.server.create_app` over SmolLM2-135M-Instruct (bf16) + fresh LoRA + head, served by "
+        f"`clsgen.server.create_app` over SmolLM2-135M-Instruct ({figures['dtype']}) + fresh LoRA + head, served by "
         f"uvicorn on 127.0.0.1 in this process, model worker on {threads} torch thread(s). Requests are "
         f"`POST /v1/classify` with real CliniFact test examples (claim + abstract, ~500 prompt tokens): "
         f"probability only (`explain: false`), or with an explanation of at most {EXPLAIN_TOKENS} tokens. "
