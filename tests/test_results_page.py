@@ -2,7 +2,7 @@
 predictions files (no model is trained), and (when Chromium is installed) rendered in headless Chromium.
 
 `fake_run(folder)` writes a realistic run (CliniFact-like figures, every method); `example_page` renders
-it as docs/results-page-screenshot.png shows it (see docs/evaluation.md, "Results page").
+it as a browser shows it (docs/results-page-screenshot.png is a real run's page; docs/evaluation.md).
 """
 
 from __future__ import annotations
@@ -115,7 +115,7 @@ def fake_run(folder: Path, methods: tuple[str, ...] = tuple(METHOD_METRICS),
 
 
 def example_page(folder: Path) -> Path:
-    """results.html of `fake_run` with texts shown, titled as illustrative (docs/results-page-screenshot.png)."""
+    """results.html of `fake_run` with texts shown, titled as illustrative (the browser test renders it)."""
     results, run = fake_run(folder, hostile=False)
     page = folder / "results.html"
     page.write_text(render_results_page(results, title="clsgen — CliniFact, trial-disjoint (illustrative figures, "
