@@ -191,8 +191,9 @@ def _classifier(cfg: Config, ds: DatasetSplits, method: str, out: Path, synth_pa
 
         source = DECODING_VARIANTS[method]
         _classifier(cfg, ds, source, out, synth_path, log)  # trains the model it decodes when missing
-        clf = ClsgenClassifier(out / "models" / source, **_decoding(ev), condition_on_head=True, threshold_method=ev.threshold,
-                               fixed_threshold=ev.fixed_threshold, calibrate=ev.calibrate)
+        clf = ClsgenClassifier(out / "models" / source, **_decoding(ev), condition_on_head=True,
+                               threshold_method=ev.threshold, fixed_threshold=ev.fixed_threshold,
+                               calibrate=ev.calibrate)
         log(f"[{method}] decoding {source}'s model with the verdict forced to the head's label (calibrated "
             "on the validation split first)")
         return clf.calibrate(ds.validation)
