@@ -268,6 +268,11 @@ class EvalConfig:
     no_repeat_ngram_size: int = 6
     """Generating methods never repeat an n-gram of this many generated tokens (0: off): the
     embedded model's greedy explanations otherwise fall into loops until the token limit."""
+    rejection_samples: int = 4
+    """Rejection sampling (the experiment's 'clsgen+rejection' row): explanations decoded at most per
+    row until one states the head's label (the first greedy, the others sampled)."""
+    rejection_temperature: float = 0.7
+    """Sampling temperature of the redrawn explanations."""
     batch_size: int = 8
     """Examples per forward pass."""
     n_bootstrap: int = 1000
@@ -279,8 +284,8 @@ class ExperimentConfig:
     """The whole comparison: which methods run and where the results go."""
 
     methods: list[str] = field(default_factory=lambda: [
-        "clsgen", "clsgen+consistency", "clsgen+head-verdict", "classification-only", "generation-only", "prompting",
-        "cnn", "tfidf"])
+        "clsgen", "clsgen+consistency", "clsgen+head-verdict", "clsgen+rejection", "classification-only",
+        "generation-only", "prompting", "cnn", "tfidf"])
     """Methods to train and evaluate on the same test split, in table order."""
     out_dir: str = "runs/experiment"
     """Folder for every step's outputs; a rerun continues where the last one stopped."""

@@ -88,6 +88,11 @@ def config_problems(cfg: Config) -> list[Problem]:
     if cfg.eval.no_repeat_ngram_size < 0 or cfg.eval.no_repeat_ngram_size == 1:
         p.append(Problem(f"must be 0 (off) or >= 2, got {cfg.eval.no_repeat_ngram_size}",
                          field="eval.no_repeat_ngram_size"))
+    if cfg.eval.rejection_samples < 1:
+        p.append(Problem(f"must be >= 1 (1: no redraws), got {cfg.eval.rejection_samples}",
+                         field="eval.rejection_samples"))
+    if not cfg.eval.rejection_temperature > 0:
+        p.append(Problem(f"must be > 0, got {cfg.eval.rejection_temperature}", field="eval.rejection_temperature"))
     if not 0 <= cfg.eval.fixed_threshold <= 1:
         p.append(Problem("must be in [0, 1]", field="eval.fixed_threshold"))
     return p

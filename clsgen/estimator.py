@@ -158,7 +158,8 @@ class ClsgenClassifier(TwoColumnProba):
 
     def explain(self, examples: Sequence[Example], max_new_tokens: int = 256) -> list[str]:
         """The generated text (explanation + verdict line) for each example; `cut_off` tells, per
-        text, whether the token limit stopped it before its end of turn."""
+        text, whether the token limit stopped it before its end of turn; with rejection sampling,
+        `draws` and `first_verdicts` tell how many explanations were decoded and what the first stated."""
         predictor = self._fitted()
         saved = predictor.max_new_tokens
         predictor.max_new_tokens = max_new_tokens
@@ -170,6 +171,9 @@ class ClsgenClassifier(TwoColumnProba):
                            for ex, p in zip(examples, predictions)}
         stops = set(predictor.stop_token_ids)
         self.cut_off = [not (p.token_ids and p.token_ids[-1] in stops) for p in predictions]
+        redrawn = predictor.rejection_samples > 1  # rejection sampling: what the first draws said, and how many
+        self.draws = [p.draws for p in predictions] if redrawn else None
+        self.first_verdicts = [p.first_verdict for p in predictions] if redrawn else None
         return [p.text or "" for p in predictions]
 
     def verdicts(self, examples: Sequence[Example]) -> list[int | None]:

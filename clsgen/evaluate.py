@@ -34,6 +34,7 @@ from .metrics import (
     choose_threshold,
     compute_metrics,
     logit,
+    redraw_metrics,
 )
 from .report import render_report
 from .verdict import parse_verdict, split_verdict
@@ -142,6 +143,11 @@ def evaluate(
                               verdicts=ex.verdicts if have_explanations else None,
                               explanations=ex.texts if have_explanations else None,
                               n_boot=n_bootstrap, seed=seed, alignment_verdicts=ex.all_verdicts)
+    if ex.redraws:  # rejection sampling: the first draws' figures and how many were decoded
+        idx = sorted(ex.redraws)
+        metrics.update(redraw_metrics((d.p_final[idx] >= d.threshold).astype(np.int64),
+                                      [ex.redraws[i][1] for i in idx], [ex.redraws[i][0] for i in idx],
+                                      n_boot=n_bootstrap, seed=seed))
     metrics_uncal = None
     if d.p_raw is not None and d.threshold_raw is not None:
         metrics_uncal = compute_metrics(y, d.p_raw, d.threshold_raw,
@@ -196,6 +202,8 @@ class _Explanations:
     """Per explained row, whether the token limit cut its explanation ([] when the classifier does not say)."""
     cut_at: dict[int, bool]
     """example index -> whether the token limit cut its explanation"""
+    redraws: dict[int, tuple[int, int | None]]
+    """Rejection sampling: example index -> (explanations decoded, the first one's verdict); {} without."""
     all_verdicts: list[int | None] | None
     """The teacher-forced verdict of every row (a verdict-first `VerdictScorer`), else None."""
     verbalizers: Sequence[str] | None
@@ -209,7 +217,7 @@ def _explain(classifier: Any, examples: Sequence[Example], y: np.ndarray, name: 
     """Explain the chosen rows (an `Explainer`) and read their verdicts; a verdict-first `VerdictScorer`
     also gives every row's verdict. Records the seconds taken in `timing`."""
     n = len(examples)
-    ex = _Explanations(texts=[None] * n, verdicts=[None] * n, cut_off=[], cut_at={}, all_verdicts=None,
+    ex = _Explanations(texts=[None] * n, verdicts=[None] * n, cut_off=[], cut_at={}, redraws={}, all_verdicts=None,
                        verbalizers=verbalizers, can_explain=isinstance(classifier, Explainer),
                        position=getattr(getattr(classifier, "task", None), "verdict_position", "last"))
     if ex.can_explain and explain != 0:
@@ -228,6 +236,9 @@ def _explain(classifier: Any, examples: Sequence[Example], y: np.ndarray, name: 
         cut = getattr(classifier, "cut_off", None)
         ex.cut_off = list(cut) if isinstance(cut, list) and len(cut) == len(chosen) else []
         ex.cut_at = {i: bool(c) for i, c in zip(chosen, ex.cut_off)}
+        draws, firsts = getattr(classifier, "draws", None), getattr(classifier, "first_verdicts", None)
+        if isinstance(draws, list) and isinstance(firsts, list) and len(draws) == len(firsts) == len(chosen):
+            ex.redraws = {i: (int(d), f) for i, d, f in zip(chosen, draws, firsts)}
         ex.verbalizers = list(words)
     if isinstance(classifier, VerdictScorer) and ex.position == "first":
         started = time.perf_counter()  # the verdict of every row, teacher-forced: alignment on all rows
@@ -289,6 +300,8 @@ def _rows(examples: Sequence[Example], y: np.ndarray, d: _Decision, ex: _Explana
             row["text"] = ex.texts[i]
             if i in ex.cut_at:
                 row["cut_off"] = ex.cut_at[i]
+            if i in ex.redraws:
+                row["draws"], row["first_verdict"] = ex.redraws[i]
         if show_inputs:
             row["fields"] = dict(example.fields)
         rows.append(row)

@@ -22,26 +22,32 @@ from .errors import ClsgenError
 from .files import atomic_write_files, atomic_write_json, check_writable, write_error
 from .results_page import render_results_page
 
-METHODS = ("clsgen", "clsgen+consistency", "clsgen+head-verdict", "classification-only", "generation-only",
-           "prompting", "cnn", "tfidf")
+METHODS = ("clsgen", "clsgen+consistency", "clsgen+head-verdict", "clsgen+rejection", "classification-only",
+           "generation-only", "prompting", "cnn", "tfidf")
 LLM_TRAINED = {"clsgen": {"w_consistency": 0.0}, "clsgen+consistency": {},
                "classification-only": {"w_lm": 0.0, "w_consistency": 0.0},
                "generation-only": {"w_cls": 0.0, "w_consistency": 0.0}}
 """Each LLM-trained method: its overrides of train.* ('clsgen+consistency' keeps train.w_consistency,
 1.0 when the config leaves it at 0)."""
-DECODING_VARIANTS = {"clsgen+head-verdict": "clsgen+consistency"}
+DECODING_VARIANTS = {"clsgen+head-verdict": "clsgen+consistency", "clsgen+rejection": "clsgen+consistency"}
 """Methods that decode a trained method's model another way (no training of their own): the model they
 use. 'clsgen+head-verdict' forces the verdict to the head's calibrated label (head-conditioned decoding):
-its alignment is 1 by construction, so the table shows it as undefined, never as a result."""
+its alignment is 1 by construction, so the table shows it as undefined, never as a result.
+'clsgen+rejection' redraws (samples) an explanation whose verdict disagrees with the head's calibrated
+label, up to eval.rejection_samples in all: its inconsistency and readability are of the kept draws
+(selected), its first draws are its source's own explanations (`first_draw_inconsistency`)."""
+FORCED = ("clsgen+head-verdict",)
+"""Decoding variants whose agreement is forced (the metrics of BY_CONSTRUCTION are not measurements)."""
 BY_CONSTRUCTION = ("alignment_auroc", "alignment_kappa", "inconsistency_rate")
-GENERATING = {"clsgen", "clsgen+consistency", "clsgen+head-verdict", "classification-only", "generation-only",
-              "prompting"}
+GENERATING = {"clsgen", "clsgen+consistency", "clsgen+head-verdict", "clsgen+rejection", "classification-only",
+              "generation-only", "prompting"}
 CALIBRATED = ("clsgen", "clsgen+consistency", "classification-only")
 """Methods whose model directory keeps the threshold and temperature fitted by evaluation."""
 TABLE_METRICS = ("auroc", "auprc", "f1", "ece", "brier", "alignment_auroc", "alignment_kappa",
                  "inconsistency_rate", "readability", "flesch")
-OPTIONAL_METRICS = ("body_stance_auroc",)
-"""Columns shown only when a method has them (the body stance: with head-conditioned decoding in the run)."""
+OPTIONAL_METRICS = ("body_stance_auroc", "first_draw_inconsistency", "draws")
+"""Columns shown only when a method has them (the body stance: with a decoding variant in the run;
+the first draws and draws: with rejection sampling)."""
 RUN_FILE = "experiment.json"
 
 
@@ -68,22 +74,28 @@ def _check_run(cfg: Config, out: Path) -> None:
     if record.is_file():
         old = json.loads(record.read_text())
         if old.get("fingerprint") != fp:
-            changed = _changed_keys(old.get("config", {}), cfg.to_dict())
-            raise ClsgenError(f"{out} holds an experiment with other settings ({', '.join(changed) or 'config'} "
-                              "changed); results would mix. Use another experiment.out_dir (--out) or "
-                              "delete the folder")
+            # settings that a later clsgen added, at their defaults, leave an earlier run's results valid
+            changed = _changed_keys(old.get("config", {}), cfg.to_dict(), Config().to_dict())
+            if changed or not old.get("config"):
+                raise ClsgenError(f"{out} holds an experiment with other settings ({', '.join(changed) or 'config'} "
+                                  "changed); results would mix. Use another experiment.out_dir (--out) or "
+                                  "delete the folder")
         return
     atomic_write_json(record, {"fingerprint": fp, "config": cfg.to_dict(), "started": time.time()})
 
 
-def _changed_keys(a: dict[str, Any], b: dict[str, Any], prefix: str = "") -> list[str]:
+def _changed_keys(a: dict[str, Any], b: dict[str, Any], defaults: dict[str, Any], prefix: str = "") -> list[str]:
+    """The settings that differ between configs `a` (recorded) and `b`; a setting absent from `a` counts
+    only when `b` moves it from its default."""
     keys = []
     for k in sorted(set(a) | set(b)):
         if k in ("out_dir", "methods", "title"):
             continue
-        x, y = a.get(k), b.get(k)
+        x, y, d = a.get(k), b.get(k), (defaults or {}).get(k)
         if isinstance(x, dict) and isinstance(y, dict):
-            keys += _changed_keys(x, y, f"{prefix}{k}.")
+            keys += _changed_keys(x, y, d if isinstance(d, dict) else {}, f"{prefix}{k}.")
+        elif k not in a and k in (defaults or {}) and y == d:
+            continue
         elif x != y:
             keys.append(f"{prefix}{k}")
     return keys
@@ -117,7 +129,7 @@ def run_experiment(cfg: Config, out_dir: str | Path | None = None, *, methods: l
         + (f" (subsampled: max_train={cfg.data.max_train}, max_validation={ds.info.get('max_validation')}, "
            f"max_eval={cfg.data.max_eval})" if cfg.data.max_train or ds.info.get("max_validation") else ""))
 
-    skipped = [m for m in methods if m in DECODING_VARIANTS and ds.task.verdict_position != "first"]
+    skipped = [m for m in methods if m in FORCED and ds.task.verdict_position != "first"]
     if skipped:
         log(f"[{', '.join(skipped)}] skipped: head-conditioned decoding forces the verdict that opens the turn "
             "(task.verdict_position=first)")
@@ -191,11 +203,15 @@ def _classifier(cfg: Config, ds: DatasetSplits, method: str, out: Path, synth_pa
 
         source = DECODING_VARIANTS[method]
         _classifier(cfg, ds, source, out, synth_path, log)  # trains the model it decodes when missing
-        clf = ClsgenClassifier(out / "models" / source, **_decoding(ev), condition_on_head=True,
-                               threshold_method=ev.threshold, fixed_threshold=ev.fixed_threshold,
-                               calibrate=ev.calibrate)
-        log(f"[{method}] decoding {source}'s model with the verdict forced to the head's label (calibrated "
-            "on the validation split first)")
+        how = ({"condition_on_head": True} if method in FORCED else
+               {"rejection_samples": ev.rejection_samples, "rejection_temperature": ev.rejection_temperature})
+        clf = ClsgenClassifier(out / "models" / source, **_decoding(ev), **how, threshold_method=ev.threshold,
+                               fixed_threshold=ev.fixed_threshold, calibrate=ev.calibrate)
+        log(f"[{method}] decoding {source}'s model "
+            + ("with the verdict forced to the head's label" if method in FORCED else
+               f"redrawing explanations that disagree with the head's label (up to {ev.rejection_samples} "
+               f"draws, sampled at temperature {ev.rejection_temperature})")
+            + " (calibrated on the validation split first)")
         return clf.calibrate(ds.validation)
     if method in LLM_TRAINED:
         from .train import train
@@ -320,7 +336,7 @@ def _summary(metrics_json: dict[str, Any], eval_dir: Path) -> dict[str, Any]:
     keys = ("metrics", "info", "timing_s", "n_explained")
     out = {**{k: metrics_json.get(k) for k in keys}, "report": str(eval_dir / "report.html")}
     method = (out.get("info") or {}).get("method")
-    if method in DECODING_VARIANTS and out.get("metrics"):  # agreement forced: not a measurement
+    if method in FORCED and out.get("metrics"):  # agreement forced: not a measurement
         out["metrics"] = {k: v for k, v in out["metrics"].items() if k not in BY_CONSTRUCTION}
         out["by_construction"] = list(BY_CONSTRUCTION)
     return out
@@ -361,6 +377,12 @@ def results_table(results: dict[str, dict[str, Any]], cfg: Config, ds: DatasetSp
     if forced:
         note += (f" {', '.join(forced)}: the verdict is forced to the head's label, so its alignment and "
                  "inconsistency are not measurements (shown as —).")
+    redrawn = [m for m, r in results.items() if "draws" in (r["metrics"] or {})]
+    if redrawn:
+        note += (f" {', '.join(redrawn)}: rejection sampling; an explanation whose verdict disagrees with the head's "
+                 f"label is sampled again, up to {cfg.eval.rejection_samples} draws (draws: the mean decoded per "
+                 "row); inconsistency and readability are of the kept draws, first_draw_inconsistency of the "
+                 "first (the model's own).")
     if "body_stance_auroc" in keys:
         note += (" body_stance_auroc: the base model's stance from each explanation's body (its log-odds of "
                  "label 1 with the body minus without) against the verdict the explanation states; 0.5 = the "

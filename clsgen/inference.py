@@ -62,6 +62,11 @@ class Prediction:
     """Tokens generated for the explanation (including the end-of-turn token)."""
     token_ids: list[int] | None = field(default=None, repr=False)
     """The generated token ids (including the end-of-turn token); not part of `to_dict`."""
+    draws: int = 0
+    """Explanations decoded for this input: 1, or up to `rejection_samples` when rejection sampling
+    redrew explanations whose verdict disagreed with the label; 0 when none was generated."""
+    first_verdict: int | None = None
+    """The verdict of the first explanation decoded (the model's own; `verdict` is the kept draw's)."""
 
     def to_dict(self) -> dict[str, Any]:
         d = dataclasses.asdict(self)
@@ -103,14 +108,21 @@ class Predictor:
     def __init__(self, model: DualHeadModel, batch_size: int = 8, max_new_tokens: int = 256,
                  do_sample: bool = False, temperature: float = 1.0, top_p: float = 1.0, seed: int = 0,
                  stop_token_ids: Sequence[int] | None = None, progress: bool = False,
-                 condition_on_head: bool = False, no_repeat_ngram_size: int = 0):
+                 condition_on_head: bool = False, no_repeat_ngram_size: int = 0,
+                 rejection_samples: int = 1, rejection_temperature: float = 0.7):
         """no_repeat_ngram_size: never generate a token that repeats an n-gram of this many tokens
         already generated in the turn (0: off; the prompt is not looked at, see `clsgen.repeats`).
         With the verdict first (task.verdict_position 'first') every turn opens with the verdict prefix
         ('Answer: '), forced; the LM states the verdict after it and explains. condition_on_head
         (head-conditioned decoding): the verdict line is forced to the label the head's probability gives
         (at this predictor's threshold) and the LM writes the explanation after it, so the stated verdict
-        agrees by construction."""
+        agrees by construction.
+        rejection_samples (rejection sampling): an explanation whose verdict is missing or differs from
+        the head's label is decoded again, by sampling at `rejection_temperature` (with `top_p`), until
+        one agrees or `rejection_samples` explanations were decoded in all; when none agrees, the first
+        is kept. Each Prediction says how many were decoded (`draws`) and what the first one stated
+        (`first_verdict`): the first draw measures the model, the kept one is selected. `predict` only:
+        `stream` sends the first draw as it is decoded."""
         problems = []
         if batch_size < 1:
             problems.append(f"batch_size must be >= 1, got {batch_size}")
@@ -122,6 +134,13 @@ class Predictor:
             problems.append(f"top_p must be in (0, 1], got {top_p}")
         if no_repeat_ngram_size < 0 or no_repeat_ngram_size == 1:
             problems.append(f"no_repeat_ngram_size must be 0 (off) or >= 2, got {no_repeat_ngram_size}")
+        if rejection_samples < 1:
+            problems.append(f"rejection_samples must be >= 1 (1: no redraws), got {rejection_samples}")
+        if not rejection_temperature > 0:
+            problems.append(f"rejection_temperature must be > 0, got {rejection_temperature}")
+        if rejection_samples > 1 and condition_on_head:
+            problems.append("rejection_samples and condition_on_head together: the forced verdict always agrees, "
+                            "so nothing would be redrawn; use one of them")
         if condition_on_head and model.task.verdict_position != "first":
             problems.append("condition_on_head forces the verdict that opens the turn; the model was trained "
                             "with task.verdict_position=last")
@@ -136,6 +155,8 @@ class Predictor:
         self.temperature = temperature  # sampling; the calibration temperature is `temperature_scale`
         self.top_p = top_p
         self.no_repeat_ngram_size = no_repeat_ngram_size
+        self.rejection_samples = rejection_samples
+        self.rejection_temperature = rejection_temperature
         self.seed = seed
         self.progress = progress
         self.context = _context_length(model)
@@ -232,26 +253,56 @@ class Predictor:
 
     # ------------------------------------------------------------------ probability + explanation
     def predict(self, items: Sequence[Item] | Item, explain: bool = True) -> list[Prediction]:
-        """A Prediction per input; with `explain`, the explanation is decoded from the prefill's cache."""
+        """A Prediction per input; with `explain`, the explanation is decoded from the prefill's cache
+        (and, with `rejection_samples` > 1, redrawn while its verdict disagrees with the label)."""
         items = _as_list(items)
         prompts = [self.encode(it) for it in items]
-        results: list[Prediction | None] = [None] * len(items)
-        generator = self._generator()
         with eval_mode(self.model):
-            for idx in self._batches(prompts, "explaining" if explain else "scoring"):
-                batch = [prompts[i] for i in idx]
-                steps = self._batch_steps(batch, explain=explain and self.max_new_tokens > 0,
-                                          generator=generator)
-                logits = next(steps)
-                generated: list[list[int]] = [[] for _ in idx]
-                for row_tokens in steps:
-                    for r, t in enumerate(row_tokens):
-                        if t is not None:
-                            generated[r].append(t)
-                for r, i in enumerate(idx):
-                    results[i] = self._prediction(float(logits[r]), prompts[i], items[i],
-                                                  generated[r] if explain else None)
+            results = self._decode_rows(items, prompts, explain, self._generator(), self.temperature)
+            if explain and self.max_new_tokens > 0 and self.rejection_samples > 1:
+                self._redraw(items, prompts, results)
+        return results
+
+    def _decode_rows(self, items: list[Item], prompts: list[PromptIds], explain: bool,
+                     generator: torch.Generator | None, temperature: float) -> list[Prediction]:
+        """One Prediction per prompt, in order; batched by length. Sampled when `generator` is given."""
+        results: list[Prediction | None] = [None] * len(items)
+        for idx in self._batches(prompts, "explaining" if explain else "scoring"):
+            batch = [prompts[i] for i in idx]
+            steps = self._batch_steps(batch, explain=explain and self.max_new_tokens > 0, generator=generator,
+                                      temperature=temperature)
+            logits = next(steps)
+            generated: list[list[int]] = [[] for _ in idx]
+            for row_tokens in steps:
+                for r, t in enumerate(row_tokens):
+                    if t is not None:
+                        generated[r].append(t)
+            for r, i in enumerate(idx):
+                results[i] = self._prediction(float(logits[r]), prompts[i], items[i],
+                                              generated[r] if explain else None)
         return results  # type: ignore[return-value]
+
+    def _redraw(self, items: list[Item], prompts: list[PromptIds], results: list[Prediction]) -> None:
+        """Rejection sampling (in place): sample again the rows whose kept explanation does not state
+        their label, up to `rejection_samples` draws per row; a row none of whose draws agrees keeps
+        its first."""
+        generator = torch.Generator(device=self.model.device).manual_seed(self.seed + 1)
+        first = list(results)
+        for draw in range(2, self.rejection_samples + 1):
+            todo = [i for i, p in enumerate(results) if p.verdict != p.label]
+            if not todo:
+                break
+            redrawn = self._decode_rows([items[i] for i in todo], [prompts[i] for i in todo], True,
+                                        generator, self.rejection_temperature)
+            for i, p in zip(todo, redrawn):
+                p.logit, p.probability, p.label = first[i].logit, first[i].probability, first[i].label
+                results[i] = p
+                p.draws = draw
+        for i, p in enumerate(results):
+            if p.verdict != p.label:  # no draw agreed: keep the model's first
+                first[i].draws = p.draws
+                p = results[i] = first[i]
+            p.first_verdict = first[i].verdict
 
     def stream(self, item: Item, explain: bool = True) -> Iterator[StreamEvent]:
         """Events for one input: the probability, then explanation text deltas, then the Prediction."""
@@ -301,6 +352,7 @@ class Predictor:
             p.verdict = self.task.parse_verdict(text)
             p.new_tokens = len(token_ids)
             p.token_ids = list(token_ids)
+            p.draws, p.first_verdict = 1, p.verdict
         return p
 
     def _decode(self, token_ids: list[int]) -> str:
@@ -322,10 +374,11 @@ class Predictor:
             return iter(tqdm(batches, desc=what, unit="batch", leave=False))
         return iter(batches)
 
-    def _batch_steps(self, prompts: list[PromptIds], explain: bool,
-                     generator: torch.Generator | None) -> Iterator[Any]:
+    def _batch_steps(self, prompts: list[PromptIds], explain: bool, generator: torch.Generator | None,
+                     temperature: float | None = None) -> Iterator[Any]:
         """Yield the head logits (CPU float tensor) after the prefill, then, when explaining, one
-        list per decoding step with each row's new token id (None once the row has stopped)."""
+        list per decoding step with each row's new token id (None once the row has stopped).
+        Greedy without `generator`; sampled at `temperature` (default: the predictor's) with it."""
         input_ids, attention_mask = pad_left([p.input_ids for p in prompts], self.tokenizer.pad_token_id,
                                              self.model.device)
         with torch.inference_mode():
@@ -349,7 +402,7 @@ class Predictor:
             with torch.inference_mode():
                 if self.no_repeat_ngram_size:
                     logits = block_repeats(logits, history, self.no_repeat_ngram_size)
-                tokens = self._next_tokens(logits, generator)
+                tokens = self._next_tokens(logits, generator, temperature or self.temperature)
                 if forced is not None and step < forced.shape[1]:
                     tokens = forced[:, step]
                 tokens = torch.where(finished, pad, tokens)
@@ -381,10 +434,11 @@ class Predictor:
             return None
         return table[0, :-1].expand(cls_logits.shape[0], -1)
 
-    def _next_tokens(self, logits: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
-        if not self.do_sample:
+    def _next_tokens(self, logits: torch.Tensor, generator: torch.Generator | None,
+                     temperature: float) -> torch.Tensor:
+        if generator is None:
             return logits.argmax(dim=-1)
-        probs = torch.softmax(logits.float() / self.temperature, dim=-1)
+        probs = torch.softmax(logits.float() / temperature, dim=-1)
         if self.top_p < 1.0:
             sorted_probs, order = probs.sort(dim=-1, descending=True)
             drop = sorted_probs.cumsum(dim=-1) - sorted_probs > self.top_p  # always keeps the top token

@@ -481,6 +481,18 @@ def compute_metrics(
     return results
 
 
+def redraw_metrics(y_hat: Any, first_verdicts: Sequence[Any], draws: Sequence[int], n_boot: int = 1000,
+                   seed: int = 0, alpha: float = 0.05) -> dict[str, MetricResult]:
+    """Rejection sampling's own figures, on the explained rows: `draws` (mean explanations decoded per
+    row) and `first_draw_inconsistency` (the inconsistency rate of each row's first draw: the model's
+    own, before any was redrawn; the kept draws' is `inconsistency_rate`)."""
+    y_hat = _labels(y_hat, "y_hat")
+    _same_length(y_hat=y_hat, first_verdicts=first_verdicts, draws=draws)
+    boot = dict(n_boot=n_boot, seed=seed, alpha=alpha)
+    return {"draws": _result(_mean, [np.asarray(draws, dtype=np.float64)], **boot),
+            "first_draw_inconsistency": _result(inconsistency_rate, [y_hat, _indexable(first_verdicts)], **boot)}
+
+
 def _explanation_metrics(
     p: np.ndarray,
     y_hat: np.ndarray,

@@ -69,6 +69,11 @@ METRICS = (
                "of the base model's stance from the explanation (log-odds of label 1 with the explanation's body "
                "minus without it) against the stated verdict; 0.5 = the bodies ignore their verdict. Weak judge: "
                "compare rows, not other runs."),
+    MetricSpec("first_draw_inconsistency", "Inconsistency, first draw", "Rejection sampling: the inconsistency "
+               "rate of each row's first explanation (the model's own, before any redraw); the inconsistency "
+               "column gives the kept ones'. Lower is better.", better="lower"),
+    MetricSpec("draws", "Draws", "Rejection sampling: explanations decoded per row on average (1 = none "
+               "redrawn).", better=None),
     MetricSpec("readability", "Readability", "Share of explanations that are non-empty, state a verdict, do "
                "not loop and read as prose. Near 0 means the model no longer writes explanations.",
                paper="> 0.98", band=(0.98, 1.0)),
@@ -85,6 +90,8 @@ METHOD_NAMES = {
     "clsgen+consistency": ("CLSGen + consistency", "CLSGen with a loss tying the explanation's verdict to the head"),
     "clsgen+head-verdict": ("CLSGen, head-conditioned", "CLSGen + consistency's model with the verdict line "
                             "forced to the head's label, the explanation written after it"),
+    "clsgen+rejection": ("CLSGen, rejection sampling", "CLSGen + consistency's model; an explanation whose "
+                         "verdict disagrees with the head is sampled again (a few draws at most)"),
     "classification-only": ("Classification only", "the same model with the explanation loss off (w_lm = 0)"),
     "generation-only": ("Generation only", "LoRA fine-tuned on explanations; p from the verdict token"),
     "prompting": ("Prompting (zero-shot)", "the base model untrained; p from the verdict words' next-token "
@@ -92,8 +99,8 @@ METHOD_NAMES = {
     "cnn": ("CNN", "convolutional network over word embeddings (filter widths 1, 2, 3)"),
     "tfidf": ("TF-IDF + LR", "TF-IDF word features + logistic regression"),
 }
-GENERATING = ("clsgen", "clsgen+consistency", "clsgen+head-verdict", "classification-only", "generation-only",
-              "prompting")
+GENERATING = ("clsgen", "clsgen+consistency", "clsgen+head-verdict", "clsgen+rejection", "classification-only",
+              "generation-only", "prompting")
 TEXT_CHARS = 700
 """Longer explanations are cut (with an ellipsis) in the side-by-side rows."""
 

@@ -104,6 +104,8 @@ def test_wrong_types_in_yaml_name_the_file(tmp_path):
     (["task.verbalizers=[YES, yes]"], "task.verbalizers"),
     (["task.verbalizers=[A]"], "task.verbalizers"),
     (["eval.fixed_threshold=2"], "eval.fixed_threshold"),
+    (["eval.rejection_samples=0"], "eval.rejection_samples"),
+    (["eval.rejection_temperature=0"], "eval.rejection_temperature"),
 ])
 def test_values_that_cannot_work_are_refused(overrides, field):
     with pytest.raises(ConfigError) as e:

@@ -222,6 +222,13 @@ def test_predict_command(tiny_dir, tmp_path, capsys):
     assert "not a field of the task" in capsys.readouterr().err
     assert main(["predict", "--model", str(tiny_dir), "A note.", "--head-verdict"]) == 2  # trained verdict last
     assert "condition_on_head forces the verdict that opens the turn" in capsys.readouterr().err
+    # rejection sampling: the random model never states a verdict, so all 3 draws are made, the first kept
+    assert main(["predict", "--model", str(tiny_dir), "A short note.", "--max-new-tokens", "3", "--json",
+                 "--rejection-samples", "3"]) == 0
+    d = json.loads(capsys.readouterr().out)
+    assert d["draws"] == 3 and d["first_verdict"] is None and d["agrees"] is False
+    assert main(["predict", "--model", str(tiny_dir), "A note.", "--rejection-samples", "0"]) == 2
+    assert "rejection_samples must be >= 1" in capsys.readouterr().err
 
 
 def test_predict_needs_fields_for_a_multi_field_task(tmp_path, capsys):

@@ -63,6 +63,15 @@ def test_experiment_runs_every_method_and_reruns_from_cache(tmp_path):
     rows = [json.loads(line) for line in (result.out_dir / "eval" / "clsgen+head-verdict" / "predictions.jsonl")
             .read_text().splitlines()]
     assert all(r["verdict"] == r["prediction"] for r in rows if r["explained"])
+    # rejection sampling of the same model: its own figures, the kept draws' agreement measured as usual
+    redrawn = result.methods["clsgen+rejection"]
+    assert redrawn["metrics"]["draws"]["n"] == 2 and 1 <= redrawn["metrics"]["draws"]["value"] <= 4
+    assert "first_draw_inconsistency" in redrawn["metrics"] and "alignment_kappa" in redrawn["metrics"]
+    assert "rejection sampling" in table and "first_draw_inconsistency" in table
+    rows = [json.loads(line) for line in (result.out_dir / "eval" / "clsgen+rejection" / "predictions.jsonl")
+            .read_text().splitlines()]
+    assert all(1 <= r["draws"] <= 4 and "first_verdict" in r for r in rows if r["explained"])
+    assert not (result.out_dir / "models" / "clsgen+rejection").exists()
     # the tiny model writes no body after the verdict line: nothing for the stance judge (tests/test_stance.py)
     assert "body_stance_auroc" not in table
     # the threshold and temperature fitted on dev are stored with the CLSGen model for predict/serve
@@ -94,6 +103,20 @@ def test_changed_settings_are_refused_instead_of_mixed(tmp_path):
     run_experiment(_config(tmp_path), methods=["tfidf"], log=lambda _: None)
     with pytest.raises(ClsgenError, match="train.lr"):
         run_experiment(_config(tmp_path, **{"train.lr": "1e-3"}), methods=["tfidf"], log=lambda _: None)
+
+
+def test_a_run_recorded_before_a_setting_existed_resumes_while_the_setting_keeps_its_default(tmp_path):
+    run_experiment(_config(tmp_path), methods=["tfidf"], log=lambda _: None)
+    record = tmp_path / "run" / "experiment.json"
+    old = json.loads(record.read_text())
+    del old["config"]["eval"]["rejection_samples"]  # as an earlier clsgen wrote it
+    old["fingerprint"] = "0" * 16
+    record.write_text(json.dumps(old))
+    logs: list[str] = []
+    run_experiment(_config(tmp_path), methods=["tfidf"], log=logs.append)
+    assert any("[tfidf] done earlier" in line for line in logs)
+    with pytest.raises(ClsgenError, match="eval.rejection_samples"):
+        run_experiment(_config(tmp_path, **{"eval.rejection_samples": 2}), methods=["tfidf"], log=lambda _: None)
 
 
 def test_unknown_method_is_named(tmp_path):

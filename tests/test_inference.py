@@ -345,3 +345,61 @@ def test_head_conditioned_decoding_states_the_heads_label_then_explains():
     with pytest.raises(ClsgenError, match="condition_on_head .*verdict_position=last"):
         Predictor(DualHeadModel.from_backbone(tiny_model(num_layers=2), ONE_FIELD, LoraConfig(r=4)),
                   condition_on_head=True)
+
+
+class _ParityTask(Task):
+    """TASK, but its verdict reader reads the parity of the text's length: the random tiny model never
+    writes a verdict word, and this lets some draws agree with the label and others not."""
+
+    def parse_verdict(self, text: str | None) -> int | None:
+        return None if text is None else len(text) % 2
+
+
+class _NeverTask(Task):
+    """TASK, but no text states a verdict."""
+
+    def parse_verdict(self, text: str | None) -> int | None:
+        return None
+
+
+def test_rejection_sampling_redraws_only_disagreeing_rows_and_keeps_the_first_when_none_agrees(model):
+    """rejection_samples=k: a row whose first (greedy) explanation states its label is left alone; one
+    that does not is sampled again until a draw agrees (kept, with the draw's number), or k were made
+    (the first kept). Probability and label are the first prefill's; first_verdict is what the first said."""
+    items = [{**ITEMS[i % 3], "claim": f"claim {i} " + "x " * i} for i in range(8)]
+    k = 4
+    plain = Predictor(model, batch_size=3, max_new_tokens=N_NEW)
+    redraw = Predictor(model, batch_size=3, max_new_tokens=N_NEW, rejection_samples=k, rejection_temperature=1.5,
+                       seed=5)
+    for predictor in (plain, redraw):
+        predictor.task = _ParityTask(**{f: getattr(predictor.task, f) for f in TASK.__dataclass_fields__})
+    first, kept = plain.predict(items), redraw.predict(items)
+    outcomes = []
+    for f, r in zip(first, kept):
+        assert r.probability == pytest.approx(f.probability) and r.label == f.label and r.logit == f.logit
+        assert r.first_verdict == f.verdict and f.draws == 1
+        if f.verdict == f.label:
+            outcomes.append("first agreed")
+            assert r.draws == 1 and r.token_ids == f.token_ids
+        elif r.verdict == r.label:
+            outcomes.append("redraw agreed")
+            assert 2 <= r.draws <= k and r.token_ids != f.token_ids
+        else:
+            outcomes.append("none agreed")
+            assert r.draws == k and r.token_ids == f.token_ids and r.verdict == f.verdict
+    assert {"first agreed", "redraw agreed"} <= set(outcomes), outcomes
+    assert [p.token_ids for p in redraw.predict(items)] == [p.token_ids for p in kept]  # seeded
+    # a model that never states the label: every row drawn k times, the first kept
+    never = Predictor(model, batch_size=3, max_new_tokens=N_NEW, rejection_samples=3)
+    never.task = _NeverTask(**{f: getattr(never.task, f) for f in TASK.__dataclass_fields__})
+    for f, r in zip(first, never.predict(items)):
+        assert r.draws == 3 and r.token_ids == f.token_ids and r.verdict is None and r.first_verdict is None
+    # the classifier wrapper reports the draws to evaluation
+    clf = ClsgenClassifier(redraw)
+    clf.explain([Example(str(i), it, 0) for i, it in enumerate(items)], max_new_tokens=N_NEW)
+    assert clf.draws == [p.draws for p in kept] and clf.first_verdicts == [p.first_verdict for p in kept]
+    plain_clf = ClsgenClassifier(plain)
+    plain_clf.explain([Example("0", items[0], 0)], max_new_tokens=N_NEW)
+    assert plain_clf.draws is None and plain_clf.first_verdicts is None
+    with pytest.raises(ClsgenError, match="rejection_samples must be >= 1.*rejection_temperature"):
+        Predictor(model, rejection_samples=0, rejection_temperature=0)

@@ -32,6 +32,7 @@ from clsgen.metrics import (
     inconsistency_rate,
     logit,
     readability,
+    redraw_metrics,
     sigmoid,
 )
 
@@ -403,3 +404,13 @@ def test_flesch_counts_syllables_with_the_hyphenation_dictionary():
     words, sentences = 9, 2
     syllables = sum(_syllables(w) for w in text.replace(".", "").split())
     assert flesch_reading_ease(text) == pytest.approx(206.835 - 1.015 * words / sentences - 84.6 * syllables / words)
+
+
+def test_redraw_metrics_count_draws_and_read_the_first_draws():
+    y_hat = np.array([1, 0, 1, 0])
+    m = redraw_metrics(y_hat, first_verdicts=[1, 1, None, 0], draws=[1, 3, 4, 1], n_boot=50)
+    assert m["draws"].value == pytest.approx(2.25) and m["draws"].n == 4
+    assert m["first_draw_inconsistency"].value == pytest.approx(0.5)  # row 2 disagrees, row 3 states none
+    assert m["draws"].low <= 2.25 <= m["draws"].high
+    with pytest.raises(ValueError):
+        redraw_metrics(y_hat, first_verdicts=[1], draws=[1, 1, 1, 1])

@@ -16,6 +16,7 @@ from .model_options import (
     load_predictor,
     load_split,
     model_meta,
+    rejection_options,
 )
 
 CALIBRATION_MODES = ("auto", "validation", "stored")
@@ -67,7 +68,8 @@ def run_evaluate(args: argparse.Namespace) -> int:
     predictor = load_predictor(args, ds.task, meta, batch_size=cfg.eval.batch_size,
                                max_new_tokens=cfg.eval.max_new_tokens, do_sample=args.sample,
                                no_repeat_ngram_size=cfg.eval.no_repeat_ngram_size,
-                               temperature=args.temperature, top_p=args.top_p, seed=args.seed, progress=True)
+                               temperature=args.temperature, top_p=args.top_p, seed=args.seed, progress=True,
+                               **rejection_options(args))
     classifier = ClsgenClassifier(predictor)
     mode = args.calibration
     if mode == "auto":
@@ -78,7 +80,9 @@ def run_evaluate(args: argparse.Namespace) -> int:
                           "--calibration stored")
     info = {"model": args.model + (" (untrained head)" if meta is None else ""), "dataset": ds.name,
             "split": split, "calibration": mode, "max_new_tokens": cfg.eval.max_new_tokens,
-            "decoding": f"sample T={args.temperature} top_p={args.top_p}" if args.sample else "greedy",
+            "decoding": (f"sample T={args.temperature} top_p={args.top_p}" if args.sample else "greedy")
+            + (f", rejection sampling up to {args.rejection_samples} draws at T={args.rejection_temperature}"
+               if args.rejection_samples > 1 else ""),
             "stored calibration": _describe_calibration((meta or {}).get("calibration"))}
     result = evaluate(classifier, examples, out, validation=validation, explain=cfg.eval.explain,
                       n_bootstrap=cfg.eval.n_bootstrap, threshold_method=cfg.eval.threshold,

@@ -65,6 +65,16 @@ def add_sampling_options(p: argparse.ArgumentParser) -> None:
     g.add_argument("--temperature", type=float, default=1.0, help="sampling temperature (with --sample)")
     g.add_argument("--top-p", type=float, default=1.0, help="nucleus sampling mass (with --sample)")
     g.add_argument("--seed", type=int, default=0, help="sampling seed")
+    g.add_argument("--rejection-samples", type=int, default=1, metavar="K",
+                   help="rejection sampling: an explanation whose verdict disagrees with the label is sampled "
+                   "again (at --rejection-temperature), up to K explanations in all; 1 = off (default)")
+    g.add_argument("--rejection-temperature", type=float, default=0.7, metavar="T",
+                   help="sampling temperature of the redrawn explanations (default 0.7)")
+
+
+def rejection_options(args: argparse.Namespace) -> dict[str, Any]:
+    """The Predictor's rejection-sampling arguments from --rejection-samples/--rejection-temperature."""
+    return {"rejection_samples": args.rejection_samples, "rejection_temperature": args.rejection_temperature}
 
 
 def model_meta(spec: str) -> dict[str, Any] | None:

@@ -14,6 +14,7 @@ from .model_options import (
     check_model_kind,
     load_predictor,
     model_meta,
+    rejection_options,
     repeat_size,
 )
 
@@ -115,12 +116,12 @@ def run_predict(args: argparse.Namespace) -> int:
                                max_new_tokens=256 if args.max_new_tokens is None else args.max_new_tokens,
                                do_sample=args.sample, temperature=args.temperature, top_p=args.top_p,
                                seed=args.seed, progress=len(items) > 1, condition_on_head=args.head_verdict,
-                               no_repeat_ngram_size=repeat_size(args))
+                               no_repeat_ngram_size=repeat_size(args), **rejection_options(args))
     for it in items:  # a prompt that cannot fit fails before any model work
         predictor.encode(it)
     explain = not args.no_explain
     words = predictor.task.verbalizers
-    if len(items) == 1 and not args.json and explain:
+    if len(items) == 1 and not args.json and explain and args.rejection_samples == 1:  # redraws are not streamed
         for event in predictor.stream(items[0]):
             if event.type == "probability":
                 print(f"probability {event.probability:.4f}  label {event.label} ({words[event.label]})  "
@@ -153,4 +154,6 @@ def verdict_note(p: Any, words: Sequence[str]) -> str:
     if p.verdict != p.label:
         return (f"warning: the explanation concludes {words[p.verdict]}, but the probability gives "
                 f"{words[p.label]}: treat this explanation with caution")
-    return f"the explanation's verdict ({words[p.verdict]}) agrees with the label"
+    redrawn = (f" (explanation {p.draws}: the first concluded "
+               + (words[p.first_verdict] if p.first_verdict is not None else "nothing") + ")") if p.draws > 1 else ""
+    return f"the explanation's verdict ({words[p.verdict]}) agrees with the label{redrawn}"
