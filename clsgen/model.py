@@ -201,19 +201,24 @@ class DualHeadModel(nn.Module):
         head_reads = self.head.read_layers() if past_len == 0 else []
         final = self.num_layers
         live = {layer for layer in head_reads if layer is not None and start <= layer < final}
+        pooled_in_trunk = {layer for layer in head_reads if layer is not None and layer < start} \
+            if trunk_pooled is not None else set()
         if trunk_hidden is not None and start == 0:
             raise ClsgenError("trunk_hidden given, but this model has no frozen trunk (LoRA in every layer)")
         inputs = {"inputs_embeds": trunk_hidden} if trunk_hidden is not None else {"input_ids": input_ids}
         # the head alone is wanted and reads below the top: the layers above what it reads are skipped
+        # (all of them when it reads the cached trunk only)
         head_only = (lm_positions == "none" and labels is None and verdict_at is None and not use_cache
-                     and bool(head_reads) and len(live) == len(head_reads))
-        with _capture_layers(self.decoder, live) as captured, \
-                _stop_after(self.decoder, max(live) if head_only else None), _layers_from(self.decoder, start):
-            try:
-                out = self.decoder(attention_mask=attention_mask, position_ids=position_ids, use_cache=use_cache,
-                                   **inputs, **{cache_kw: past_key_values})
-            except _HeadRead:
-                out = None
+                     and bool(head_reads) and len(live) + len(pooled_in_trunk) == len(head_reads))
+        out, captured = None, {}
+        if not (head_only and not live):
+            with _capture_layers(self.decoder, live) as captured, \
+                    _stop_after(self.decoder, max(live) if head_only else None), _layers_from(self.decoder, start):
+                try:
+                    out = self.decoder(attention_mask=attention_mask, position_ids=position_ids,
+                                       use_cache=use_cache, **inputs, **{cache_kw: past_key_values})
+                except _HeadRead:
+                    out = None
         hidden = out.last_hidden_state if out is not None else None
         if head_reads:
             states = []

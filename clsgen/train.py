@@ -33,7 +33,7 @@ import math
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
 import torch
@@ -165,7 +165,7 @@ def _train(accelerator: Any, cfg: Config, task: Task, train_set: list[TrainExamp
     if model.trunk_layers:
         trunk, dev_trunk, data_info["trunk_cache"] = cached_trunk(accelerator, model, tc, enc, dev_enc, progress)
     if cfg.head.init == "probe" and resume_dir is None and tc.w_cls > 0:
-        data_info["probe"] = probe_init(model, enc, trunk, dev_enc, dev_trunk, pad_id, cfg, pos_weight)
+        data_info["probe"] = probe_init(model, enc, trunk, dev_enc, dev_trunk, pad_id, cfg, pos_weight, progress)
     if tc.w_lm > 0 and not any(e.target_len for e in enc):
         log.warning("no training example has an explanation: the LM term is empty and only the head "
                     "learns; pass the synth JSONL as --data")
@@ -302,7 +302,8 @@ def _dev_evaluation(accelerator: Any, model: Any, dev_enc: Sequence[Encoded], de
     """Evaluate on dev, keep the model if it is the best so far, log and `say` the result, and mark
     an early stop; returns the dev metrics."""
     tc = cfg.train
-    metrics = _evaluate(accelerator, model, dev_enc, dev_trunk, pad_id, cfg.eval.batch_size, tc.w_lm)
+    metrics = _evaluate(accelerator, model, dev_enc, dev_trunk, pad_id, cfg.eval.batch_size, tc.w_lm,
+                        tc.w_consistency)
     _select(accelerator, model, metrics, selection, state, out_dir, tc.select_tolerance)
     log_record(accelerator, out_dir, {"event": "eval", **metrics}, trackers)
     if accelerator.is_main_process:
@@ -365,7 +366,8 @@ def _step(accelerator: Any, model: Any, optimizer: Any, trainable: list, enc: Se
         batch = training_batch(model, enc, trunk, mb.indices, pad_id, accelerator.device, mb.weights, pos_weight)
         with accelerator.accumulate(model):
             out = model(batch["input_ids"], batch["attention_mask"], batch["cls_index"],
-                        labels=batch["labels"] if tc.w_lm > 0 else None, w_lm=tc.w_lm, **model_inputs(batch))
+                        labels=batch["labels"] if tc.w_lm > 0 else None, w_lm=tc.w_lm,
+                        **_forward_inputs(batch, _head_only(tc.w_lm, tc.w_consistency, world)))
             cls_sum, lm_sum, cons_sum = _loss_sums(out, batch, pos_weight, tc.w_cls)
             loss = 0.0 * out.cls_logits.sum()  # keeps every trainable parameter in the graph
             if tc.w_cls > 0:
@@ -392,7 +394,7 @@ def _step(accelerator: Any, model: Any, optimizer: Any, trainable: list, enc: Se
 
 @torch.no_grad()
 def _evaluate(accelerator: Any, model: Any, dev_enc: Sequence[Encoded], dev_trunk: Sequence[Any] | None,
-              pad_id: int, batch_size: int, w_lm: float) -> dict[str, Any]:
+              pad_id: int, batch_size: int, w_lm: float, w_consistency: float = 0.0) -> dict[str, Any]:
     """Dev AUROC and losses. Rows are prompt + target (when present), right-padded: the head reads
     the last prompt token, so its logit equals the prompt-only one. Batches are shared among the
     processes (every process runs as many, for FSDP/ZeRO collectives) and results gathered."""
@@ -413,7 +415,8 @@ def _evaluate(accelerator: Any, model: Any, dev_enc: Sequence[Encoded], dev_trun
         idx = batches[g]
         batch = training_batch(model, dev_enc, dev_trunk, idx, pad_id, accelerator.device)
         out = model(batch["input_ids"], batch["attention_mask"], batch["cls_index"],
-                    labels=batch["labels"] if w_lm > 0 else None, w_lm=w_lm, **model_inputs(batch))
+                    labels=batch["labels"] if w_lm > 0 else None, w_lm=w_lm,
+                    **_forward_inputs(batch, _head_only(w_lm, w_consistency, world)))
         if g >= n_real:
             continue
         verdict = out.verdict_logits if out.verdict_logits is not None else out.cls_logits.new_full(
@@ -510,6 +513,23 @@ class _Window:
 
 
 # ----------------------------------------------------------------------------- loss and schedule
+
+
+def _head_only(w_lm: float, w_consistency: float, world: int) -> bool:
+    """The head alone is trained (no LM term, no consistency term; one process, since DDP wants every
+    parameter in the graph): the forward pass can stop at the layer the head reads."""
+    return w_lm == 0 and w_consistency == 0 and world == 1
+
+
+def _forward_inputs(batch: Mapping[str, torch.Tensor], head_only: bool) -> dict[str, Any]:
+    """The model's keyword inputs for a batch; with `head_only`, nothing that needs the LM (verdict
+    positions, LM weights), so the pass stops at the head's layer (or skips the decoder when the head
+    reads the cached trunk)."""
+    inputs: dict[str, Any] = model_inputs(batch)
+    if head_only:
+        inputs = {k: v for k, v in inputs.items() if k in ("trunk_hidden", "trunk_pooled")}
+        inputs["lm_positions"] = "none"
+    return inputs
 
 
 def _loss_sums(out: Any, batch: dict[str, torch.Tensor], pos_weight: float | None, w_cls: float

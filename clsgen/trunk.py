@@ -296,29 +296,35 @@ def _check_trunk(model: DualHeadModel, enc: Sequence[Encoded], states: Sequence[
 @torch.no_grad()
 def probe_init(model: DualHeadModel, enc: Sequence[Encoded], trunk: Sequence[Any] | None,
                dev_enc: Sequence[Encoded], dev_trunk: Sequence[Any] | None, pad_id: int, cfg: Config,
-               pos_weight: float | None) -> dict[str, Any]:
-    """head.init = probe: a logistic regression on what the head reads, before any training step."""
+               pos_weight: float | None, progress: bool = False) -> dict[str, Any]:
+    """head.init = probe: a logistic regression on what the head reads, before any training step
+    (from the cache when the head reads the frozen trunk, else by a forward pass up to the head)."""
+    from tqdm import tqdm
+
     from .head import fit_probe
 
     layers = model.head.read_layers()
     in_trunk = all(isinstance(layer, int) and layer <= model.trunk_layers for layer in layers)
 
-    def pooled(rows: Sequence[Encoded], states: Sequence[Any] | None) -> np.ndarray:
+    def pooled(rows: Sequence[Encoded], states: Sequence[Any] | None, split: str) -> np.ndarray:
         if states is not None and in_trunk:  # the head reads the frozen trunk only: the cache holds it
             return np.stack([s.pooled[model.head.pooling][layers].numpy() for s in states])
         out = []
-        for start in range(0, len(rows), cfg.eval.batch_size):
-            idx = list(range(start, min(start + cfg.eval.batch_size, len(rows))))
-            batch = training_batch(model, rows, states, idx, pad_id, model.device)
-            result = model(batch["input_ids"], batch["attention_mask"], batch["cls_index"],
-                           lm_positions="none", **model_inputs(batch))
-            out.append(result.pooled.cpu().numpy())
+        with tqdm(total=len(rows), desc=f"probe features ({split})", unit="ex", disable=not progress,
+                  leave=False) as bar, torch.no_grad():
+            for start in range(0, len(rows), cfg.eval.batch_size):
+                idx = list(range(start, min(start + cfg.eval.batch_size, len(rows))))
+                batch = training_batch(model, rows, states, idx, pad_id, model.device)
+                result = model(batch["input_ids"], batch["attention_mask"], batch["cls_index"],
+                               lm_positions="none", **model_inputs(batch))
+                out.append(result.pooled.float().cpu().numpy())
+                bar.update(len(idx))
         return np.concatenate(out)
 
     with eval_mode(model):
         started = time.perf_counter()
-        x = pooled(enc, trunk)
-        xd = pooled(dev_enc, dev_trunk) if dev_enc else None
+        x = pooled(enc, trunk, "train")
+        xd = pooled(dev_enc, dev_trunk, "dev") if dev_enc else None
         info = fit_probe(model.head, x, [e.label for e in enc], xd, [e.label for e in dev_enc] or None,
                          balanced=pos_weight is not None)
     info["seconds"] = round(time.perf_counter() - started, 1)

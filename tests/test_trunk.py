@@ -284,3 +284,36 @@ def test_scoring_a_head_below_the_top_skips_the_layers_above_it(layer):
         h.remove()
     assert ran == list(range(layer + 1))  # the layer it reads is entered (its input kept), none above
     torch.testing.assert_close(fast, full, rtol=0, atol=1e-6)
+
+
+@pytest.mark.parametrize("layer, ran", [(1, []), (3, [2, 3])], ids=["head-in-trunk", "head-in-band"])
+def test_training_the_head_alone_from_the_cache_runs_no_layer_above_it(tmp_path, layer, ran):
+    """Classification only (no LM, no consistency term): train's head-only inputs stop the pass at the
+    head's layer, or skip every decoder layer when the head reads the cached trunk; loss and head
+    gradients equal those of the full cached pass."""
+    from clsgen.train import _forward_inputs
+
+    model = _model(HeadConfig(layer=layer, pooling="mean")).train()  # LoRA in layers 2-3, trunk 0-1
+    rows = _rows(model)
+    cache = TrunkCache(model, tmp_path)
+    cache.build(rows, batch_size=3, progress=False)
+    b = {**collate_train(rows, model.tokenizer.pad_token_id), **collate_trunk(cache.load(rows), "mean")}
+    params = [p for _, p in model.trainable_parameters()]
+    results = []
+    for head_only in (False, True):
+        entered = []
+        hooks = [m.register_forward_pre_hook(lambda mod, args, i=i: entered.append(i))
+                 for i, m in enumerate(model.decoder.layers)]
+        out = model(b["input_ids"], b["attention_mask"], b["cls_index"], cls_labels=b["cls_labels"],
+                    **_forward_inputs(b, head_only))
+        for h in hooks:
+            h.remove()
+        results.append((out.loss, torch.autograd.grad(out.loss, params, allow_unused=True), sorted(set(entered))))
+    (full_loss, full_grads, full_ran), (loss, grads, head_ran) = results
+    assert full_ran == [2, 3] and head_ran == ran
+    assert loss.item() == pytest.approx(full_loss.item(), rel=1e-6)
+    for a, g in zip(full_grads, grads):
+        if g is not None:
+            torch.testing.assert_close(g, a, rtol=1e-4, atol=1e-6)
+        else:  # a layer the head does not read from: nothing reaches it on either path
+            assert a is None or a.abs().sum() == 0
