@@ -302,7 +302,7 @@ def test_training_the_head_alone_from_the_cache_runs_no_layer_above_it(tmp_path,
     results = []
     for head_only in (False, True):
         entered = []
-        hooks = [m.register_forward_pre_hook(lambda mod, args, i=i: entered.append(i))
+        hooks = [m.register_forward_pre_hook(lambda mod, args, i=i, seen=entered: seen.append(i))
                  for i, m in enumerate(model.decoder.layers)]
         out = model(b["input_ids"], b["attention_mask"], b["cls_index"], cls_labels=b["cls_labels"],
                     **_forward_inputs(b, head_only))
