@@ -91,12 +91,10 @@ def _changed_keys(a: dict[str, Any], b: dict[str, Any], defaults: dict[str, Any]
     for k in sorted(set(a) | set(b)):
         if k in ("out_dir", "methods", "title"):
             continue
-        x, y, d = a.get(k), b.get(k), (defaults or {}).get(k)
+        x, y, d = a.get(k), b.get(k), defaults.get(k)
         if isinstance(x, dict) and isinstance(y, dict):
             keys += _changed_keys(x, y, d if isinstance(d, dict) else {}, f"{prefix}{k}.")
-        elif k not in a and k in (defaults or {}) and y == d:
-            continue
-        elif x != y:
+        elif x != y and not (k not in a and k in defaults and y == d):
             keys.append(f"{prefix}{k}")
     return keys
 
