@@ -61,10 +61,16 @@ class ExperimentResult:
     paths: dict[str, Path] = field(default_factory=dict)
 
 
+UNRECORDED = ("out_dir", "methods", "title", "cache_dir")
+"""Settings the results do not depend on: where they go, which methods a run does, the page's title and
+where the trunk cache lives (its entries are keyed by what they depend on, so experiments share one)."""
+
+
 def _fingerprint(cfg: Config) -> str:
-    """What the results depend on (the output folder and the method list may change between runs)."""
+    """What the results depend on (`UNRECORDED` settings may change between runs)."""
     d = cfg.to_dict()
-    d["experiment"] = {k: v for k, v in d["experiment"].items() if k not in ("out_dir", "methods", "title")}
+    d["experiment"] = {k: v for k, v in d["experiment"].items() if k not in UNRECORDED}
+    d["train"] = {k: v for k, v in d["train"].items() if k not in UNRECORDED}
     return hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()[:16]
 
 
@@ -89,7 +95,7 @@ def _changed_keys(a: dict[str, Any], b: dict[str, Any], defaults: dict[str, Any]
     only when `b` moves it from its default."""
     keys = []
     for k in sorted(set(a) | set(b)):
-        if k in ("out_dir", "methods", "title"):
+        if k in UNRECORDED:
             continue
         x, y, d = a.get(k), b.get(k), defaults.get(k)
         if isinstance(x, dict) and isinstance(y, dict):

@@ -119,6 +119,14 @@ def test_a_run_recorded_before_a_setting_existed_resumes_while_the_setting_keeps
         run_experiment(_config(tmp_path, **{"eval.rejection_samples": 2}), methods=["tfidf"], log=lambda _: None)
 
 
+def test_experiments_may_share_one_trunk_cache_folder(tmp_path):
+    run_experiment(_config(tmp_path), methods=["tfidf"], log=lambda _: None)
+    logs: list[str] = []
+    run_experiment(_config(tmp_path, **{"train.cache_dir": str(tmp_path / "shared-cache")}), methods=["tfidf"],
+                   log=logs.append)
+    assert any("[tfidf] done earlier" in line for line in logs)
+
+
 def test_unknown_method_is_named(tmp_path):
     with pytest.raises(ClsgenError, match="svm"):
         run_experiment(_config(tmp_path), methods=["svm"], log=lambda _: None)
