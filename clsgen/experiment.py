@@ -66,12 +66,16 @@ UNRECORDED = ("out_dir", "methods", "title", "cache_dir")
 where the trunk cache lives (its entries are keyed by what they depend on, so experiments share one)."""
 
 
-def _fingerprint(cfg: Config) -> str:
+def _settings(cfg: Config) -> dict[str, Any]:
     """What the results depend on (`UNRECORDED` settings may change between runs)."""
     d = cfg.to_dict()
-    d["experiment"] = {k: v for k, v in d["experiment"].items() if k not in UNRECORDED}
-    d["train"] = {k: v for k, v in d["train"].items() if k not in UNRECORDED}
-    return hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()[:16]
+    for section in ("experiment", "train"):
+        d[section] = {k: v for k, v in d[section].items() if k not in UNRECORDED}
+    return d
+
+
+def _fingerprint(cfg: Config) -> str:
+    return hashlib.sha256(json.dumps(_settings(cfg), sort_keys=True).encode()).hexdigest()[:16]
 
 
 def _check_run(cfg: Config, out: Path) -> None:
@@ -107,7 +111,7 @@ def _changed_keys(a: dict[str, Any], b: dict[str, Any], defaults: dict[str, Any]
 
 def run_experiment(cfg: Config, out_dir: str | Path | None = None, *, methods: list[str] | None = None,
                    log: Callable[[str], None] = print, show_examples: bool = False,
-                   command: str | None = None) -> ExperimentResult:
+                   command: str | None = None, reuse: str | Path | None = None) -> ExperimentResult:
     """Run (or continue) the comparison described by `cfg`; returns every method's metrics.
 
     show_examples: put sample explanations in each method's report.html, the synth report and the
@@ -115,6 +119,8 @@ def run_experiment(cfg: Config, out_dir: str | Path | None = None, *, methods: l
     inputs; results.md/json never hold text, results.html only with show_examples). Steps done by an
     earlier run keep the reports they wrote.
     command: the command line that started the run, recorded in results.json and shown on results.html.
+    reuse: a results.json of a run with the same settings (e.g. one committed under docs/results/): its
+    methods count as done (their metrics are copied into the run), so only the others run.
     """
     methods = list(methods or cfg.experiment.methods)
     unknown = [m for m in methods if m not in METHODS]
@@ -128,6 +134,8 @@ def run_experiment(cfg: Config, out_dir: str | Path | None = None, *, methods: l
     out = Path(out_dir or cfg.experiment.out_dir)
     check_writable(out, "experiment folder")  # read-only or misplaced: fail before any work
     _check_run(cfg, out)
+    if reuse is not None:
+        _reuse_results(cfg, Path(reuse), methods, out, log)
     ds = load_dataset(cfg.data, cfg.task)
     log(f"[data] {ds.name}: train {len(ds.train)}, validation {len(ds.validation)}, test {len(ds.test)}"
         + (f" (subsampled: max_train={cfg.data.max_train}, max_validation={ds.info.get('max_validation')}, "
@@ -169,6 +177,41 @@ def run_experiment(cfg: Config, out_dir: str | Path | None = None, *, methods: l
 
 
 # ---------------------------------------------------------------------------- steps
+
+
+def _reuse_results(cfg: Config, path: Path, methods: list[str], out: Path, log: Callable[[str], None]) -> None:
+    """Copy the metrics of `methods` held by the results.json at `path` into `out` as done steps, after
+    checking that its run had the settings of `cfg`; methods already done in `out` keep their own."""
+    from .evaluate import METRICS_FILE
+    from .stance import STANCE_FILE
+
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+        held, recorded = data["methods"], data["run"].get("config")
+    except (OSError, ValueError, KeyError, TypeError, AttributeError) as e:
+        raise ClsgenError(f"--reuse {path}: not a readable results.json of `clsgen experiment` ({e}); "
+                          "pass the results.json an experiment wrote") from None
+    if not isinstance(recorded, dict):
+        raise ClsgenError(f"--reuse {path}: the file does not record its run's settings (run.config), so its "
+                          "results cannot be checked against this run's; rerun those methods instead")
+    changed = _changed_keys(recorded, cfg.to_dict(), Config().to_dict())
+    if changed:
+        raise ClsgenError(f"--reuse {path}: its run had other settings ({', '.join(changed)} changed); its "
+                          "results would mix with this run's")
+    for method in methods:
+        r, eval_dir = held.get(method), out / "eval" / method
+        if not isinstance(r, dict) or (eval_dir / METRICS_FILE).is_file():
+            continue
+        metrics = r.get("metrics") or {}
+        stance = {k: v for k, v in metrics.items() if k.startswith("body_stance_")}
+        summary = {"metrics": {k: v for k, v in metrics.items() if k not in stance}, "info": r.get("info"),
+                   "timing_s": r.get("timing_s"), "n_explained": r.get("n_explained"), "reused_from": str(path)}
+        files = [(eval_dir / METRICS_FILE, json.dumps(summary, indent=2).encode("utf-8"))]
+        if stance:  # judged by the run that made it: no explanations here to judge again
+            files.append((eval_dir / STANCE_FILE, json.dumps({"metrics": stance, "rows": [],
+                                                              "reused_from": str(path)}).encode("utf-8")))
+        atomic_write_files(files)
+        log(f"[{method}] metrics reused from {path}")
 
 
 def _synth_step(cfg: Config, ds: DatasetSplits, out: Path, log: Callable[[str], None],
@@ -339,6 +382,8 @@ def _store_calibration(model_dir: Path, threshold: float, temperature: float, ds
 def _summary(metrics_json: dict[str, Any], eval_dir: Path) -> dict[str, Any]:
     keys = ("metrics", "info", "timing_s", "n_explained")
     out = {**{k: metrics_json.get(k) for k in keys}, "report": str(eval_dir / "report.html")}
+    if metrics_json.get("reused_from"):  # its report and predictions stayed with the run that made it
+        out = {**out, "report": None, "reused_from": metrics_json["reused_from"]}
     method = (out.get("info") or {}).get("method")
     if method in FORCED and out.get("metrics"):  # agreement forced: not a measurement
         out["metrics"] = {k: v for k, v in out["metrics"].items() if k not in BY_CONSTRUCTION}
@@ -408,4 +453,4 @@ def _run_facts(cfg: Config, ds: DatasetSplits, methods: list[str], command: str 
     return {"dataset": ds.name, "split": ds.info.get("split"), "binarization": ds.info.get("binarization"),
             "n_test": len(ds.test), "n_train": len(ds.train), "n_validation": len(ds.validation),
             "model": cfg.model.name, "teacher": teacher, "verbalizers": list(ds.task.verbalizers),
-            "command": command}
+            "command": command, "config": _settings(cfg)}

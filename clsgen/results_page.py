@@ -221,7 +221,8 @@ def _table(results: Mapping[str, Mapping[str, Any]], keys: Sequence[str]) -> str
     for method, r in results.items():
         desc = METHOD_NAMES.get(method, ("", ""))[1]
         cells = "".join(_cell(r, k, method in best[k]) for k in keys)
-        link = f"<a href='eval/{esc(method, quote=True)}/report.html'>full report</a>"
+        link = (f"<a href='eval/{esc(method, quote=True)}/report.html'>full report</a>" if not r.get("reused_from")
+                else f"metrics from {esc(Path(r['reused_from']).name)}")
         rows.append(f"<tr><td title='key: {esc(method, quote=True)}'><b>{esc(method_name(method))}</b>"
                     f"<span class=desc>{esc(desc)}; {link}</span></td>{cells}</tr>")
     paper = "".join(f"<td class=num>{esc(SPECS[k].paper or '')}</td>" for k in keys)

@@ -127,6 +127,38 @@ def test_experiments_may_share_one_trunk_cache_folder(tmp_path):
     assert any("[tfidf] done earlier" in line for line in logs)
 
 
+def test_a_committed_results_json_of_the_same_settings_counts_its_methods_as_done(tmp_path):
+    first = run_experiment(_config(tmp_path), methods=["tfidf"], log=lambda _: None)
+    committed = tmp_path / "committed.json"
+    committed.write_text(first.paths["json"].read_text())
+    logs: list[str] = []
+    again = run_experiment(_config(tmp_path), tmp_path / "fresh", methods=["tfidf", "cnn"], log=logs.append,
+                           reuse=committed)
+    assert any("[tfidf] metrics reused from" in line for line in logs)
+    assert not any("[tfidf] fitting" in line for line in logs)
+    assert any("[cnn] fitting" in line for line in logs)  # not in the file: it runs
+    assert again.methods["tfidf"]["metrics"] == first.methods["tfidf"]["metrics"]
+    assert again.methods["tfidf"]["reused_from"] == str(committed)
+    assert "metrics from committed.json" in again.paths["html"].read_text()
+
+
+def test_results_of_other_settings_or_unrecorded_settings_are_not_reused(tmp_path):
+    first = run_experiment(_config(tmp_path), methods=["tfidf"], log=lambda _: None)
+    with pytest.raises(ClsgenError, match="train.lr"):
+        run_experiment(_config(tmp_path, **{"train.lr": "1e-3"}), tmp_path / "other", methods=["tfidf"],
+                       log=lambda _: None, reuse=first.paths["json"])
+    old = json.loads(first.paths["json"].read_text())
+    del old["run"]["config"]  # as a results.json written before the settings were recorded
+    (tmp_path / "old.json").write_text(json.dumps(old))
+    with pytest.raises(ClsgenError, match="does not record its run's settings"):
+        run_experiment(_config(tmp_path), tmp_path / "third", methods=["tfidf"], log=lambda _: None,
+                       reuse=tmp_path / "old.json")
+    (tmp_path / "bad.json").write_text("[1, 2]")
+    with pytest.raises(ClsgenError, match="not a readable results.json"):
+        run_experiment(_config(tmp_path), tmp_path / "fourth", methods=["tfidf"], log=lambda _: None,
+                       reuse=tmp_path / "bad.json")
+
+
 def test_unknown_method_is_named(tmp_path):
     with pytest.raises(ClsgenError, match="svm"):
         run_experiment(_config(tmp_path), methods=["svm"], log=lambda _: None)

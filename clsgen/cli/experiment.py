@@ -34,6 +34,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--out", help="output folder (default: experiment.out_dir); a rerun continues there")
     p.add_argument("--methods", help="comma-separated subset, e.g. clsgen,tfidf (default: experiment.methods)")
     p.add_argument("--show-examples", action="store_true", help=SHOW_EXAMPLES_HELP)
+    p.add_argument("--reuse", metavar="RESULTS_JSON", help="a results.json of a run with the same settings (e.g. "
+                   "docs/results/<config>.json): the methods it holds count as done, so only the others run")
     p.set_defaults(func=run_experiment_cmd)
 
     d = sub.add_parser("demo", help="the whole pipeline on a small CliniFact slice (about 15 min on a CPU)")
@@ -55,7 +57,8 @@ def _run(args: argparse.Namespace) -> object:
     methods = [m.strip() for m in args.methods.split(",")] if getattr(args, "methods", None) else None
     check_run_dir(args.out or cfg.experiment.out_dir, (RUN_FILE,))
     command = shlex.join(["clsgen", *getattr(args, "argv", [])]) if getattr(args, "argv", None) else None
-    result = run_experiment(cfg, args.out, methods=methods, show_examples=args.show_examples, command=command)
+    result = run_experiment(cfg, args.out, methods=methods, show_examples=args.show_examples, command=command,
+                            reuse=getattr(args, "reuse", None))
     print()
     print(result.table_markdown)
     print()
