@@ -241,15 +241,8 @@ class Predictor:
         return heads, verdicts
 
     def verdict_lines(self, fields: Mapping[str, str] | None = None) -> tuple[list[int], list[int]]:
-        """Token ids opening the turn for label 0 and for label 1: the verdict line up to and including
-        its verdict token (the first token where the two differ)."""
-        fields = fields if fields is not None else {f: "" for f in self.task.fields}
-        both = [self.task.encode_target(self.tokenizer, fields, self.task.target_text(None, k)) for k in (0, 1)]
-        at = next((i for i, (a, b) in enumerate(zip(*both)) if a != b), None)
-        if at is None:
-            raise ClsgenError(f"the verdict lines of task {self.task.name!r} tokenize alike for both labels; "
-                              "choose verbalizers that differ in their first token")
-        return both[0][: at + 1], both[1][: at + 1]
+        """Token ids opening the turn for label 0 and for label 1 (`Task.verdict_lines`)."""
+        return self.task.verdict_lines(self.tokenizer, fields)
 
     # ------------------------------------------------------------------ probability + explanation
     def predict(self, items: Sequence[Item] | Item, explain: bool = True) -> list[Prediction]:

@@ -127,6 +127,23 @@ class Task:
             return f"{line}\n\n{explanation.strip()}"
         return f"{explanation.strip()}\n\n{line}"
 
+    def verdict_lines(self, tokenizer: Any, fields: Mapping[str, Any] | None = None) -> tuple[list[int], list[int]]:
+        """Token ids opening the assistant turn for label 0 and for label 1: the verdict line up to and
+        including its verdict token (the first token where the two differ)."""
+        fields = fields if fields is not None else {f: "" for f in self.fields}
+        both = [self.encode_target(tokenizer, fields, self.target_text(None, k)) for k in (0, 1)]
+        at = next((i for i, (a, b) in enumerate(zip(*both)) if a != b), None)
+        if at is None:
+            raise ClsgenError(f"the verdict lines of task {self.name!r} tokenize alike for both labels; "
+                              "choose verbalizers that differ in their first token")
+        return both[0][: at + 1], both[1][: at + 1]
+
+    def opening(self, tokenizer: Any) -> list[int]:
+        """Token ids every generating method's turn opens with before it decodes: with the verdict first,
+        the verdict prefix ('Answer: '), part of the trained format like the chat template's assistant
+        header, after which the model states the verdict and explains; nothing with the verdict last."""
+        return self.verdict_lines(tokenizer)[0][:-1] if self.verdict_position == "first" else []
+
     def parse_verdict(self, text: str | None) -> int | None:
         """The label stated by generated `text` at this task's verdict position (None: none/ambiguous)."""
         from .verdict import parse_verdict

@@ -162,6 +162,26 @@ def test_explain_batched_greedy_matches_reference_and_stops_at_eos(lm):
     assert len(lm.tokenizer(texts[0], add_special_tokens=False)["input_ids"]) < 12
 
 
+def test_with_the_verdict_first_the_explanation_opens_as_the_trained_models_do(lm):
+    import dataclasses
+
+    first = dataclasses.replace(TASK, verdict_position="first")
+    opening = first.opening(lm.tokenizer)
+    assert lm.tokenizer.decode(opening).strip() == "Answer:"  # the verdict line up to its verdict token
+    assert TASK.opening(lm.tokenizer) == []  # verdict last: the turn opens freely
+    examples = _examples(2)
+    texts = generate_explanations(lm.model, lm.tokenizer, first, examples, max_new_tokens=5)
+    continued = []
+    for ex in examples:  # the greedy continuation of the prompt followed by the opening
+        ids = list(first.encode_prompt(lm.tokenizer, ex.fields).input_ids) + opening
+        with torch.no_grad():
+            nxt = int(lm.model(torch.tensor([ids])).logits[0, -1].argmax())
+        continued.append(nxt)
+    for text, nxt in zip(texts, continued):
+        assert text.startswith("Answer:")
+        assert lm.tokenizer.decode(opening + [nxt]).strip() in text
+
+
 def test_explanation_scoring_scores_after_the_explanation_body(lm):
     examples = _examples(2)
     clf = PromptingClassifier(lm, TASK, batch_size=2, max_new_tokens=6, scoring="explanation")

@@ -169,13 +169,16 @@ def probability_of_one(log_probs: np.ndarray) -> np.ndarray:
 def generate_explanations(model: Any, tokenizer: Any, task: Task, examples: Sequence[Example],
                           max_new_tokens: int = 256, batch_size: int = 8, no_repeat_ngram_size: int = 0) -> list[str]:
     """Greedy continuations of each example's task prompt, batched with left padding, cut at eos;
-    no_repeat_ngram_size as in `Predictor` (no generated n-gram repeated; 0: off)."""
+    no_repeat_ngram_size as in `Predictor` (no generated n-gram repeated; 0: off). The turn opens as
+    `Predictor` opens it for a trained model (`Task.opening`: 'Answer: ' with the verdict first), so
+    every generating method states its verdict where the verdict is read; the text includes it."""
     from transformers import LogitsProcessorList
 
     from ..repeats import NoRepeatGeneratedNGrams
 
     examples = require_examples(examples, "explain", "pass at least one example")
-    prompts = [task.encode_prompt(tokenizer, ex.fields).input_ids for ex in examples]
+    opening = task.opening(tokenizer)
+    prompts = [list(task.encode_prompt(tokenizer, ex.fields).input_ids) + opening for ex in examples]
     eos = sorted(stop_token_ids(model, tokenizer))
     order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]))
     texts: list[str] = [""] * len(prompts)
@@ -186,14 +189,15 @@ def generate_explanations(model: Any, tokenizer: Any, task: Task, examples: Sequ
                 chosen = order[start:start + batch_size]
                 ids, mask = pad_left([prompts[i] for i in chosen], pad_id, device)
                 processors = LogitsProcessorList(
-                    [NoRepeatGeneratedNGrams(no_repeat_ngram_size, ids.shape[1])] if no_repeat_ngram_size else [])
+                    [NoRepeatGeneratedNGrams(no_repeat_ngram_size, ids.shape[1] - len(opening))]
+                    if no_repeat_ngram_size else [])
                 out = model.generate(input_ids=ids, attention_mask=mask, max_new_tokens=max_new_tokens,
                                      do_sample=False, temperature=None, top_p=None, top_k=None,
                                      pad_token_id=pad_id, eos_token_id=eos, logits_processor=processors)
                 for b, i in enumerate(chosen):
                     new = out[b, ids.shape[1]:].tolist()
                     cut = next((j for j, t in enumerate(new) if t in eos), len(new))
-                    texts[i] = tokenizer.decode(new[:cut], skip_special_tokens=True).strip()
+                    texts[i] = tokenizer.decode(opening + new[:cut], skip_special_tokens=True).strip()
     return texts
 
 
