@@ -377,14 +377,30 @@ def _row_cell(rows: Mapping[str, Mapping[str, Any]] | None, row_id: str, verbali
     return f"<div class='cell {status}'>{head}<br>{flag}{body}</div>"
 
 
-def _method_badge(result: Mapping[str, Any]) -> str:
+FAILURES = (("missing_verdict", "state no verdict"), ("degenerate", "loop or repeat (collapse)"),
+            ("not_prose", "are not prose"), ("empty", "are empty"))
+"""Readability flags (`clsgen.readability.explanation_quality`) and how the badge names them."""
+
+
+def _method_badge(result: Mapping[str, Any], rows: Mapping[str, Mapping[str, Any]] | None) -> str:
+    """The method's readability, and when it is low, what its explanations fail at most (from its rows)."""
     m = _metric(result, "readability")
     v = m.get("value")
     if not isinstance(v, (int, float)):
         return "<span class=badge>readability —</span>"
-    if v < 0.5:
-        return f"<span class='badge bad'>readability {v:.2f}: explanations collapsed</span>"
-    return f"<span class=badge>readability {v:.2f}</span>"
+    if v >= 0.5:
+        return f"<span class=badge>readability {v:.2f}</span>"
+    from .readability import explanation_quality
+
+    explained = [r for r in (rows or {}).values() if r.get("explained")]
+    counts = {flag: 0 for flag, _ in FAILURES}
+    for r in explained:
+        flags = explanation_quality(r.get("text"), r.get("verdict"))
+        for flag, _ in FAILURES:
+            counts[flag] += flags[flag]
+    flag, what = max(FAILURES, key=lambda f: counts[f[0]])
+    why = f"{counts[flag]} of {len(explained)} {what}" if explained and counts[flag] else "explanations unreadable"
+    return f"<span class='badge bad'>readability {v:.2f}: {html.escape(why)}</span>"
 
 
 def _side_by_side(results: Mapping[str, Mapping[str, Any]], eval_dirs: Mapping[str, Path | None],
@@ -399,7 +415,7 @@ def _side_by_side(results: Mapping[str, Mapping[str, Any]], eval_dirs: Mapping[s
     if not ids:
         return "<p class=note>Not available: no method's predictions hold an explanation.</p>"
     head = "<tr><th style='width:9em'>test row</th>" + "".join(
-        f"<th>{esc(method_name(m))}{_method_badge(results[m])}</th>" for m in methods) + "</tr>"
+        f"<th>{esc(method_name(m))}{_method_badge(results[m], predictions[m])}</th>" for m in methods) + "</tr>"
     body = []
     for n, row_id in enumerate(ids, 1):
         gold = next((rows[row_id].get("label") for rows in predictions.values() if rows and row_id in rows), None)

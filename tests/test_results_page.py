@@ -240,7 +240,7 @@ def test_same_rows_side_by_side_with_disagreement_flags_and_collapse(page: str):
     ids = [re.search(r"clinifact-\d+", r[0][1]).group(0) for r in sbs[1:]]
     assert ids == ["clinifact-100", "clinifact-101", "clinifact-103"]  # explained by all; both labels
     assert "gold: TRUE" in sbs[1][0][1] and "gold: FALSE" in sbs[2][0][1]
-    assert "readability 0.02: explanations collapsed" in page
+    assert "readability 0.02: 6 of 6 state no verdict" in page  # what its explanations fail at
     assert page.count("⚠ no verdict stated") >= 3  # classification-only on every row
     assert "⚠ explanation says FALSE, label is TRUE" in page  # generation-only on clinifact-101
     assert "p = 0.710 → <b>TRUE</b> <span class=wrong>(wrong)</span>" in page  # ... and wrong against gold
@@ -300,6 +300,19 @@ def test_pick_rows_prefers_rows_every_method_explained():
     assert pick_rows({"a": None}) == []
 
 
+def test_a_low_readability_badge_names_the_most_common_failure():
+    from clsgen.results_page import _method_badge
+
+    low = {"metrics": {"readability": _m(0.25)}}
+    loops = {str(i): {"explained": True, "verdict": 1, "text": "Answer: TRUE\n\n" + "the the the " * 20}
+             for i in range(3)}
+    fine = {"9": {"explained": True, "verdict": 0, "text": "Answer: FALSE\n\nThe abstract reports no effect of "
+                  "the drug on the primary outcome, so the claim is not supported."}}
+    assert "3 of 4 loop or repeat (collapse)" in _method_badge(low, {**loops, **fine})
+    assert "explanations unreadable" in _method_badge(low, None)  # no predictions to say why
+    assert "badge bad" not in _method_badge({"metrics": {"readability": _m(0.9)}}, loops)
+
+
 # ---------------------------------------------------------------------------------- in Chromium
 
 
@@ -333,7 +346,7 @@ window.addEventListener('load', () => {
     found = re.search(r'data-check="([^"]*)"', dom)
     assert found, f"the page did not finish loading in Chromium: {dom[:500]}"
     assert found.group(1) == "svgs=4 best=true flags=true external=0 fits=true"
-    assert "data-errors" not in dom and "Alignment AUROC" in dom and "explanations collapsed" in dom
+    assert "data-errors" not in dom and "Alignment AUROC" in dom and "6 of 6 state no verdict" in dom
 
     shot = tmp_path / "page.png"
     _chromium(chromium, tmp_path / "profile", "--window-size=1280,2600", f"--screenshot={shot}", page.as_uri())
