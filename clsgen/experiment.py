@@ -39,6 +39,10 @@ label, up to eval.rejection_samples in all: its inconsistency and readability ar
 FORCED = ("clsgen+head-verdict",)
 """Decoding variants whose agreement is forced (the metrics of BY_CONSTRUCTION are not measurements)."""
 BY_CONSTRUCTION = ("alignment_auroc", "alignment_kappa", "inconsistency_rate")
+VERDICT_READ = ("generation-only", "prompting")
+"""Methods whose probability is read from the verdict token itself (the verbalizers' probabilities where
+the explanation states its verdict): the greedy verdict is that probability's argmax, so their alignment
+AUROC is 1, or nearly, by construction (prompting: when the verdict opens the turn, where it is read)."""
 GENERATING = {"clsgen", "clsgen+consistency", "clsgen+head-verdict", "clsgen+rejection", "classification-only",
               "generation-only", "prompting"}
 CALIBRATED = ("clsgen", "clsgen+consistency", "classification-only")
@@ -307,7 +311,7 @@ def _method_step(cfg: Config, ds: DatasetSplits, method: str, out: Path, synth_p
             # a run killed between writing metrics.json and storing the calibration: store it now
             _store_calibration(out / "models" / method, summary["threshold"], summary["temperature"], ds,
                                cfg.eval.threshold, only_if_missing=True)
-        return _summary(summary, eval_dir)
+        return _summary(summary, eval_dir, _by_construction(method, ds.task))
     started = time.perf_counter()
     clf = _classifier(cfg, ds, method, out, synth_path, log)
     if method not in LLM_TRAINED and method not in DECODING_VARIANTS:
@@ -326,7 +330,7 @@ def _method_step(cfg: Config, ds: DatasetSplits, method: str, out: Path, synth_p
     log(f"[{method}] AUROC {_fmt(result.summary.get('metrics', {}).get('auroc'))} -> {eval_dir}")
     if method in CALIBRATED and result.temperature is not None:
         _store_calibration(out / "models" / method, result.threshold, result.temperature, ds, ev.threshold)
-    return _summary(result.summary, eval_dir)
+    return _summary(result.summary, eval_dir, _by_construction(method, ds.task))
 
 
 def _judge_stances(cfg: Config, ds: DatasetSplits, results: dict[str, dict[str, Any]], out: Path,
@@ -379,15 +383,23 @@ def _store_calibration(model_dir: Path, threshold: float, temperature: float, ds
                                              method=method, n=len(ds.validation), positives=positives))
 
 
-def _summary(metrics_json: dict[str, Any], eval_dir: Path) -> dict[str, Any]:
+def _by_construction(method: str, task: Any) -> tuple[str, ...]:
+    """The metrics of `method` that its design fixes, so they are not measurements."""
+    if method in FORCED:  # agreement forced
+        return BY_CONSTRUCTION
+    if method == "generation-only" or (method == "prompting" and task.verdict_position == "first"):
+        return ("alignment_auroc",)
+    return ()
+
+
+def _summary(metrics_json: dict[str, Any], eval_dir: Path, by_construction: tuple[str, ...] = ()) -> dict[str, Any]:
     keys = ("metrics", "info", "timing_s", "n_explained")
     out = {**{k: metrics_json.get(k) for k in keys}, "report": str(eval_dir / "report.html")}
     if metrics_json.get("reused_from"):  # its report and predictions stayed with the run that made it
         out = {**out, "report": None, "reused_from": metrics_json["reused_from"]}
-    method = (out.get("info") or {}).get("method")
-    if method in FORCED and out.get("metrics"):  # agreement forced: not a measurement
-        out["metrics"] = {k: v for k, v in out["metrics"].items() if k not in BY_CONSTRUCTION}
-        out["by_construction"] = list(BY_CONSTRUCTION)
+    if by_construction and out.get("metrics"):  # not measurements: shown as —
+        out["metrics"] = {k: v for k, v in out["metrics"].items() if k not in by_construction}
+        out["by_construction"] = list(by_construction)
     return out
 
 
@@ -422,10 +434,15 @@ def results_table(results: dict[str, dict[str, Any]], cfg: Config, ds: DatasetSp
             + ", ".join(f"{k} {v}" for k, v in n_expl.items() if v) + " rows. "
             f"Base model: {cfg.model.name}; teacher: {_teacher_name(cfg)}. "
             "Intervals: bootstrap 95%.")
-    forced = [m for m, r in results.items() if r.get("by_construction")]
+    forced = [m for m in results if m in FORCED]
     if forced:
         note += (f" {', '.join(forced)}: the verdict is forced to the head's label, so its alignment and "
                  "inconsistency are not measurements (shown as —).")
+    read = [m for m, r in results.items() if m in VERDICT_READ and r.get("by_construction")]
+    if read:
+        note += (f" {', '.join(read)}: the probability is read from the verdict token the explanation states, "
+                 "so its alignment AUROC is 1, or nearly, by construction (shown as —); κ and inconsistency "
+                 "compare that verdict with the label at the calibrated threshold.")
     redrawn = [m for m, r in results.items() if "draws" in (r["metrics"] or {})]
     if redrawn:
         note += (f" {', '.join(redrawn)}: rejection sampling; an explanation whose verdict disagrees with the head's "

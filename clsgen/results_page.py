@@ -199,7 +199,9 @@ def _cell(result: Mapping[str, Any], key: str, best: bool) -> str:
     m = _metric(result, key)
     value = m.get("value")
     if not isinstance(value, (int, float)):
-        why = m.get("note") or ("not computed for this method" if m == {} else "undefined")
+        why = m.get("note") or ("fixed by the method's design, not a measurement"
+                                if key in (result.get("by_construction") or ()) else
+                                "not computed for this method" if m == {} else "undefined")
         return f"<td class=num><span class=undef title='{html.escape(str(why), quote=True)}'>—</span></td>"
     text = _num(value, key)
     inner = f"{text} <span class=mark title='best in this column'>★</span>" if best else text

@@ -63,6 +63,13 @@ def test_experiment_runs_every_method_and_reruns_from_cache(tmp_path):
     rows = [json.loads(line) for line in (result.out_dir / "eval" / "clsgen+head-verdict" / "predictions.jsonl")
             .read_text().splitlines()]
     assert all(r["verdict"] == r["prediction"] for r in rows if r["explained"])
+    # probabilities read from the verdict the explanation states: alignment AUROC 1 by construction, hidden
+    for method in ("generation-only", "prompting"):
+        r = result.methods[method]
+        assert r["by_construction"] == ["alignment_auroc"] and "alignment_auroc" not in r["metrics"]
+        assert "inconsistency_rate" in r["metrics"]
+    assert "generation-only, prompting: the probability is read from the verdict token" in table
+    assert "by_construction" not in result.methods["clsgen"]
     # rejection sampling of the same model: its own figures, the kept draws' agreement measured as usual
     redrawn = result.methods["clsgen+rejection"]
     assert redrawn["metrics"]["draws"]["n"] == 2 and 1 <= redrawn["metrics"]["draws"]["value"] <= 4

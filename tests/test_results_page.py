@@ -300,6 +300,14 @@ def test_pick_rows_prefers_rows_every_method_explained():
     assert pick_rows({"a": None}) == []
 
 
+def test_a_metric_fixed_by_construction_is_a_dash_that_says_so(tmp_path: Path):
+    results, run = fake_run(tmp_path, ("clsgen", "generation-only"))
+    del results["generation-only"]["metrics"]["alignment_auroc"]
+    results["generation-only"]["by_construction"] = ["alignment_auroc"]
+    page = render_results_page(results, title="t", run=run, out_dir=tmp_path)
+    assert page.count("title='fixed by the method&#x27;s design, not a measurement'>—") == 1
+
+
 def test_a_low_readability_badge_names_the_most_common_failure():
     from clsgen.results_page import _method_badge
 
