@@ -232,6 +232,7 @@ def _train(accelerator: Any, cfg: Config, task: Task, train_set: list[TrainExamp
     final_dir = _final_weights(accelerator, model, unwrapped, state, out_dir)
     in_sync = check_in_sync(accelerator, trainable)
     summary = summarize(state, started, total_steps, steps_per_epoch, data_info, world, tc, in_sync)
+    summary["head_only"] = _head_only(tc.w_lm, tc.w_consistency, world)  # tokens/s then counts unread tokens
     if main:
         install_model(final_dir, out_dir)
         atomic_write_json(out_dir / SUMMARY_FILE, summary)

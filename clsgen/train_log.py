@@ -113,7 +113,8 @@ def summary_line(s: dict[str, Any], out_dir: Path) -> str:
     best = ""
     if s.get("best_dev_auroc") is not None:
         best = f", best dev AUROC {s['best_dev_auroc']:.4f} at step {s['best_step']}"
-    return (f"trained {s['steps']} steps in {s['train_seconds']:.1f} s ({s['tokens_per_s']:.0f} tokens/s, "
+    rate = "the head alone" if s.get("head_only") else f"{s['tokens_per_s']:.0f} tokens/s"
+    return (f"trained {s['steps']} steps in {s['train_seconds']:.1f} s ({rate}, "
             f"padding efficiency {s['padding_efficiency']:.2f}, peak RSS {s['peak_rss_mb']} MB){best}; "
             f"model saved to {out_dir}")
 
