@@ -292,6 +292,14 @@ def _classifier(cfg: Config, ds: DatasetSplits, method: str, out: Path, synth_pa
     return make_baseline(method, task=ds.task)
 
 
+def _dtype(cfg: Config) -> str:
+    """The dtype the model runs in on this machine ('auto' resolves per machine: bfloat16 where the CPU
+    or GPU computes it natively, else float32), recorded with each LLM row."""
+    from .backbones import resolve_dtype
+
+    return str(resolve_dtype(cfg.model.dtype)).removeprefix("torch.")
+
+
 def _decoding(ev: Any) -> dict[str, int]:
     """The same batching and decoding settings for every generating method."""
     return {"batch_size": ev.batch_size, "max_new_tokens": ev.max_new_tokens,
@@ -326,7 +334,9 @@ def _method_step(cfg: Config, ds: DatasetSplits, method: str, out: Path, synth_p
                       n_bootstrap=ev.n_bootstrap, threshold_method=ev.threshold,
                       fixed_threshold=ev.fixed_threshold, calibrate=ev.calibrate,
                       max_new_tokens=ev.max_new_tokens, verbalizers=ds.task.verbalizers,
-                      show_examples=show_examples, title=f"{method} — {ds.name}", info={"method": method, "fit_seconds": round(fit_seconds, 1)})
+                      show_examples=show_examples, title=f"{method} — {ds.name}",
+                      info={"method": method, "fit_seconds": round(fit_seconds, 1),
+                            **({"dtype": _dtype(cfg)} if method in GENERATING else {})})
     log(f"[{method}] AUROC {_fmt(result.summary.get('metrics', {}).get('auroc'))} -> {eval_dir}")
     if method in CALIBRATED and result.temperature is not None:
         _store_calibration(out / "models" / method, result.threshold, result.temperature, ds, ev.threshold)
@@ -443,6 +453,10 @@ def results_table(results: dict[str, dict[str, Any]], cfg: Config, ds: DatasetSp
         note += (f" {', '.join(read)}: the probability is read from the verdict token the explanation states, "
                  "so its alignment AUROC is 1, or nearly, by construction (shown as —); κ and inconsistency "
                  "compare that verdict with the label at the calibrated threshold.")
+    dtypes = {m: (r.get("info") or {}).get("dtype") for m, r in results.items() if m in GENERATING}
+    if len(set(dtypes.values())) > 1:  # e.g. rows reused from a run on a machine that resolved 'auto' apart
+        note += (" The LLM rows ran in different dtypes (model.dtype 'auto' resolves per machine): "
+                 + ", ".join(f"{m} {d or 'not recorded'}" for m, d in dtypes.items()) + ".")
     redrawn = [m for m, r in results.items() if "draws" in (r["metrics"] or {})]
     if redrawn:
         note += (f" {', '.join(redrawn)}: rejection sampling; an explanation whose verdict disagrees with the head's "
@@ -469,5 +483,6 @@ def _run_facts(cfg: Config, ds: DatasetSplits, methods: list[str], command: str 
                    else _teacher_name(cfg))
     return {"dataset": ds.name, "split": ds.info.get("split"), "binarization": ds.info.get("binarization"),
             "n_test": len(ds.test), "n_train": len(ds.train), "n_validation": len(ds.validation),
-            "model": cfg.model.name, "teacher": teacher, "verbalizers": list(ds.task.verbalizers),
+            "model": cfg.model.name, "dtype": _dtype(cfg), "teacher": teacher,
+            "verbalizers": list(ds.task.verbalizers),
             "command": command, "config": _settings(cfg)}

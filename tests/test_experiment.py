@@ -70,6 +70,17 @@ def test_experiment_runs_every_method_and_reruns_from_cache(tmp_path):
         assert "inconsistency_rate" in r["metrics"]
     assert "generation-only, prompting: the probability is read from the verdict token" in table
     assert "by_construction" not in result.methods["clsgen"]
+    # the dtype each LLM row ran in ('auto' resolves per machine); a table mixing them says so
+    assert result.methods["clsgen"]["info"]["dtype"] in ("float32", "bfloat16")
+    assert "dtype" not in result.methods["tfidf"]["info"] and "ran in different dtypes" not in table
+    from clsgen.datasets import load_dataset
+    from clsgen.experiment import results_table
+
+    cfg = _config(tmp_path, **{"task.verdict_position": "first"})
+    mixed = {m: {**r, "info": {**r["info"], "dtype": "float32" if m == "clsgen" else "bfloat16"}}
+             for m, r in result.methods.items()}
+    note = results_table(mixed, cfg, load_dataset(cfg.data, cfg.task))
+    assert "ran in different dtypes" in note and "clsgen float32" in note and "prompting bfloat16" in note
     # rejection sampling of the same model: its own figures, the kept draws' agreement measured as usual
     redrawn = result.methods["clsgen+rejection"]
     assert redrawn["metrics"]["draws"]["n"] == 2 and 1 <= redrawn["metrics"]["draws"]["value"] <= 4
@@ -146,6 +157,7 @@ def test_a_committed_results_json_of_the_same_settings_counts_its_methods_as_don
     assert any("[cnn] fitting" in line for line in logs)  # not in the file: it runs
     assert again.methods["tfidf"]["metrics"] == first.methods["tfidf"]["metrics"]
     assert again.methods["tfidf"]["reused_from"] == str(committed)
+    assert json.loads(again.paths["json"].read_text())["run"]["dtype"] in ("float32", "bfloat16")
     assert "metrics from committed.json" in again.paths["html"].read_text()
 
 

@@ -61,7 +61,9 @@ def test_cached_path_equals_the_full_forward_in_float32(tmp_path, head):
     (full, g_full), (cached, g_cached) = _both_paths(model, rows, cache)
     real = collate_train(rows, model.tokenizer.pad_token_id)["attention_mask"].bool()  # padding is junk
     torch.testing.assert_close(cached.lm_logits[real], full.lm_logits[real], rtol=0, atol=1e-5)
-    torch.testing.assert_close(cached.cls_logits, full.cls_logits, rtol=0, atol=1e-5)
+    # the random head's logits reach ~10: float32 rounding there is ~1e-6 relative, whichever kernels
+    # (AVX2, AVX-512) the CPU runs
+    torch.testing.assert_close(cached.cls_logits, full.cls_logits, rtol=1e-5, atol=1e-5)
     for a, b in ((cached.loss, full.loss), (cached.lm_loss, full.lm_loss), (cached.cls_loss, full.cls_loss),
                  (cached.consistency_loss, full.consistency_loss)):
         assert a.item() == pytest.approx(b.item(), rel=1e-6, abs=1e-7)
