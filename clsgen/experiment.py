@@ -202,6 +202,9 @@ def _reuse_results(cfg: Config, path: Path, methods: list[str], out: Path, log: 
     if changed:
         raise ClsgenError(f"--reuse {path}: its run had other settings ({', '.join(changed)} changed); its "
                           "results would mix with this run's")
+    if data["run"].get("dtype") not in (None, _dtype(cfg)):
+        log(f"[reuse] {path} ran in {data['run']['dtype']}; model.dtype {cfg.model.dtype!r} gives "
+            f"{_dtype(cfg)} on this machine: the rows that run here differ in dtype (the table says so)")
     for method in methods:
         r, eval_dir = held.get(method), out / "eval" / method
         if not isinstance(r, dict) or (eval_dir / METRICS_FILE).is_file():

@@ -158,6 +158,12 @@ def test_a_committed_results_json_of_the_same_settings_counts_its_methods_as_don
     assert again.methods["tfidf"]["metrics"] == first.methods["tfidf"]["metrics"]
     assert again.methods["tfidf"]["reused_from"] == str(committed)
     assert json.loads(again.paths["json"].read_text())["run"]["dtype"] in ("float32", "bfloat16")
+    other = json.loads(committed.read_text())
+    other["run"]["dtype"] = "float16"  # as a run on another machine would record it
+    committed.write_text(json.dumps(other))
+    logs.clear()
+    run_experiment(_config(tmp_path), tmp_path / "third", methods=["tfidf"], log=logs.append, reuse=committed)
+    assert any("ran in float16" in line for line in logs)
     assert "metrics from committed.json" in again.paths["html"].read_text()
 
 
