@@ -400,7 +400,7 @@ def _by_construction(method: str, task: Any) -> tuple[str, ...]:
     """The metrics of `method` that its design fixes, so they are not measurements."""
     if method in FORCED:  # agreement forced
         return BY_CONSTRUCTION
-    if method == "generation-only" or (method == "prompting" and task.verdict_position == "first"):
+    if method in VERDICT_READ and (method != "prompting" or task.verdict_position == "first"):
         return ("alignment_auroc",)
     return ()
 
