@@ -253,6 +253,16 @@ def test_probe_of_a_head_inside_the_trunk_reads_the_cache(tmp_path):
     rows, dev = toy(12, 1), toy(8, 2)
     result = train(cfg, rows, dev, tmp_path / "m", progress=False)
     assert result.summary["probe"]["folds"] >= 2
+    assert not result.summary["head_only"]  # the LM term trains the band: its layers ran
+    from clsgen.train_log import summary_line
+
+    cfg.train.w_lm = 0.0
+    band = train(cfg, rows, dev, tmp_path / "band", progress=False)
+    assert not band.summary["head_only"]  # layer 1 is the band's input: the pass still runs a layer
+    cfg.head = HeadConfig(layer=0, pooling="mean", init="probe")  # inside the trunk (1 layer)
+    alone = train(cfg, rows, dev, tmp_path / "alone", progress=False)
+    assert alone.summary["head_only"]  # the head alone, from the cached trunk: no layer ran
+    assert "(the head alone," in summary_line(alone.summary, tmp_path / "alone")
     model = load_pretrained(tmp_path / "m")
     assert model.trunk_layers == 1 and model.head.layer == 1
 
