@@ -418,14 +418,15 @@ class Predictor:
         the whole verdict line of the label the head gives."""
         if self.task.verdict_position != "first":
             return None
-        lines = self.verdict_lines()  # equally long: they differ first at their last token
-        table = torch.tensor(lines, dtype=torch.long, device=cls_logits.device)
         if self.condition_on_head:
+            lines = self.verdict_lines()  # equally long: they differ first at their last token
+            table = torch.tensor(lines, dtype=torch.long, device=cls_logits.device)
             p = torch.sigmoid(cls_logits.double() / self.temperature_scale)
             return table[(p >= self.threshold).long()]
-        if table.shape[1] == 1:  # the verdict word opens the turn: nothing to force
+        opening = self.task.opening(self.tokenizer)  # empty when the verdict word opens the turn
+        if not opening:
             return None
-        return table[0, :-1].expand(cls_logits.shape[0], -1)
+        return torch.tensor(opening, dtype=torch.long, device=cls_logits.device).expand(cls_logits.shape[0], -1)
 
     def _next_tokens(self, logits: torch.Tensor, generator: torch.Generator | None,
                      temperature: float) -> torch.Tensor:

@@ -149,6 +149,12 @@ class DualHeadModel(nn.Module):
         cfg = LoraConfig(**{k: v for k, v in lora.items() if k in LoraConfig.__dataclass_fields__})
         return cfg.band(self.num_layers)[0]
 
+    @property
+    def head_reads_trunk_only(self) -> bool:
+        """Whether every layer the head reads lies in the frozen trunk (a cache holds its pooled states)."""
+        start = self.trunk_layers
+        return start > 0 and all(layer is not None and layer < start for layer in self.head.read_layers())
+
     def trainable_parameters(self) -> list[tuple[str, nn.Parameter]]:
         return [(n, p) for n, p in self.named_parameters() if p.requires_grad]
 

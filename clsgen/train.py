@@ -233,9 +233,7 @@ def _train(accelerator: Any, cfg: Config, task: Task, train_set: list[TrainExamp
     in_sync = check_in_sync(accelerator, trainable)
     summary = summarize(state, started, total_steps, steps_per_epoch, data_info, world, tc, in_sync)
     # the head alone from the cached trunk: no layer ran, so tokens/s would count tokens nothing read
-    reads = unwrapped.head.read_layers()
-    summary["head_only"] = (_head_only(tc.w_lm, tc.w_consistency, world) and unwrapped.trunk_layers > 0
-                            and all(layer is not None and layer < unwrapped.trunk_layers for layer in reads))
+    summary["head_only"] = _head_only(tc.w_lm, tc.w_consistency, world) and unwrapped.head_reads_trunk_only
     if main:
         install_model(final_dir, out_dir)
         atomic_write_json(out_dir / SUMMARY_FILE, summary)
