@@ -14,7 +14,7 @@ import json
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Sequence
 
 from .config import Config
 from .datasets import DatasetSplits, load_dataset
@@ -115,7 +115,8 @@ def _changed_keys(a: dict[str, Any], b: dict[str, Any], defaults: dict[str, Any]
 
 def run_experiment(cfg: Config, out_dir: str | Path | None = None, *, methods: list[str] | None = None,
                    log: Callable[[str], None] = print, show_examples: bool = False,
-                   command: str | None = None, reuse: str | Path | None = None) -> ExperimentResult:
+                   command: str | None = None,
+                   reuse: str | Path | Sequence[str | Path] | None = None) -> ExperimentResult:
     """Run (or continue) the comparison described by `cfg`; returns every method's metrics.
 
     show_examples: put sample explanations in each method's report.html, the synth report and the
@@ -123,8 +124,9 @@ def run_experiment(cfg: Config, out_dir: str | Path | None = None, *, methods: l
     inputs; results.md/json never hold text, results.html only with show_examples). Steps done by an
     earlier run keep the reports they wrote.
     command: the command line that started the run, recorded in results.json and shown on results.html.
-    reuse: a results.json of a run with the same settings (e.g. one committed under docs/results/): its
-    methods count as done (their metrics are copied into the run), so only the others run.
+    reuse: results.json files of runs with the same settings (e.g. one committed under docs/results/, or
+    those of parallel runs that each did some methods): their methods count as done (their metrics are
+    copied into the run; a method held by several comes from the first), so only the others run.
     """
     methods = list(methods or cfg.experiment.methods)
     unknown = [m for m in methods if m not in METHODS]
@@ -138,8 +140,8 @@ def run_experiment(cfg: Config, out_dir: str | Path | None = None, *, methods: l
     out = Path(out_dir or cfg.experiment.out_dir)
     check_writable(out, "experiment folder")  # read-only or misplaced: fail before any work
     _check_run(cfg, out)
-    if reuse is not None:
-        _reuse_results(cfg, Path(reuse), methods, out, log)
+    for path in [reuse] if isinstance(reuse, (str, Path)) else reuse or []:
+        _reuse_results(cfg, Path(path), methods, out, log)
     ds = load_dataset(cfg.data, cfg.task)
     log(f"[data] {ds.name}: train {len(ds.train)}, validation {len(ds.validation)}, test {len(ds.test)}"
         + (f" (subsampled: max_train={cfg.data.max_train}, max_validation={ds.info.get('max_validation')}, "

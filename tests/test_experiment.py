@@ -167,6 +167,18 @@ def test_a_committed_results_json_of_the_same_settings_counts_its_methods_as_don
     assert "metrics from committed.json" in again.paths["html"].read_text()
 
 
+def test_parallel_runs_of_some_methods_each_assemble_into_one_table(tmp_path):
+    one = run_experiment(_config(tmp_path), tmp_path / "a", methods=["tfidf"], log=lambda _: None)
+    two = run_experiment(_config(tmp_path), tmp_path / "b", methods=["cnn"], log=lambda _: None)
+    logs: list[str] = []
+    both = run_experiment(_config(tmp_path), tmp_path / "all", methods=["tfidf", "cnn"], log=logs.append,
+                          reuse=[one.paths["json"], two.paths["json"]])
+    assert not any("fitting" in line for line in logs)  # nothing runs again
+    assert both.methods["tfidf"]["metrics"] == one.methods["tfidf"]["metrics"]
+    assert both.methods["cnn"]["metrics"] == two.methods["cnn"]["metrics"]
+    assert both.methods["cnn"]["reused_from"] == str(two.paths["json"])
+
+
 def test_results_of_other_settings_or_unrecorded_settings_are_not_reused(tmp_path):
     first = run_experiment(_config(tmp_path), methods=["tfidf"], log=lambda _: None)
     with pytest.raises(ClsgenError, match="train.lr"):

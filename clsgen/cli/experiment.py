@@ -34,8 +34,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--out", help="output folder (default: experiment.out_dir); a rerun continues there")
     p.add_argument("--methods", help="comma-separated subset, e.g. clsgen,tfidf (default: experiment.methods)")
     p.add_argument("--show-examples", action="store_true", help=SHOW_EXAMPLES_HELP)
-    p.add_argument("--reuse", metavar="RESULTS_JSON", help="a results.json of a run with the same settings (e.g. "
-                   "docs/results/<config>.json): the methods it holds count as done, so only the others run")
+    p.add_argument("--reuse", metavar="RESULTS_JSON", action="append", help="a results.json of a run with the "
+                   "same settings (e.g. docs/results/<config>.json): the methods it holds count as done, so only "
+                   "the others run; repeat it to assemble runs that each did some methods")
     p.set_defaults(func=run_experiment_cmd)
 
     d = sub.add_parser("demo", help="the whole pipeline on a small CliniFact slice (about 15 min on a CPU)")
